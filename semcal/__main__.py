@@ -1,0 +1,3 @@
+from semcal.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The `semcal` command: each pipeline stage as a subcommand taking `--name=value` settings.
+
+    semcal distort --dataset_name=data.csv --label_column=top_category
+    semcal STAGE --help        lists the stage's settings, their defaults and meaning
+
+A stage appears here once its module exists; each maps to a top-level script that runs
+the same code with the same settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from semcal.config import UserError, apply_overrides, settings_help
+
+# subcommand: (module, stage function, config class, the script that runs the same stage)
+STAGES: dict[str, tuple[str, str, str, str]] = {
+    "distort": ("semcal.distort", "distort", "DistortConfig", "distort.py"),
+    "caption-images": ("semcal.captioning", "caption_images", "ImageCaptionConfig", "florence_captioning.py"),
+    "caption-audio": ("semcal.captioning", "caption_audio", "AudioCaptionConfig", "qwen_audio_captioning.py"),
+    "finetune": ("semcal.lm", "finetune", "FinetuneConfig", "finetune_gpt2.py"),
+    "score": ("semcal.scoring", "score_split", "ScoreConfig", "token_sequence_probs.py"),
+    "evaluate": ("semcal.evaluation", "evaluate", "EvaluationConfig", "semantic_calibration_evaluation.py"),
+    "run": ("semcal.pipeline", "run_pipeline", "PipelineConfig", ""),
+    "demo": ("semcal.pipeline", "demo", "DemoConfig", ""),
+}
+
+# Commands that take positional arguments rather than a stage config: (module, function).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "labelmap": ("semcal.labelmap", "main"),
+    "table": ("semcal.pipeline", "table_main"),
+}
+
+
+def available_stages() -> dict[str, tuple[str, str, str, str]]:
+    return {name: spec for name, spec in STAGES.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
+def usage() -> str:
+    lines = ["usage: semcal COMMAND [--name=value ...]", "", "stages (same settings as the script named):"]
+    for name, (_, _, _, script) in available_stages().items():
+        lines.append(f"  {name:<16}{script}")
+    lines.append("")
+    lines.append("other commands:")
+    for name in available_commands():
+        lines.append(f"  {name}")
+    lines.append("")
+    lines.append("`semcal COMMAND --help` lists a command's settings.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    stages, commands = available_stages(), available_commands()
+    try:
+        return _dispatch(command, rest, stages, commands)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(command: str, rest: list[str], stages: dict, commands: dict) -> int:
+    if command in commands:
+        module, function = commands[command]
+        return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    if command not in stages:
+        print(f"error: unknown command {command!r}.\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, function, config_name, _ = stages[command]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    if any(a in ("-h", "--help") for a in rest):
+        print(f"usage: semcal {command} [--name=value ...]\n\nsettings:\n{settings_help(config_cls)}")
+        return 0
+    getattr(module, function)(apply_overrides(config_cls(), rest))
+    return 0

@@ -1,0 +1,252 @@
+"""Data sets: load them from wherever they are, check them, and read their labels.
+
+`dataset_name` may be
+- a folder written by `DatasetDict.save_to_disk`,
+- one CSV / Parquet / JSONL file with a split column (`split_column`),
+- a folder of such files, one per split (the file name without extension is the split),
+- `split=path,split=path` naming one file per split,
+- a Hugging Face Hub id such as `BeyondDeepFakeDetection/CIFAR-100`.
+
+The pipeline's split names are those of the paper: `general_train`, `general_test`,
+`real_train_<distortion>`. A data set whose splits are called `train` and `test` (and
+that has no `general_*` splits) is read with train as general_train and test as
+general_test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semcal.config import UserError
+
+GENERAL_TRAIN = "general_train"
+GENERAL_TEST = "general_test"
+SPLIT_ALIASES = {"train": GENERAL_TRAIN, "test": GENERAL_TEST}
+DATA_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json")
+LABEL_MAPS_DIR = Path(__file__).resolve().parent.parent / "label_maps"
+
+
+class DataError(UserError):
+    """A data set that cannot be used as asked, with what was found and how to fix it."""
+
+
+def real_split_name(distortion: str) -> str:
+    return f"real_train_{distortion}"
+
+
+def load_dataset_dict(dataset_name: str, split_column: str = "split"):
+    """Load every split of `dataset_name` as a `datasets.DatasetDict`."""
+    import datasets
+
+    path = Path(dataset_name).expanduser()
+    if "=" in dataset_name and not path.exists():
+        files = {}
+        for part in dataset_name.split(","):
+            split, _, file = part.partition("=")
+            files[split.strip()] = Path(file.strip()).expanduser()
+        dataset_dict = datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_pandas(_read_table(file), preserve_index=False)
+                for split, file in files.items()
+            }
+        )
+    elif path.is_dir() and (path / "dataset_dict.json").exists():
+        dataset_dict = datasets.load_from_disk(str(path))
+        if not isinstance(dataset_dict, datasets.DatasetDict):
+            dataset_dict = datasets.DatasetDict({GENERAL_TRAIN: dataset_dict})
+    elif path.is_dir() and (path / "state.json").exists():
+        raise DataError(
+            f"{path} holds a single Dataset, not a DatasetDict with named splits. Save it as "
+            f"DatasetDict({{'general_train': ds, ...}}).save_to_disk(...) or give one file per split."
+        )
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in DATA_FILE_SUFFIXES)
+        if not files:
+            raise DataError(
+                f"{path} is a folder with neither a saved data set (dataset_dict.json) nor data files "
+                f"({', '.join(DATA_FILE_SUFFIXES)}). Found: {sorted(p.name for p in path.iterdir())[:20]}"
+            )
+        dataset_dict = datasets.DatasetDict(
+            {file.stem: datasets.Dataset.from_pandas(_read_table(file), preserve_index=False) for file in files}
+        )
+    elif path.is_file():
+        table = _read_table(path)
+        if split_column not in table.columns:
+            raise DataError(
+                f"{path} has no split column {split_column!r} (columns: {list(table.columns)}). "
+                "Set split_column to the column that names each row's split, or give one file per split "
+                "(dataset_name='general_train=train.csv,general_test=test.csv')."
+            )
+        dataset_dict = datasets.DatasetDict(
+            {
+                str(split): datasets.Dataset.from_pandas(
+                    rows.drop(columns=[split_column]).reset_index(drop=True), preserve_index=False
+                )
+                for split, rows in table.groupby(split_column, sort=False)
+            }
+        )
+    elif _looks_like_path(dataset_name):
+        raise DataError(f"{dataset_name} does not exist (looked for a file or folder at {path.resolve()}).")
+    else:
+        dataset_dict = _load_from_hub(dataset_name)
+    return _alias_splits(dataset_dict)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(DATA_FILE_SUFFIXES) or name.count("/") > 1
+
+
+def _load_from_hub(dataset_id: str):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except Exception as err:  # the hub client raises many types for "no network"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"could not load {dataset_id!r} from the Hugging Face Hub ({reason}). If this machine has no "
+            "network, save a copy where there is one with "
+            f"`datasets.load_dataset({dataset_id!r}).save_to_disk('FOLDER')`, copy FOLDER here and set "
+            "dataset_name to its path."
+        ) from None
+    return loaded
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist.")
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=path.suffix == ".jsonl")
+    except Exception as err:  # pandas raises parser-specific types
+        raise DataError(f"could not parse {path} as {path.suffix[1:].upper()}: {err}") from None
+    raise DataError(f"{path} is not a CSV, Parquet or JSONL file.")
+
+
+def _alias_splits(dataset_dict):
+    names = set(dataset_dict)
+    if names & {GENERAL_TRAIN, GENERAL_TEST}:
+        return dataset_dict
+    renames = {old: new for old, new in SPLIT_ALIASES.items() if old in names}
+    for old, new in renames.items():
+        dataset_dict[new] = dataset_dict.pop(old)
+    return dataset_dict
+
+
+def get_split(dataset_dict, split: str):
+    if split not in dataset_dict:
+        raise DataError(f"no split {split!r}; the data set has splits {sorted(dataset_dict)}.")
+    return dataset_dict[split]
+
+
+def require_columns(dataset, split: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"split {split!r} has no column {', '.join(map(repr, missing))}; its columns are "
+            f"{dataset.column_names}. Set text_column / label_column to one of them."
+        )
+
+
+def _first_ids(mask: np.ndarray, n: int = 5) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)[:n]]
+
+
+def texts_of(dataset, split: str, text_column: str) -> list[str]:
+    """The texts of a split; an error names the empty ones (count and first row ids)."""
+    require_columns(dataset, split, [text_column])
+    texts = dataset[text_column]
+    empty = np.array([not isinstance(t, str) or not t.strip() for t in texts], dtype=bool)
+    if empty.any():
+        raise DataError(
+            f"split {split!r} has {int(empty.sum())} empty or missing texts in column {text_column!r} "
+            f"(first row ids: {_first_ids(empty)}). Drop or fill those rows before running."
+        )
+    return list(texts)
+
+
+def labels_of(dataset, split: str, label_column: str, label_map: str | None = None) -> np.ndarray:
+    """The labels of a split as strings, mapped through `label_map` if one is set."""
+    require_columns(dataset, split, [label_column])
+    raw = dataset[label_column]
+    missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "" for v in raw])
+    if missing.any():
+        raise DataError(
+            f"split {split!r} has {int(missing.sum())} missing labels in column {label_column!r} "
+            f"(first row ids: {_first_ids(missing)}). Drop or label those rows before running."
+        )
+    labels = np.array([_label_str(v) for v in raw], dtype=object)
+    if label_map:
+        labels = apply_label_map(labels, load_label_map(label_map))
+    return labels
+
+
+def _label_str(value) -> str:
+    # Integer labels read from CSV may arrive as floats (1.0); name them as written.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def load_label_map(name_or_path: str) -> dict[str, str]:
+    """A fine-to-coarse label map from a JSON file, or by the name of one in label_maps/."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        path = LABEL_MAPS_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        shipped = sorted(p.stem for p in LABEL_MAPS_DIR.glob("*.json"))
+        raise DataError(f"label map {name_or_path!r} not found: give a JSON file path or one of {shipped}.")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"could not parse label map {path}: {err}") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"label map {path} must be a JSON object from fine label to coarse label.")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def apply_label_map(labels: np.ndarray, mapping: dict[str, str]) -> np.ndarray:
+    unmapped = sorted({label for label in labels if label not in mapping})
+    if unmapped:
+        shown = ", ".join(map(repr, unmapped[:20])) + (" ..." if len(unmapped) > 20 else "")
+        raise DataError(
+            f"{len(unmapped)} labels are not in the label map: {shown}. Add them to the map or clear label_map."
+        )
+    return np.array([mapping[label] for label in labels], dtype=object)
+
+
+def label_counts(labels: Sequence[str], order: Sequence[str] | None = None) -> pd.Series:
+    """Counts per label, in `order` if given (labels absent get 0)."""
+    counts = pd.Series(labels, dtype=object).value_counts()
+    if order is not None:
+        counts = counts.reindex(list(order), fill_value=0)
+    return counts.astype(int)
+
+
+GENERAL_ROW_COLUMN = "general_train_row"
+
+
+def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fraction: float, seed: int) -> np.ndarray:
+    """Which rows are held out for evaluation, decided once for the whole of general_train.
+
+    Every model of a data set uses this one assignment: a real_train split is a subset of
+    general_train (its `general_train_row` column), so a row held out from the general
+    model is held out from every real model too. That keeps early stopping honest when a
+    real model starts from the general one, and leaves texts that no model trained on for
+    calibrating scores.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise DataError(f"eval_fraction must be between 0 and 1 (got {eval_fraction}).")
+    order = np.random.default_rng(seed).permutation(n_general_train)
+    heldout = np.zeros(n_general_train, dtype=bool)
+    heldout[order[: max(1, round(eval_fraction * n_general_train))]] = True
+    return heldout[np.asarray(general_rows, dtype=int)]

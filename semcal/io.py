@@ -1,0 +1,278 @@
+"""Reading and writing artifacts: JSON records, CSV tables, figures, data-set folders,
+and the chunked writer that makes long stages resumable.
+
+Every file the package writes goes through this module, and each write is atomic
+(written beside the target, then renamed) so an interrupted stage never leaves a
+half-written artifact in place of a good one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RECORD_NAME = "semcal_record.json"
+
+# Captions may be long; the csv module's default field limit (128 KiB) is too small for
+# per-token lists of long texts.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_record(folder: str | Path, stage: str, config: dict[str, Any], **details: Any) -> Path:
+    """Record next to an artifact the stage and config that produced it (and any details)."""
+    from semcal import __version__
+
+    record = {
+        "stage": stage,
+        "semcal_version": __version__,
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "config": config,
+        **details,
+    }
+    return write_json(Path(folder) / RECORD_NAME, record)
+
+
+def read_record(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / RECORD_NAME
+    return read_json(path) if path.exists() else None
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """Short sha256 of a file's bytes, to tie a result to the inputs it read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_texts(texts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_csv(path: str | Path, table: pd.DataFrame) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"could not parse {path} as CSV: {err}") from None
+
+
+def save_figure(figure: Any, path_stem: str | Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Save a matplotlib figure as path_stem.<fmt> for each format; returns the paths."""
+    import matplotlib.pyplot as plt
+
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.{fmt}")
+        figure.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+def save_dataset_dict(dataset_dict: Any, folder: str | Path) -> Path:
+    """save_to_disk into a temporary folder, then swap it in: the old copy survives a crash."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dataset_dict.save_to_disk(str(tmp))
+    # Keep files we wrote beside the splits (records, tables, figures) across the swap.
+    if folder.exists():
+        for extra in folder.iterdir():
+            if not (tmp / extra.name).exists() and extra.is_file():
+                shutil.copy2(extra, tmp / extra.name)
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+class ChunkedTableWriter:
+    """Append rows in chunks that survive a kill; finish into one CSV sorted by key.
+
+    Each chunk is written to `<output>.parts/part-NNNNNN.csv` atomically, so a killed
+    run loses at most the chunk it was computing. On restart, `done_keys` tells the
+    stage what to skip. `finish` writes rows sorted by `key_column` into `output`, so a
+    resumed run gives a byte-identical file to an uninterrupted one. Values are stored
+    as the strings first written, never re-parsed and re-formatted.
+    """
+
+    def __init__(self, output: str | Path, columns: Sequence[str], key_column: str):
+        self.output = Path(output)
+        self.columns = list(columns)
+        self.key_column = key_column
+        self.parts_dir = self.output.with_name(self.output.name + ".parts")
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self._next_part = 0
+        self.done_keys: set[str] = set()
+        for part in sorted(self.parts_dir.glob("part-*.csv")):
+            header, rows = _read_rows(part)
+            if header != self.columns:
+                raise ValueError(
+                    f"{part} has columns {header}, but this run writes {self.columns}: the "
+                    f"unfinished output in {self.parts_dir} was made with other settings. "
+                    "Delete that folder to start over, or restore the earlier settings."
+                )
+            key_index = self.columns.index(key_column)
+            self.done_keys.update(row[key_index] for row in rows)
+            self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
+
+    def write_chunk(self, rows: Iterable[Sequence[Any]]) -> None:
+        rows = [[_cell(value) for value in row] for row in rows]
+        if not rows:
+            return
+        path = self.parts_dir / f"part-{self._next_part:06d}.csv"
+        tmp = _tmp_path(path)
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self._next_part += 1
+        key_index = self.columns.index(self.key_column)
+        self.done_keys.update(row[key_index] for row in rows)
+
+    def finish(self, sort_key: Any = int) -> Path:
+        """Merge the chunks into `output`, sorted by key, and remove the chunk folder."""
+        key_index = self.columns.index(self.key_column)
+        merged: dict[str, list[str]] = {}
+        for part in sorted(self.parts_dir.glob("part-*.csv")):
+            for row in _read_rows(part)[1]:
+                merged[row[key_index]] = row
+        tmp = _tmp_path(self.output)
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows(merged[key] for key in sorted(merged, key=sort_key))
+        os.replace(tmp, self.output)
+        shutil.rmtree(self.parts_dir)
+        return self.output
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        return header, list(reader)
+
+
+TOKEN_LOG_PROB_COLUMNS = ["text_id", "total_log_prob", "avg_log_prob", "word_probabilities"]
+
+
+def read_token_log_probs(path: str | Path) -> pd.DataFrame:
+    """Read a per-token log-prob CSV (token_sequence_probs.py output, or the paper's).
+
+    `word_probabilities` holds (token, log_prob) pairs, as JSON (ours) or as a Python
+    literal (the paper's files), parsed with `ast.literal_eval`, never `eval`. Returns
+    text_id, total_log_prob, avg_log_prob, tokens (list of str), log_probs (float array).
+    """
+    import ast
+
+    import numpy as np
+
+    table = read_csv(path, keep_default_na=False)
+    missing = [c for c in TOKEN_LOG_PROB_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} lacks columns {missing} (has {list(table.columns)}); is it a token_sequence_probs output?"
+        )
+    tokens, log_probs = [], []
+    for row_number, cell in enumerate(table["word_probabilities"]):
+        try:
+            pairs = json.loads(cell)
+        except json.JSONDecodeError:
+            try:
+                pairs = ast.literal_eval(cell)
+            except (ValueError, SyntaxError):
+                raise ValueError(
+                    f"{path}, row {row_number}: word_probabilities is neither JSON nor a Python literal"
+                ) from None
+        tokens.append([str(pair[0]) for pair in pairs])
+        log_probs.append(np.asarray([float(pair[1]) for pair in pairs], dtype=np.float64))
+    return pd.DataFrame(
+        {
+            "text_id": table["text_id"].astype(int),
+            "total_log_prob": table["total_log_prob"].astype(float),
+            "avg_log_prob": table["avg_log_prob"].astype(float),
+            "tokens": tokens,
+            "log_probs": log_probs,
+        }
+    )
