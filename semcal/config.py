@@ -125,14 +125,15 @@ def field_comments(config_cls: type) -> dict[str, str]:
     return comments
 
 
-def settings_help(config_cls: type) -> str:
-    """One line per setting: name, type, default and what it is for."""
+def settings_help(config_cls: type, current: Any = None) -> str:
+    """One line per setting: name, current value (the default unless given), type, meaning."""
     types_ = _field_types(config_cls)
     comments = field_comments(config_cls)
+    current = config_cls() if current is None else current
     lines = []
     for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"  --{f.name}={_format_default(default)}  ({describe_type(types_[f.name])})")
+        value = getattr(current, f.name)
+        lines.append(f"  --{f.name}={_format_default(value)}  ({describe_type(types_[f.name])})")
         if f.name in comments:
             lines.append(f"      {comments[f.name]}")
     return "\n".join(lines)
@@ -193,12 +194,14 @@ def run_script(
 ) -> Any:
     """Entry point of a stage script: its variables, then command-line overrides, then the stage."""
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls)}")
-        return None
     try:
-        config = apply_overrides(config_from_script(config_cls, script_vars), argv)
-        return stage(config)
+        config = config_from_script(config_cls, script_vars)
+        if any(a in ("-h", "--help") for a in argv):
+            print(
+                f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}"
+            )
+            return None
+        return stage(apply_overrides(config, argv))
     except UserError as err:
         sys.exit(f"error: {err}")
 

@@ -1,0 +1,330 @@
+"""Make the 'real' splits: label-distorted subsets of general_train at a target KL.
+
+A real split is drawn without replacement from general_train so that its label
+distribution q has KL(p_general || q) equal to a target. The paper's code shuffled a
+frequency list and retried, often failing; here the search is deterministic:
+
+- strategy `tilt` (default): q(y) is proportional to p(y) * exp(lam * r_y), with one seeded
+  random score r_y per label; KL grows monotonically with lam, so lam is found by bisection.
+- strategy `max_subset`: among distributions at the target KL, the one that keeps the
+  most rows. Its optimum keeps every row of some labels and the same share w of the
+  others (the Lagrange conditions force one common w), so it searches over which labels
+  to thin and solves for w.
+
+For a given q, the subset is as large as the per-label counts allow: N = min_y n_y / q_y.
+The KL that is checked against the target is the one of the integer counts drawn.
+The baseline split (target 0) is a uniform random subset of `baseline_fraction`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semcal import data, io, report
+from semcal.config import UserError, config_to_dict
+
+
+@dataclass
+class DistortConfig:
+    dataset_name: str = "runs/demo/data"  # input data set: a save_to_disk folder, CSV/Parquet/JSONL file(s) or a Hub id
+    output_dir: str = ""  # data-set folder to write; empty = add the splits to dataset_name (a save_to_disk folder)
+    label_column: str = "label"  # column holding each row's label
+    label_map: str | None = (
+        None  # fine-to-coarse label map (a label_maps/ name or a JSON path) applied before distorting
+    )
+    split_column: str = "split"  # for a single data file: the column naming each row's split
+    targets: dict[str, float] = field(
+        default_factory=lambda: {"baseline": 0.0, "mild": 0.25, "moderate": 0.6, "severe": 0.8}
+    )  # real splits to make: name=target KL(p_general || q); target 0 = uniform random subset
+    baseline_fraction: float = 0.4  # size of a target-0 split as a share of general_train
+    strategy: str = "tilt"  # tilt: towards labels of a seeded random score; max_subset: keep the most rows
+    tolerance: float = 0.02  # accepted relative error of the achieved KL
+    seed: int = 0  # makes the label scores and the drawn rows reproducible
+
+
+STRATEGIES = ("tilt", "max_subset")
+
+
+@dataclass
+class SplitPlan:
+    """How many rows of each label a real split takes, and what that achieves."""
+
+    name: str
+    target_kl: float
+    counts: np.ndarray  # rows to draw per label, in the order of `labels`
+    achieved_kl: float
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || q) in nats, 0 log 0 = 0, inf where q = 0 < p."""
+    p = np.asarray(p, dtype=float)
+    q = np.asarray(q, dtype=float)
+    support = p > 0
+    if np.any(q[support] <= 0):
+        return float("inf")
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+def _counts_for(q: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """The largest integer subset with label shares q: at least one row of every label."""
+    with np.errstate(divide="ignore"):  # q underflows to 0 at extreme tilts: that label sets no bound
+        total = np.min(available / q)
+    return np.clip(np.round(q * total), 1, available).astype(int)
+
+
+def _realised_kl(general_counts: np.ndarray, counts: np.ndarray) -> float:
+    return kl_divergence(general_counts / general_counts.sum(), counts / counts.sum())
+
+
+def _within(achieved: float, target: float, tolerance: float) -> bool:
+    return abs(achieved - target) <= tolerance * target
+
+
+def _polish(general_counts: np.ndarray, counts: np.ndarray, target: float, max_moves: int = 200) -> np.ndarray:
+    """Move single rows in or out while that brings the integer KL closer to the target.
+
+    Rounding per-label counts to integers leaves the KL a little off, most on labels
+    with few rows; one-row moves close most of that gap.
+    """
+    counts = counts.copy()
+    error = abs(_realised_kl(general_counts, counts) - target)
+    for _ in range(max_moves):
+        best_move, best_error = None, error
+        for label in range(len(counts)):
+            for step in (-1, 1):
+                moved = counts[label] + step
+                if 1 <= moved <= general_counts[label]:
+                    counts[label] = moved
+                    moved_error = abs(_realised_kl(general_counts, counts) - target)
+                    counts[label] -= step
+                    if moved_error < best_error:
+                        best_move, best_error = (label, step), moved_error
+        if best_move is None:
+            break
+        counts[best_move[0]] += best_move[1]
+        error = best_error
+    return counts
+
+
+def _bisect(kl_at, low: float, high: float, target: float, tolerance: float, steps: int = 200) -> float:
+    """Parameter where kl_at (increasing) reaches target; kl_at(high) >= target is assumed."""
+    for _ in range(steps):
+        middle = 0.5 * (low + high)
+        if kl_at(middle) < target:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-12:
+            break
+    # Integer counts make kl_at a step function: take whichever end lands closer.
+    return min((low, high), key=lambda value: abs(kl_at(value) - target))
+
+
+def plan_tilt(general_counts: np.ndarray, target: float, scores: np.ndarray, tolerance: float) -> np.ndarray:
+    p = general_counts / general_counts.sum()
+
+    def counts_at(lam: float) -> np.ndarray:
+        logits = np.log(p) + lam * scores
+        q = np.exp(logits - logits.max())
+        return _counts_for(q / q.sum(), general_counts)
+
+    def kl_at(lam: float) -> float:
+        return _realised_kl(general_counts, counts_at(lam))
+
+    high = 1.0
+    while kl_at(high) < target:
+        high *= 2.0
+        if high > 1e4:
+            limit = kl_at(high)
+            raise _Infeasible(
+                f"the strongest tilt that keeps at least one row of every label reaches KL {limit:.3f}; "
+                "lower the target, or change seed (which labels are favoured) or use strategy=max_subset"
+            )
+    return _polish(general_counts, counts_at(_bisect(kl_at, 0.0, high, target, tolerance)), target)
+
+
+def plan_max_subset(general_counts: np.ndarray, target: float, tolerance: float) -> np.ndarray:
+    p = general_counts / general_counts.sum()
+    n_labels = len(p)
+    if n_labels <= 16:
+        candidates = [
+            np.array(thinned)
+            for size in range(1, n_labels)
+            for thinned in itertools.combinations(range(n_labels), size)
+        ]
+    else:  # too many subsets to try: thin the rarest or the most common labels first
+        ascending = np.argsort(p)
+        candidates = [ascending[:k] for k in range(1, n_labels)] + [ascending[-k:] for k in range(1, n_labels)]
+
+    best_counts, best_size = None, -1
+    for thinned in candidates:
+
+        def counts_at(keep_share: float, thinned=thinned) -> np.ndarray:
+            counts = general_counts.copy()
+            counts[thinned] = np.clip(np.round(general_counts[thinned] * keep_share), 1, None)
+            return counts.astype(int)
+
+        # KL falls as the kept share w rises: bisect on -w so the searched function rises.
+        def kl_at(minus_share: float, counts_at=counts_at) -> float:
+            return _realised_kl(general_counts, counts_at(-minus_share))
+
+        if kl_at(-1e-9) < target:
+            continue
+        counts = _polish(general_counts, counts_at(-_bisect(kl_at, -1.0, -1e-9, target, tolerance)), target)
+        if _within(_realised_kl(general_counts, counts), target, tolerance) and counts.sum() > best_size:
+            best_counts, best_size = counts, int(counts.sum())
+    if best_counts is None:
+        raise _Infeasible(
+            "no subset keeping at least one row of every label reaches it within tolerance; lower the target"
+        )
+    return best_counts
+
+
+class _Infeasible(Exception):
+    pass
+
+
+def label_scores(n_labels: int, seed: int) -> np.ndarray:
+    """The seeded random score per label that the tilt strategy favours."""
+    return np.random.default_rng(seed).standard_normal(n_labels)
+
+
+def plan_split(
+    name: str, target: float, general_counts: np.ndarray, config: DistortConfig, scores: np.ndarray
+) -> SplitPlan:
+    if target < 0:
+        raise _Infeasible("a KL target cannot be negative")
+    if target == 0:
+        # A uniform draw (see draw_rows): its per-label counts come from the draw itself.
+        return SplitPlan(name, 0.0, np.zeros(0, dtype=int), float("nan"))
+    if len(general_counts) < 2:
+        raise _Infeasible("general_train has a single label, so every subset has its distribution (KL 0)")
+    if config.strategy == "tilt":
+        counts = plan_tilt(general_counts, target, scores, config.tolerance)
+    else:
+        counts = plan_max_subset(general_counts, target, config.tolerance)
+    achieved = _realised_kl(general_counts, counts)
+    if not _within(achieved, target, config.tolerance):
+        raise _Infeasible(
+            f"the closest subset the label counts allow reaches KL {achieved:.4f}, outside "
+            f"{config.tolerance:.0%} of the target; general_train is too small for this target"
+        )
+    return SplitPlan(name, target, counts, achieved)
+
+
+def draw_rows(plan: SplitPlan, labels: np.ndarray, label_order: list[str], config: DistortConfig) -> np.ndarray:
+    """general_train row indices of the split, ascending; seeded per split name."""
+    rng = np.random.default_rng([config.seed, zlib.crc32(plan.name.encode())])
+    if plan.target_kl == 0:
+        size = int(round(config.baseline_fraction * len(labels)))
+        return np.sort(rng.choice(len(labels), size=size, replace=False))
+    rows = [
+        rng.choice(np.flatnonzero(labels == label), size=int(count), replace=False)
+        for label, count in zip(label_order, plan.counts)
+    ]
+    return np.sort(np.concatenate(rows))
+
+
+def _validate(config: DistortConfig) -> None:
+    if config.strategy not in STRATEGIES:
+        raise UserError(f"strategy must be one of {', '.join(STRATEGIES)} (got {config.strategy!r}).")
+    if not config.targets:
+        raise UserError("targets is empty: name at least one real split, e.g. --targets=mild=0.25.")
+    if not 0 < config.baseline_fraction <= 1:
+        raise UserError(f"baseline_fraction must be in (0, 1] (got {config.baseline_fraction}).")
+    if config.tolerance <= 0:
+        raise UserError(f"tolerance must be positive (got {config.tolerance}).")
+
+
+def _output_dir(config: DistortConfig) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir)
+    source = Path(config.dataset_name)
+    if source.is_dir() and (source / "dataset_dict.json").exists():
+        return source
+    raise UserError(
+        f"{config.dataset_name} is not a save_to_disk folder, so the new splits cannot be added to it: "
+        "set output_dir to the data-set folder to write."
+    )
+
+
+def distort(config: DistortConfig) -> Path:
+    """Add real_train_<name> splits to the data set; write counts, summary and chart beside them."""
+    _validate(config)
+    output_dir = _output_dir(config)
+    import datasets
+
+    # Selecting and saving a few thousand rows takes a second: its progress bars are noise.
+    datasets.disable_progress_bars()
+    try:
+        return _distort(config, output_dir)
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _distort(config: DistortConfig, output_dir: Path) -> Path:
+    dataset_dict = data.load_dataset_dict(config.dataset_name, split_column=config.split_column)
+    general = data.get_split(dataset_dict, data.GENERAL_TRAIN)
+    labels = data.labels_of(general, data.GENERAL_TRAIN, config.label_column, config.label_map)
+    label_order = sorted(set(labels))
+    general_counts = data.label_counts(labels, label_order).to_numpy()
+    scores = label_scores(len(label_order), config.seed)
+
+    plans, problems = [], []
+    for name, target in config.targets.items():
+        try:
+            plans.append(plan_split(name, float(target), general_counts, config, scores))
+        except _Infeasible as reason:
+            problems.append(f"{data.real_split_name(name)} (target KL {target}): {reason}")
+    if problems:
+        raise UserError("cannot make every real split; nothing was written.\n  " + "\n  ".join(problems))
+
+    counts_table = pd.DataFrame({"label": label_order, "general_train_count": general_counts})
+    counts_table["general_train_freq"] = general_counts / general_counts.sum()
+    summary_rows = []
+    for plan in plans:
+        split = data.real_split_name(plan.name)
+        rows = draw_rows(plan, labels, label_order, config)
+        dataset_dict[split] = general.select(rows).add_column(data.GENERAL_ROW_COLUMN, rows.tolist())
+        drawn = data.label_counts(labels[rows], label_order).to_numpy()
+        counts_table[f"{split}_count"] = drawn
+        counts_table[f"{split}_freq"] = drawn / drawn.sum()
+        summary_rows.append(
+            {
+                "split": split,
+                "target_kl": plan.target_kl,
+                "achieved_kl": _realised_kl(general_counts, drawn),
+                "rows": int(len(rows)),
+                "M": len(general) / len(rows),
+                "strategy": "uniform" if plan.target_kl == 0 else config.strategy,
+            }
+        )
+    summary = pd.DataFrame(summary_rows)
+
+    io.save_dataset_dict(dataset_dict, output_dir)
+    io.write_csv(output_dir / "distortion_counts.csv", counts_table)
+    io.write_csv(output_dir / "distortion_summary.csv", summary)
+    frequencies = counts_table.set_index("label")[[c for c in counts_table.columns if c.endswith("_freq")]]
+    frequencies.columns = [c.removesuffix("_freq") for c in frequencies.columns]
+    figure = report.plot_label_distributions(
+        frequencies,
+        f"Label distributions of general_train and the real splits ({config.label_column})",
+        "general_train",
+    )
+    io.save_figure(figure, output_dir / "label_distributions")
+    io.write_record(
+        output_dir,
+        "distort",
+        config_to_dict(config),
+        label_scores=dict(zip(label_order, scores.tolist())),
+        summary=summary_rows,
+    )
+    print(f"distort: wrote {len(plans)} real splits to {output_dir}")
+    print(summary.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    return output_dir

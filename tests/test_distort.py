@@ -1,0 +1,151 @@
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from semcal import data
+from semcal.config import UserError
+from semcal.demo_data import generate_demo
+from semcal.distort import DistortConfig, distort, kl_divergence
+
+TARGETS = {"baseline": 0.0, "mild": 0.25, "moderate": 0.6, "severe": 0.8}
+
+
+@pytest.fixture(scope="module")
+def audiocaps_run(shared_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("audiocaps") / "data"
+    config = DistortConfig(
+        dataset_name=str(shared_data / "audiocaps_labeled" / "audiocaps_labeled.csv"),
+        output_dir=str(output),
+        label_column="top_category",
+        targets=TARGETS,
+    )
+    distort(config)
+    return output
+
+
+def _kl_of_split(folder, split, label_column):
+    dataset_dict = data.load_dataset_dict(str(folder))
+    general = data.labels_of(dataset_dict["general_train"], "general_train", label_column)
+    real = data.labels_of(dataset_dict[split], split, label_column)
+    order = sorted(set(general))
+    p = data.label_counts(general, order).to_numpy() / len(general)
+    q = data.label_counts(real, order).to_numpy() / len(real)
+    return kl_divergence(p, q), dataset_dict
+
+
+@pytest.mark.parametrize("name, target", [(n, t) for n, t in TARGETS.items() if t > 0])
+def test_audiocaps_targets_within_two_percent(audiocaps_run, name, target):
+    kl, dataset_dict = _kl_of_split(audiocaps_run, f"real_train_{name}", "top_category")
+    assert abs(kl - target) <= 0.02 * target
+    real = dataset_dict[f"real_train_{name}"]
+    rows = np.array(real[data.GENERAL_ROW_COLUMN])
+    assert len(set(rows)) == len(rows), "drawn without replacement"
+    general_texts = dataset_dict["general_train"]["caption"]
+    assert [general_texts[i] for i in rows[:50]] == real["caption"][:50]
+
+
+def test_baseline_is_uniform_fraction_and_outputs_are_written(audiocaps_run):
+    kl, dataset_dict = _kl_of_split(audiocaps_run, "real_train_baseline", "top_category")
+    assert kl < 0.01
+    assert dataset_dict["real_train_baseline"].num_rows == round(0.4 * 16634)
+    summary = pd.read_csv(audiocaps_run / "distortion_summary.csv")
+    assert list(summary["split"]) == [f"real_train_{n}" for n in TARGETS]
+    assert np.allclose(summary["M"], 16634 / summary["rows"])
+    counts = pd.read_csv(audiocaps_run / "distortion_counts.csv")
+    assert counts["general_train_count"].sum() == 16634
+    assert counts["real_train_severe_count"].sum() == summary.set_index("split").loc["real_train_severe", "rows"]
+    assert (audiocaps_run / "label_distributions.png").stat().st_size > 10_000
+    assert (audiocaps_run / "semcal_record.json").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo") / "data"
+    generate_demo(n_train=3000, n_test=500, seed=0).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("strategy", ["tilt", "max_subset"])
+def test_demo_targets_within_two_percent_in_place(demo_folder, strategy, tmp_path):
+    output = tmp_path / "out"
+    distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(output), strategy=strategy, targets=TARGETS))
+    summary = pd.read_csv(output / "distortion_summary.csv").set_index("split")
+    for name, target in TARGETS.items():
+        kl, _ = _kl_of_split(output, f"real_train_{name}", "label")
+        assert kl == pytest.approx(summary.loc[f"real_train_{name}", "achieved_kl"])
+        if target > 0:
+            assert abs(kl - target) <= 0.02 * target
+
+
+def test_max_subset_keeps_more_rows_than_tilt(demo_folder, tmp_path):
+    sizes = {}
+    for strategy in ("tilt", "max_subset"):
+        output = tmp_path / strategy
+        distort(
+            DistortConfig(
+                dataset_name=str(demo_folder), output_dir=str(output), strategy=strategy, targets={"moderate": 0.6}
+            )
+        )
+        sizes[strategy] = pd.read_csv(output / "distortion_summary.csv")["rows"].iloc[0]
+    assert sizes["max_subset"] > sizes["tilt"]
+
+
+def test_adds_splits_to_the_input_folder_and_keeps_existing_ones(demo_folder, tmp_path):
+    folder = tmp_path / "inplace"
+    data.load_dataset_dict(str(demo_folder)).save_to_disk(str(folder))
+    distort(DistortConfig(dataset_name=str(folder), targets={"mild": 0.25}))
+    assert set(data.load_dataset_dict(str(folder))) == {"general_train", "general_test", "real_train_mild"}
+
+
+def test_same_seed_same_rows_other_seed_other_rows(demo_folder, tmp_path):
+    def rows(seed, name):
+        output = tmp_path / name
+        distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(output), seed=seed, targets={"mild": 0.25}))
+        return data.load_dataset_dict(str(output))["real_train_mild"][data.GENERAL_ROW_COLUMN]
+
+    assert rows(3, "a") == rows(3, "b")
+    assert rows(3, "a") != rows(4, "c")
+
+
+def test_infeasible_targets_say_why_and_write_nothing(tmp_path):
+    tiny = datasets.DatasetDict(
+        {
+            "general_train": datasets.Dataset.from_dict(
+                {"text": [f"t{i}" for i in range(12)], "label": ["a"] * 6 + ["b"] * 6}
+            )
+        }
+    )
+    tiny.save_to_disk(str(tmp_path / "tiny"))
+    output = tmp_path / "out"
+    with pytest.raises(
+        UserError, match=r"nothing was written(.|\n)*real_train_extreme \(target KL 5.0\): .*reaches KL 0.35"
+    ):
+        distort(DistortConfig(dataset_name=str(tmp_path / "tiny"), output_dir=str(output), targets={"extreme": 5.0}))
+    assert not output.exists()
+    one_label = datasets.DatasetDict(
+        {"general_train": datasets.Dataset.from_dict({"text": ["x", "y"], "label": ["a", "a"]})}
+    )
+    one_label.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(UserError, match="single label"):
+        distort(DistortConfig(dataset_name=str(tmp_path / "one"), output_dir=str(output), targets={"mild": 0.25}))
+    with pytest.raises(UserError, match="strategy must be one of tilt, max_subset"):
+        distort(DistortConfig(dataset_name=str(tmp_path / "one"), output_dir=str(output), strategy="shuffle"))
+
+
+def test_label_map_is_applied_before_distorting(tmp_path):
+    fine = ["dog", "rooster", "rain", "wind", "engine", "siren"] * 40
+    dataset_dict = datasets.DatasetDict(
+        {"general_train": datasets.Dataset.from_dict({"text": [f"clip {i}" for i in range(len(fine))], "label": fine})}
+    )
+    dataset_dict.save_to_disk(str(tmp_path / "esc"))
+    distort(
+        DistortConfig(
+            dataset_name=str(tmp_path / "esc"),
+            output_dir=str(tmp_path / "out"),
+            label_map="esc50_category",
+            targets={"mild": 0.1},
+        )
+    )
+    counts = pd.read_csv(tmp_path / "out" / "distortion_counts.csv")
+    assert sorted(counts["label"]) == ["Animals", "Exterior/urban noises", "Natural soundscapes & water sounds"]
