@@ -226,7 +226,7 @@ def draw_rows(plan: SplitPlan, labels: np.ndarray, label_order: list[str], confi
         return np.sort(rng.choice(len(labels), size=size, replace=False))
     rows = [
         rng.choice(np.flatnonzero(labels == label), size=int(count), replace=False)
-        for label, count in zip(label_order, plan.counts)
+        for label, count in zip(label_order, plan.counts, strict=True)
     ]
     return np.sort(np.concatenate(rows))
 
@@ -322,7 +322,7 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
         output_dir,
         "distort",
         config_to_dict(config),
-        label_scores=dict(zip(label_order, scores.tolist())),
+        label_scores=dict(zip(label_order, scores.tolist(), strict=True)),
         summary=summary_rows,
     )
     print(f"distort: wrote {len(plans)} real splits to {output_dir}")

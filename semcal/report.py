@@ -33,3 +33,241 @@ def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str
     axes.legend(title="")
     figure.tight_layout()
     return figure
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation results (results.json of semcal.evaluation) as Markdown and table rows.
+
+
+def format_number(value, digits: int = 4) -> str:
+    """A result number for people: n/a for missing, "inf" as written, else `digits` significant digits."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if value != value:  # NaN
+        return "n/a"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def _percent(value, digits: int = 1) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return "n/a" if not isinstance(value, str) else value
+    return f"{100 * value:.{digits}f}"
+
+
+def _mean_std(mean, std) -> str:
+    return f"{format_number(mean)} ± {format_number(std)}"
+
+
+def _as_float(value) -> float | None:
+    """A results.json number as float ("inf" strings included); None for missing."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return float(value)
+    return float(value)
+
+
+def _reduction_cell(results: dict, block: dict | None) -> str:
+    if block is None:
+        return "—"
+    if results.get("kl_general_is_zero"):
+        return f"n/a (KL≈0; ×{format_number(block.get('kl_ratio'), 3)})"
+    if block.get("deception_reduction") is None:
+        return "n/a (KL inf)" if block.get("kl_mean") == "inf" or results.get("kl_general") == "inf" else "n/a"
+    return _percent(block["deception_reduction"])
+
+
+def results_table_row(
+    results: dict, dataset_label: str | None = None, numeric: bool = False, variants: tuple[str, ...] = ()
+) -> dict:
+    """One row of the paper-style table from one results.json.
+
+    Display row (default): data set, split, KL(general||real), KL(filtered||real) mean ± std
+    (population std over runs), deception reduction (%), pass rate (%), oracle reduction (%),
+    classifier reduction (%), and "<variant> reduction (%)" for each name in `variants`.
+    When KL(general||real) is about 0 (the baseline split), reduction cells read
+    "n/a (KL≈0; ×r)" with r = KL filtered / KL general. With numeric=True: the same numbers as
+    floats (percent columns in %, None where not applicable), for CSV and averaging over seeds.
+    """
+    filters = results["filters"]
+    semcal, oracle, classifier = filters["semcal"], filters["oracle"], filters.get("classifier")
+    dataset = dataset_label or results["dataset_name"]
+    if numeric:
+
+        def pct(value):
+            value = _as_float(value)
+            return None if value is None else 100 * value
+
+        row = {
+            "dataset": dataset,
+            "split": results["split_name"],
+            "filter_variant": results["filter_variant"],
+            "kl_general": _as_float(results["kl_general"]),
+            "kl_filtered_mean": _as_float(semcal["kl_mean"]),
+            "kl_filtered_std": _as_float(semcal["kl_std"]),
+            "kl_ratio": _as_float(semcal["kl_ratio"]),
+            "deception_reduction_pct": pct(semcal["deception_reduction"]),
+            "pass_rate_pct": pct(semcal["pass_rate_mean"]),
+            "ideal_pass_rate_pct": pct(results["ideal_pass_rate"]),
+            "oracle_kl_mean": _as_float(oracle["kl_mean"]),
+            "oracle_reduction_pct": pct(oracle["deception_reduction"]),
+            "classifier_kl_mean": _as_float(classifier["kl_mean"]) if classifier else None,
+            "classifier_reduction_pct": pct(classifier["deception_reduction"]) if classifier else None,
+        }
+        for name in variants:
+            block = results["variants"].get(name)
+            row[f"{name}_kl_mean"] = _as_float(block["kl_mean"]) if block else None
+            row[f"{name}_reduction_pct"] = pct(block["deception_reduction"]) if block else None
+        return row
+    row = {
+        "data set": dataset,
+        "split": results["split_name"],
+        "KL(general||real)": format_number(results["kl_general"]),
+        "KL(filtered||real)": _mean_std(semcal["kl_mean"], semcal["kl_std"]),
+        "deception reduction (%)": _reduction_cell(results, semcal),
+        "pass rate (%)": _percent(semcal["pass_rate_mean"]),
+        "oracle reduction (%)": _reduction_cell(results, oracle),
+        "classifier reduction (%)": _reduction_cell(results, classifier),
+    }
+    for name in variants:
+        row[f"{name} reduction (%)"] = _reduction_cell(results, results["variants"].get(name))
+    return row
+
+
+def results_table_row_over_seeds(
+    results_list: list[dict], dataset_label: str | None = None, variants: tuple[str, ...] = ()
+) -> dict:
+    """One display row from several results.json of the same data set and split (e.g. training
+    seeds): each number is mean ± sample std (ddof=1) over the results; n/a when any is missing."""
+    import statistics
+
+    rows = [results_table_row(r, dataset_label, numeric=True, variants=variants) for r in results_list]
+
+    def over(key: str, scale: str = "") -> str:
+        values = [row[key] for row in rows]
+        if any(v is None or v != v for v in values):
+            return "n/a"
+        if any(v in (float("inf"), float("-inf")) for v in values):
+            return "inf"
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        if scale == "%":
+            return f"{mean:.1f} ± {std:.1f}"
+        return _mean_std(mean, std)
+
+    first = rows[0]
+    kl_zero = bool(results_list[0].get("kl_general_is_zero"))
+
+    def reduction(key: str) -> str:
+        # On the baseline split only the KL ratio of the filter itself is meaningful.
+        if kl_zero:
+            return f"n/a (KL≈0; ×{over('kl_ratio')})" if key == "deception_reduction_pct" else "n/a (KL≈0)"
+        return over(key, "%")
+
+    row = {
+        "data set": first["dataset"],
+        "split": first["split"],
+        "runs": str(len(rows)),
+        "KL(general||real)": over("kl_general"),
+        "KL(filtered||real)": over("kl_filtered_mean"),
+        "deception reduction (%)": reduction("deception_reduction_pct"),
+        "pass rate (%)": over("pass_rate_pct", "%"),
+        "oracle reduction (%)": reduction("oracle_reduction_pct"),
+        "classifier reduction (%)": reduction("classifier_reduction_pct"),
+    }
+    for name in variants:
+        row[f"{name} reduction (%)"] = reduction(f"{name}_reduction_pct")
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of rows (dicts); columns in first-seen order, numbers via format_number."""
+    if not rows:
+        return ""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+
+    def cell(value) -> str:
+        text = format_number(value) if isinstance(value, float) or value is None else str(value)
+        return text.replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_summary_markdown(results: dict) -> str:
+    """summary.md of one evaluation: settings, KL of every filter and variant, distributions."""
+    filters, variants = results["filters"], results["variants"]
+    config, counts, join = results["config"], results["counts"], results["join"]["general_test"]
+    lines = [
+        f"# Semantic calibration: {results['dataset_name']} / {results['split_name']}",
+        "",
+        f"Filter: **{results['filter_variant']}** (score={config['score']}, normalize={config['normalize']}, "
+        f"top_p={config['top_p']}); the paper's method is `{results['paper_variant']}`. "
+        f"{results['monte_carlo']['n_runs']} rejection-sampling runs, seed {config['seed']}; "
+        "± is the population standard deviation over runs, not the standard error.",
+        "",
+        f"- texts evaluated: {counts['evaluated']} of {counts['general_test']} general_test rows "
+        f"(general scores file lost {join['general_lost']} rows in the join, real scores file {join['real_lost']})",
+        f"- general_train {counts['general_train']}, real_train {counts['real_train']}: "
+        f"M = {format_number(results['M'])}, ideal pass rate 1/M = {_percent(results['ideal_pass_rate'])}%",
+        f"- KL(general||real) = {format_number(results['kl_general'])}, TVD = {format_number(results['tvd_general'])}",
+    ]
+    if results.get("kl_note"):
+        lines.append(f"- {results['kl_note']}")
+    lines += [
+        "",
+        "| filter | KL(filtered‖real) | runs with KL = inf | TVD | pass rate (%) | expected KL | reduction (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    named = [(f"semcal ({results['filter_variant']})", filters["semcal"])]
+    named += [(f"variant {name}", block) for name, block in variants.items()]
+    named += [(name, filters[name]) for name in ("no_filter", "oracle", "classifier") if name in filters]
+    for name, block in named:
+        lines.append(
+            f"| {name} | {_mean_std(block['kl_mean'], block['kl_std'])} | {block['kl_infinite_runs']} | "
+            f"{_mean_std(block['tvd_mean'], block['tvd_std'])} | {_percent(block['pass_rate_mean'])} ± "
+            f"{_percent(block['pass_rate_std'])} | {format_number(block['expected_kl'])} | "
+            f"{_reduction_cell(results, block)} |"
+        )
+    infinite = sorted({label for _, block in named for label in block.get("infinite_kl_labels", [])})
+    if infinite:
+        lines += [
+            "",
+            f"KL is infinite where a filter lets through labels real_train never shows ({', '.join(infinite)}); "
+            "set kl_epsilon to smooth.",
+        ]
+    lines += ["", "## Scores", "", "| variant | shift | mean | std | log mean exp on test (0 = calibrated) |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for name, block in variants.items():
+        lines.append(
+            f"| {name} | {format_number(block['shift'])} | {format_number(block['score_mean'])} | "
+            f"{format_number(block['score_std'])} | {format_number(block['test_log_mean_exp'])} |"
+        )
+    lines += ["", "## Label distributions", ""]
+    labels = results["labels"]
+    sets = {
+        "general (evaluated)": results["distributions"]["evaluated"],
+        "real_train": results["distributions"]["real_train"],
+        "filtered (mean over runs)": filters["semcal"]["mean_distribution"],
+        "filtered (expected)": filters["semcal"]["expected_distribution"],
+        "oracle (expected)": filters["oracle"]["expected_distribution"],
+    }
+    lines.append("| label | " + " | ".join(sets) + " |")
+    lines.append("| --- |" + " --- |" * len(sets))
+    order = sorted(labels, key=lambda label: -(results["distributions"]["real_train"][label] or 0.0))
+    for label in order:
+        lines.append(f"| {label} | " + " | ".join(format_number(dist[label], 3) for dist in sets.values()) + " |")
+    figures = results.get("outputs", {}).get("figures", [])
+    if figures:
+        lines += ["", f"![label distributions]({figures[0]})"]
+    return "\n".join(lines) + "\n"
