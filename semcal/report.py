@@ -55,7 +55,7 @@ def format_number(value, digits: int = 4) -> str:
 def _percent(value, digits: int = 1) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
         return "n/a" if not isinstance(value, str) else value
-    return f"{100 * value:.{digits}f}"
+    return f"{round(100 * value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def _mean_std(mean, std) -> str:

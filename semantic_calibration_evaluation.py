@@ -1,0 +1,34 @@
+"""Stage 5: filter general_test by rejection sampling on the two models' log-prob ratio and
+measure how close its label distribution comes to the real one (the paper's numbers).
+
+Edit the settings below, or override any of them: python semantic_calibration_evaluation.py --name=value
+(`python semantic_calibration_evaluation.py --help` lists them). The same stage runs as `semcal evaluate`.
+"""
+
+from semcal.config import run_script
+from semcal.evaluation import EvaluationConfig, evaluate
+
+# ---- settings: edit these (or pass --name=value) --------------------------------------
+dataset_name = "runs/demo/distorted"  # data set written by distort: general_train, general_test, real_train_<split>
+split_name = "mild"  # the trusted set is real_train_<split_name>: baseline / mild / moderate / severe
+text_column = "text"  # column holding the texts (captions) the language models scored
+label_column = "label"  # column holding each text's label
+label_map = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
+general_scores_csv = ""  # per-token log-probs of general_test under the GENERAL model (token_sequence_probs output)
+real_scores_csv = ""  # per-token log-probs of general_test under the REAL model
+general_heldout_csv = None  # per-token log-probs of held-out general_train texts, GENERAL model (for normalize=heldout)
+real_heldout_csv = None  # the same held-out texts under the REAL model
+score = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
+normalize = "none"  # none (the paper) or heldout (shift scores so exp(score) averages 1 over held-out general texts)
+top_p = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
+n_runs = 1000  # rejection-sampling runs; results are mean and population std over runs
+seed = 0  # seed of the random draws (shared by all filters) and of the classifier
+kl_epsilon = 0.0  # add this to every label frequency before KL (0: none; KL may then be infinite)
+classifier = True  # also measure the TF-IDF + logistic regression filter (needs scikit-learn)
+min_kl_general = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
+top_tokens = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
+output_dir = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
+# ----------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    run_script(evaluate, EvaluationConfig, globals())
