@@ -112,7 +112,7 @@ def _load_from_hub(dataset_id: str):
             f"could not load {dataset_id!r} from the Hugging Face Hub ({reason}). If this machine has no "
             "network, save a copy where there is one with "
             f"`datasets.load_dataset({dataset_id!r}).save_to_disk('FOLDER')`, copy FOLDER here and set "
-            "dataset_name to its path."
+            "dataset_name to its path. (HF_HUB_OFFLINE=1 skips the network retries.)"
         ) from None
     return loaded
 
@@ -250,3 +250,90 @@ def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fractio
     heldout = np.zeros(n_general_train, dtype=bool)
     heldout[order[: max(1, round(eval_fraction * n_general_train))]] = True
     return heldout[np.asarray(general_rows, dtype=int)]
+
+
+MEDIA_SPLIT_FOLDERS = ("train", "test", "validation", GENERAL_TRAIN, GENERAL_TEST)
+
+
+def load_media_folder(
+    folder: str | Path,
+    kind: str,
+    labels_csv: str | Path | None = None,
+    media_column: str | None = None,
+    split_column: str = "split",
+):
+    """A `DatasetDict` of the image or audio files under `folder` (kind "image" or "audio").
+
+    Splits: when every file is in a subfolder named after a split (`train/`, `test/`,
+    `validation/`, `general_train/`, `general_test/`, `real_train_<d>/`), each subfolder is
+    one split; otherwise every file is in `general_train`.
+    A labels CSV (optional) has a `file_name` column with paths relative to `folder` and
+    any other columns (labels); a `split_column` in it decides the splits instead. Every
+    file needs a row and every row a file. Each split has the columns `file_name`, the
+    media column (`media_column`, default `kind`) holding the absolute file path, and the
+    labels CSV's columns; rows are in file-name order.
+    """
+    import datasets
+
+    from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+
+    suffixes = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(kind)
+    if suffixes is None:
+        raise ValueError(f"kind must be 'image' or 'audio', not {kind!r}")
+    media_column = media_column or kind
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"media folder {root} does not exist.")
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # hidden files and folders
+    )
+    if not files:
+        raise DataError(f"{root} holds no {kind} files (looked for {', '.join(suffixes)} in it and its subfolders).")
+
+    if labels_csv is None:
+        table = pd.DataFrame({"file_name": files})
+    else:
+        table = _read_table(Path(labels_csv).expanduser())
+        if "file_name" not in table.columns:
+            raise DataError(
+                f"labels CSV {labels_csv} has no file_name column (columns: {list(table.columns)}); add one with "
+                f"each file's path relative to {root}."
+            )
+        table["file_name"] = [Path(str(name)).as_posix() for name in table["file_name"]]
+        listed = set(table["file_name"])
+        missing = sorted(listed - set(files))
+        unlisted = [f for f in files if f not in listed]
+        if missing or unlisted:
+            raise DataError(
+                f"labels CSV {labels_csv} and folder {root} disagree: "
+                + (f"{len(missing)} listed files are not in the folder (first: {missing[:5]}); " if missing else "")
+                + (f"{len(unlisted)} files have no row in the CSV (first: {unlisted[:5]}); " if unlisted else "")
+                + "give every file exactly one row, with its path relative to the folder."
+            )
+        if table["file_name"].duplicated().any():
+            duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
+            raise DataError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
+        table = table.sort_values("file_name", kind="stable").reset_index(drop=True)
+    if media_column in table.columns:
+        raise DataError(f"labels CSV {labels_csv} has a column {media_column!r}, the name given to the file paths.")
+    table.insert(1, media_column, [str(root / name) for name in table["file_name"]])
+
+    if split_column in table.columns:
+        splits = table.pop(split_column).astype(str)
+    else:
+        top = [name.split("/", 1)[0] if "/" in name else "" for name in table["file_name"]]
+        is_split = [t in MEDIA_SPLIT_FOLDERS or t.startswith("real_train_") for t in top]
+        splits = pd.Series(top if all(is_split) else [GENERAL_TRAIN] * len(table))
+    dataset_dict = datasets.DatasetDict(
+        {
+            str(split): datasets.Dataset.from_pandas(
+                table[splits.values == split].reset_index(drop=True), preserve_index=False
+            )
+            for split in dict.fromkeys(splits)
+        }
+    )
+    return _alias_splits(dataset_dict)

@@ -1,0 +1,32 @@
+"""Caption every image of a data set (Florence-2 by default): the paper's image-to-text stage.
+
+Writes the data set with a caption column added, captions.csv and errors.csv to output_dir.
+Run `python florence_captioning.py --help` for the settings; `--name=value` overrides any of them.
+"""
+
+from semcal.captioning import ImageCaptionConfig, caption_images
+from semcal.config import run_script
+
+# ---- settings: edit these (or pass --name=value) ----
+dataset_name = "runs/images/source"  # folder of image files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL
+image_column = "image"  # column holding the images (datasets Image values, bytes or file paths)
+labels_csv = None  # folder of image files only: CSV with file_name (relative path) and label columns
+split_column = "split"  # one CSV/Parquet/JSONL file (or labels_csv): the column naming each row's split
+splits = []  # splits to caption, e.g. ["general_train", "general_test"]; empty: all
+output_dir = "runs/images/captioned"  # data-set folder to write (new, or an earlier output of this stage)
+caption_column = "text"  # name of the caption column added to the data set (the paper's data sets use text)
+model_name = "florence-community/Florence-2-large"  # Hub id or local folder: Florence-2 or another image-to-text model
+task_prompt = "<MORE_DETAILED_CAPTION>"  # Florence-2 task (the paper's); or <CAPTION>, <DETAILED_CAPTION>, <OCR>
+text_prompt = ""  # other models only: text given with each image (BLIP: a caption prefix; chat models: the instruction)
+num_beams = 3  # beam search width, as in the paper (1: greedy); never sampling
+max_new_tokens = 512  # longest caption, in tokens
+batch_size = 8  # images per generate call
+chunk_size = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
+max_items = None  # caption only the first N rows of each split (to try it on a sample); None: all
+keep_media_column = True  # keep the image column in the output data set (False: text and labels only)
+device = None  # "cuda", "cpu", ...; None: cuda when available, else cpu
+dtype = "auto"  # "auto" (float16 on CUDA, float32 otherwise), "float32", "float16" or "bfloat16"
+# ------------------------------------------------------
+
+if __name__ == "__main__":
+    run_script(caption_images, ImageCaptionConfig, globals())

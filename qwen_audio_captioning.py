@@ -1,0 +1,31 @@
+"""Caption every audio clip of a data set with Qwen2-Audio: the paper's audio-to-text stage.
+
+Writes the data set with a caption column added, captions.csv and errors.csv to output_dir.
+Run `python qwen_audio_captioning.py --help` for the settings; `--name=value` overrides any of them.
+"""
+
+from semcal.captioning import AudioCaptionConfig, caption_audio
+from semcal.config import run_script
+
+# ---- settings: edit these (or pass --name=value) ----
+dataset_name = "runs/audio/source"  # folder of audio files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL
+audio_column = "audio"  # column holding the clips (datasets Audio values, arrays with sampling_rate, bytes or paths)
+labels_csv = None  # folder of audio files only: CSV with file_name (relative path) and label columns
+split_column = "split"  # one CSV/Parquet/JSONL file (or labels_csv): the column naming each row's split
+splits = []  # splits to caption, e.g. ["general_train", "general_test"]; empty: all
+output_dir = "runs/audio/captioned"  # data-set folder to write (new, or an earlier output of this stage)
+caption_column = "text"  # name of the caption column added to the data set
+model_name = "Qwen/Qwen2-Audio-7B-Instruct"  # Hub id or local folder of a Qwen2-Audio model
+prompt = "Describe the sounds in this audio clip."  # instruction given with each clip (the paper's)
+num_beams = 1  # beam search width (1: greedy); never sampling
+max_new_tokens = 64  # longest caption, in tokens
+batch_size = 4  # clips per generate call
+chunk_size = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
+max_items = None  # caption only the first N rows of each split (to try it on a sample); None: all
+keep_media_column = False  # keep the audio column in the output data set (audio is large; False: text and labels)
+device = None  # "cuda", "cpu", ...; None: cuda when available, else cpu
+dtype = "auto"  # "auto" (float16 on CUDA, float32 otherwise), "float32", "float16" or "bfloat16"
+# ------------------------------------------------------
+
+if __name__ == "__main__":
+    run_script(caption_audio, AudioCaptionConfig, globals())
