@@ -278,3 +278,48 @@ def monte_carlo(
             mean_distribution=(distributions[non_empty].mean(axis=0) if non_empty.any() else np.full(n_labels, np.nan)),
         )
     return results
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -values))
+
+
+def fit_membership_logistic(scores: np.ndarray, is_real: np.ndarray, ridge: float = 1e-6) -> tuple[float, float]:
+    """Intercept and slope of P(real | x) = sigmoid(intercept + slope * score).
+
+    Fitted on held-out general_train texts, whose membership in real_train is known. Because
+    real_train is a subset of general_train, P(real | x) over general_train texts equals
+    p_real(x) / (M p_general(x)): exactly the acceptance probability. The fit corrects the
+    offset (a real model trained on less data, or longer, than the general one) and the scale
+    (noise in the log-ratio) of the language models' score. Newton's method on the
+    log-likelihood with a tiny ridge, on the standardised score for conditioning.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_real = np.asarray(is_real, dtype=np.float64)
+    if scores.shape != is_real.shape or scores.ndim != 1:
+        raise ValueError("scores and is_real must be 1-D arrays of the same length")
+    if is_real.min() == is_real.max():
+        raise ValueError("the held-out texts must include both real_train members and non-members")
+    center, spread = float(scores.mean()), float(scores.std()) or 1.0
+    design = np.column_stack([np.ones_like(scores), (scores - center) / spread])
+    weights = np.zeros(2)
+    for _ in range(100):
+        predicted = sigmoid(design @ weights)
+        gradient = design.T @ (is_real - predicted) - ridge * weights
+        hessian = (design * (predicted * (1 - predicted))[:, None]).T @ design + ridge * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        weights += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    slope = weights[1] / spread
+    return float(weights[0] - slope * center), float(slope)
+
+
+def logistic_log_ratio(scores: np.ndarray, intercept: float, slope: float, m: float) -> np.ndarray:
+    """The calibrated log density ratio log(M * sigmoid(intercept + slope * score)).
+
+    With it, accept_probs gives min(1, sigmoid(...)) = sigmoid(...), the fitted P(real | x).
+    """
+    linear = intercept + slope * np.asarray(scores, dtype=np.float64)
+    return np.log(m) - np.logaddexp(0.0, -linear)

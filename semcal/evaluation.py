@@ -38,7 +38,7 @@ from semcal.data import (
 )
 
 SCORE_METHODS = ("clipped", "sum")
-NORMALIZATIONS = ("none", "heldout")
+NORMALIZATIONS = ("none", "heldout", "logistic")
 PAPER_VARIANT = "clipped"  # score=clipped, normalize=none: the paper's exact method
 
 
@@ -80,7 +80,7 @@ class EvaluationConfig:
 
 
 def variant_name(score: str, normalize: str) -> str:
-    return score if normalize == "none" else f"{score}_heldout"
+    return score if normalize == "none" else f"{score}_{normalize}"
 
 
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
@@ -105,13 +105,15 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     general_scores = _read_scores(config.general_scores_csv, "general_scores_csv")
     real_scores = _read_scores(config.real_scores_csv, "real_scores_csv")
     text_ids, diffs, tokens, join = join_scores(general_scores, real_scores, len(general_test), GENERAL_TEST)
-    heldout_diffs, heldout_join = None, None
+    heldout_diffs, heldout_join, heldout_is_real = None, None, None
     if config.general_heldout_csv and config.real_heldout_csv:
         heldout_general = _read_scores(config.general_heldout_csv, "general_heldout_csv")
         heldout_real = _read_scores(config.real_heldout_csv, "real_heldout_csv")
-        _, heldout_diffs, _, heldout_join = join_scores(
+        heldout_ids, heldout_diffs, _, heldout_join = join_scores(
             heldout_general, heldout_real, len(general_train), GENERAL_TRAIN
         )
+        if real_general_rows is not None:
+            heldout_is_real = np.isin(heldout_ids, real_general_rows)
 
     # ---- label distributions ----
     labels = sorted(set(general_train_labels) | set(general_test_labels) | set(real_train_labels))
@@ -127,8 +129,13 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     m = calibration.ratio_m(len(general_train), len(real_train))
 
     # ---- acceptance probabilities of every filter ----
-    variants = _score_variants(diffs, heldout_diffs, config.top_p, m)
+    variants = _score_variants(diffs, heldout_diffs, heldout_is_real, config.top_p, m)
     chosen = variant_name(config.score, config.normalize)
+    if chosen not in variants:
+        raise EvaluationError(
+            f"normalize={config.normalize} needs to know which held-out texts are in {real_split}: its "
+            f"{GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
+        )
     accept_by_filter = {"no_filter": np.ones(len(text_ids))}
     accept_by_filter |= {f"variant:{name}": variant["accept"] for name, variant in variants.items()}
     accept_by_filter["oracle"] = calibration.oracle_accept_probs(test_codes, real, general, m)
@@ -266,9 +273,9 @@ def _check_settings(config: EvaluationConfig) -> None:
     if len(given) == 1:
         missing = next(name for name in heldout if name not in given)
         raise EvaluationError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
-    if config.normalize == "heldout" and not given:
+    if config.normalize != "none" and not given:
         raise EvaluationError(
-            "normalize=heldout needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
+            f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
             "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
         )
     for name in given:
@@ -373,20 +380,39 @@ def _fingerprints(config: EvaluationConfig, general_test_texts: list[str], real_
 
 
 def _score_variants(
-    diffs: list[np.ndarray], heldout_diffs: list[np.ndarray] | None, top_p: float, m: float
+    diffs: list[np.ndarray],
+    heldout_diffs: list[np.ndarray] | None,
+    heldout_is_real: np.ndarray | None,
+    top_p: float,
+    m: float,
 ) -> dict[str, dict[str, Any]]:
-    """Scores and acceptance of every variant: {clipped, sum} x {none, heldout if given}."""
+    """Scores and acceptance of every variant: {clipped, sum} x {none, and the held-out ones if given}.
+
+    heldout: shift so exp(score) averages 1 on held-out general texts. logistic: fit
+    P(real | x) = sigmoid(a + b * score) on the held-out texts' real_train membership.
+    """
     variants = {}
     for method in SCORE_METHODS:
         raw = calibration.score_texts(diffs, method, top_p)
-        normalizations = ["none"] + (["heldout"] if heldout_diffs is not None else [])
+        normalizations = ["none"]
+        if heldout_diffs is not None:
+            normalizations.append("heldout")
+            if heldout_is_real is not None and heldout_is_real.any() and not heldout_is_real.all():
+                normalizations.append("logistic")
         for normalize in normalizations:
             shift = 0.0
             heldout_lme = None
+            fit = None
+            scores = raw
             if normalize == "heldout":
                 shift = calibration.heldout_shift(calibration.score_texts(heldout_diffs, method, top_p))
                 heldout_lme = shift
-            scores = raw - shift
+                scores = raw - shift
+            elif normalize == "logistic":
+                heldout_scores = calibration.score_texts(heldout_diffs, method, top_p)
+                intercept, slope = calibration.fit_membership_logistic(heldout_scores, heldout_is_real)
+                fit = {"intercept": intercept, "slope": slope, "heldout_texts": int(len(heldout_scores))}
+                scores = calibration.logistic_log_ratio(raw, intercept, slope, m)
             variants[variant_name(method, normalize)] = {
                 "scores": scores,
                 "accept": calibration.accept_probs(scores, m),
@@ -399,6 +425,7 @@ def _score_variants(
                     # log mean exp(score) on the test texts: 0 when exp(score) averages 1 (calibrated)
                     "test_log_mean_exp": calibration.log_mean_exp(scores),
                     "heldout_log_mean_exp_before_shift": heldout_lme,
+                    "logistic_fit": fit,
                 },
             }
     return variants

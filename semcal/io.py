@@ -276,3 +276,25 @@ def read_token_log_probs(path: str | Path) -> pd.DataFrame:
             "log_probs": log_probs,
         }
     )
+
+
+def save_pretrained(folder: str | Path, *objects: Any) -> Path:
+    """`obj.save_pretrained` (model, tokenizer) into a temporary folder, then swap it in.
+
+    A crash leaves either the old folder or the complete new one, never a half-written one.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for obj in objects:
+        obj.save_pretrained(str(tmp))
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+    return folder

@@ -1,0 +1,374 @@
+"""Per-token log-probabilities of every text of a split under one model.
+
+`score_split` (token_sequence_probs.py, `semcal score`) writes `token_log_probs.csv` in
+`output_dir`, one row per text, in the paper's columns:
+
+    text_id             the text's row index in the split
+    total_log_prob      sum of the scored tokens' log-probabilities (natural log)
+    avg_log_prob        total_log_prob / number of scored tokens
+    word_probabilities  JSON list of [token, log_prob] pairs (tokens as convert_ids_to_tokens gives them)
+
+Which tokens are scored is decided by the framing the model was trained with (see
+semcal.lm): with `bos_eos` every text token plus EOS, with `paper` every token but the first.
+
+Speed: texts are framed once, sorted by length and scored in batches with attention masks
+under `torch.inference_mode`, on CUDA when there is one. Right padding leaves the real
+tokens' positions and (causal) attention untouched, so batched scores equal one-at-a-time
+scores up to float rounding.
+
+Resumable: rows are flushed in chunks (io.ChunkedTableWriter). The batches are planned
+from all texts before anything is skipped, so a rerun after a kill computes every
+remaining text in exactly the batch it had before and the final file is byte-identical
+to an uninterrupted run. For tests, SEMCAL_KILL_AFTER_CHUNKS=N makes the process SIGKILL
+itself after writing its N-th chunk.
+
+Mixing tokenisers is refused twice: before scoring, the records of the other score
+folders beside `output_dir` (the other models' scores of the same split) must show the
+same tokenizer fingerprint, framing and max_length; and `check_same_tokens` compares two
+score tables token by token.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from semcal import io
+from semcal.config import UserError, config_to_dict
+from semcal.data import get_split, load_dataset_dict, texts_of
+from semcal.lm import (
+    UNFINISHED_NAME,
+    TokenizerMismatchError,
+    check_framing,
+    check_sibling_tokenizers,
+    frame_texts,
+    heldout_rows,
+    load_model,
+    load_tokenizer,
+    model_positions,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
+
+SCORES_NAME = "token_log_probs.csv"
+DEFAULT_FRAMING = "bos_eos"
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_EVAL_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 42
+# Settings that do not change a single value of the output: a rerun changing only these resumes.
+NON_RESULT_SETTINGS = ("chunk_size",)
+
+
+@dataclass
+class ScoreConfig:
+    dataset_name: str = "runs/demo/data"  # data set holding the split: save_to_disk folder, CSV/Parquet/JSONL or Hub id
+    split_column: str = "split"  # for a single data file: the column naming each row's split
+    split_name: str = "general_test"  # split whose texts are scored
+    text_column: str = "text"  # column holding the texts (captions)
+    model: str = "runs/demo/models/general"  # model folder from finetune_gpt2.py, a Hub id, or a .gguf file
+    gguf_file: str | None = None  # a GGUF file inside model's folder
+    output_dir: str = "runs/demo/scores/general_test.general"  # gets token_log_probs.csv and semcal_record.json
+    framing: str | None = None  # none: as the model was trained (its record; else bos_eos); or bos_eos / paper
+    max_length: int | None = None  # none: as the model was trained (its record; else 512)
+    heldout_only: bool = False  # score only the rows held out from training (general_train: texts no model saw)
+    eval_fraction: float | None = None  # heldout_only: held-out share; none = the model's (its record; else 0.2)
+    split_seed: int | None = None  # heldout_only: held-out seed; none = the model's (its record; else 42)
+    batch_size: int = 32  # texts per forward pass (sorted by length, so padding stays small)
+    max_batch_tokens: int = 4096  # cap on padded tokens per batch (memory: logits are tokens x vocabulary)
+    chunk_size: int = 1000  # texts per flushed chunk: a killed run redoes at most this many
+
+
+def score_split(config: ScoreConfig) -> Path:
+    """Score the texts of `split_name` with `model`; returns the CSV path."""
+    started = time.perf_counter()
+    _check_settings(config)
+    output_dir = Path(config.output_dir)
+    csv_path = output_dir / SCORES_NAME
+    model_record = _model_record(config.model)
+    framing, max_length, eval_fraction, split_seed = _model_settings(config, model_record)
+
+    dataset_dict = load_dataset_dict(config.dataset_name, config.split_column)
+    texts = texts_of(get_split(dataset_dict, config.split_name), config.split_name, config.text_column)
+    if config.heldout_only:
+        heldout, _ = heldout_rows(dataset_dict, config.split_name, eval_fraction, split_seed)
+        text_ids = np.flatnonzero(heldout)
+    else:
+        text_ids = np.arange(len(texts))
+    tokenizer = load_tokenizer(config.model, config.gguf_file, setting="model")
+    identity = {
+        "split": config.split_name,
+        "split_fingerprint": io.fingerprint_texts(texts),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "framing": framing,
+        "max_length": max_length,
+        "weights_fingerprint": weights_fingerprint(config.model, config.gguf_file),
+        "text_ids_fingerprint": io.fingerprint_texts(map(str, text_ids)),
+    }
+    config_dict = config_to_dict(config)
+    if _up_to_date(output_dir, csv_path, config_dict, identity):
+        print(f"score: {csv_path} is up to date (same settings, model and texts in its semcal_record.json)")
+        return csv_path
+    check_sibling_tokenizers(output_dir, "score", identity, match=("split", "split_fingerprint"))
+    _check_unfinished(output_dir, csv_path, config_dict, identity)
+    # An output of other settings is superseded: drop it before the new run writes anything.
+    (output_dir / io.RECORD_NAME).unlink(missing_ok=True)
+    csv_path.unlink(missing_ok=True)
+    io.write_json(output_dir / UNFINISHED_NAME, {"stage": "score", "config": config_dict, **identity})
+
+    model = load_model(config.model, config.gguf_file, setting="model")
+    max_length = min(max_length, model_positions(model) or max_length)
+    device = _device()
+    model.to(device)
+    framed = frame_texts(tokenizer, [texts[i] for i in text_ids], framing, max_length)
+    batches = plan_batches([len(ids) for ids in framed], config.batch_size, config.max_batch_tokens)
+    writer = io.ChunkedTableWriter(csv_path, io.TOKEN_LOG_PROB_COLUMNS, "text_id")
+    scored_before = len(writer.done_keys)
+    scoring_started = time.perf_counter()
+    _write_chunks(config, model, tokenizer, framed, text_ids, batches, writer, device)
+    scoring_time = time.perf_counter() - scoring_started
+    writer.finish()
+
+    scores = io.read_token_log_probs(csv_path)
+    wall_time = time.perf_counter() - started
+    rate = (len(text_ids) - scored_before) / max(scoring_time, 1e-9)
+    io.write_record(
+        output_dir,
+        "score",
+        config_dict,
+        **identity,
+        model_split=(model_record or {}).get("split"),
+        data={"split": config.split_name, "rows": len(texts), "scored_rows": len(text_ids)},
+        scored_in_this_run=len(text_ids) - scored_before,
+        mean_avg_log_prob=float(scores["avg_log_prob"].mean()) if len(scores) else None,
+        device=str(device),
+        texts_per_s=round(rate, 1),
+        wall_time_s=round(wall_time, 2),
+    )
+    (output_dir / UNFINISHED_NAME).unlink(missing_ok=True)
+    print(
+        f"score: {len(text_ids)} texts of {config.split_name}{' (held-out rows)' if config.heldout_only else ''} "
+        f"with {config.model}: mean avg_log_prob {scores['avg_log_prob'].mean():.3f}, {rate:.0f} texts/s on "
+        f"{device} ({wall_time:.0f}s in all) -> {csv_path}"
+    )
+    return csv_path
+
+
+def _check_settings(config: ScoreConfig) -> None:
+    if config.framing is not None:
+        check_framing(config.framing)
+    problems = []
+    for name in ("batch_size", "max_batch_tokens", "chunk_size"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1 (got {getattr(config, name)})")
+    if config.max_length is not None and config.max_length < 2:
+        problems.append(f"max_length must be at least 2 tokens (got {config.max_length})")
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+
+
+def _model_record(model: str) -> dict[str, Any] | None:
+    record = io.read_record(model) if Path(model).expanduser().is_dir() else None
+    return record if record and record.get("stage") == "finetune" else None
+
+
+def _model_settings(config: ScoreConfig, record: dict[str, Any] | None) -> tuple[str, int, float, int]:
+    """framing, max_length, eval_fraction, split_seed: the settings', else the model's, else defaults."""
+    trained = (record or {}).get("config", {})
+    framing = config.framing or record and record.get("framing") or DEFAULT_FRAMING
+    if record and config.framing and config.framing != record.get("framing"):
+        print(f"warning: {config.model} was trained with framing={record.get('framing')}, scored with {framing}.")
+    max_length = config.max_length or record and record.get("max_length") or DEFAULT_MAX_LENGTH
+    eval_fraction = config.eval_fraction or trained.get("eval_fraction") or DEFAULT_EVAL_FRACTION
+    split_seed = config.split_seed if config.split_seed is not None else trained.get("split_seed", DEFAULT_SPLIT_SEED)
+    return framing, int(max_length), float(eval_fraction), int(split_seed)
+
+
+def _result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config_dict.items() if key not in NON_RESULT_SETTINGS}
+
+
+def _up_to_date(output_dir: Path, csv_path: Path, config_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """True if csv_path was finished with these settings, model and texts."""
+    record = io.read_record(output_dir)
+    if record is None or record.get("stage") != "score" or not csv_path.exists():
+        return False
+    return _result_settings(record.get("config", {})) == _result_settings(config_dict) and all(
+        record.get(key) == value for key, value in identity.items()
+    )
+
+
+def _check_unfinished(output_dir: Path, csv_path: Path, config_dict: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to add rows to the chunks of an interrupted run of another model or settings."""
+    parts_dir = csv_path.with_name(csv_path.name + ".parts")
+    if not any(parts_dir.glob("part-*.csv")):
+        return
+    path = output_dir / UNFINISHED_NAME
+    unfinished = io.read_json(path) if path.exists() else {}
+    differs = [
+        key for key, value in _result_settings(config_dict).items() if unfinished.get("config", {}).get(key) != value
+    ]
+    differs += [key for key, value in identity.items() if unfinished.get(key) != value]
+    if differs:
+        raise UserError(
+            f"{parts_dir} holds rows of an interrupted run with another model, texts or settings (differs in: "
+            f"{', '.join(differs)}); mixing them would corrupt the file. Rerun with the earlier settings to finish "
+            "it, or delete that folder to start over."
+        )
+
+
+def _device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# Batched scoring
+# ---------------------------------------------------------------------------------------
+
+
+def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Positions grouped into batches of similar length, longest first (a batch that does not
+    fit in memory fails at once). A batch holds at most `batch_size` texts and, padded,
+    `max_batch_tokens` tokens (always at least one text). Ties keep input order, so the plan
+    depends only on the lengths."""
+    order = sorted(range(len(lengths)), key=lambda position: (-lengths[position], position))
+    batches: list[list[int]] = []
+    for position in order:
+        batch = batches[-1] if batches else None
+        # Sorted longest first, so the batch's first text sets its padded length.
+        if batch and len(batch) < batch_size and (len(batch) + 1) * lengths[batch[0]] <= max_batch_tokens:
+            batch.append(position)
+        else:
+            batches.append([position])
+    return batches
+
+
+def score_batch(model: Any, sequences: list[list[int]], pad_id: int, device: Any = "cpu") -> list[np.ndarray]:
+    """Log-probability of tokens 1..n-1 of each framed sequence, each given the tokens before it."""
+    import torch
+
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+        targets = input_ids[:, 1:].unsqueeze(-1)
+        # log_softmax at the target only: gather the logit, subtract the log of the normaliser.
+        log_probs = (logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu().numpy()
+    return [log_probs[row, : len(ids) - 1].astype(np.float64) for row, ids in enumerate(sequences)]
+
+
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    framing: str = DEFAULT_FRAMING,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 32,
+    max_batch_tokens: int = 4096,
+) -> list[tuple[list[str], np.ndarray]]:
+    """(scored tokens, their log-probs) of each text, in input order: the library entry point."""
+    device = next(model.parameters()).device
+    framed = frame_texts(tokenizer, texts, framing, min(max_length, model_positions(model) or max_length))
+    results: list[Any] = [None] * len(texts)
+    for batch in plan_batches([len(ids) for ids in framed], batch_size, max_batch_tokens):
+        sequences = [framed[position] for position in batch]
+        for position, log_probs in zip(
+            batch, score_batch(model, sequences, tokenizer.pad_token_id, device), strict=True
+        ):
+            results[position] = (tokenizer.convert_ids_to_tokens(framed[position][1:]), log_probs)
+    return results
+
+
+def score_row(text_id: int, tokens: list[str], log_probs: np.ndarray) -> list[Any]:
+    """One CSV row. A text with no scored token (a one-token text under framing=paper) gets
+    total 0.0 and avg_log_prob nan."""
+    values = log_probs.tolist()
+    total = math.fsum(values)
+    average = total / len(values) if values else float("nan")
+    return [int(text_id), total, average, [[token, value] for token, value in zip(tokens, values, strict=True)]]
+
+
+def _write_chunks(
+    config: ScoreConfig,
+    model: Any,
+    tokenizer: Any,
+    framed: list[list[int]],
+    text_ids: np.ndarray,
+    batches: list[list[int]],
+    writer: io.ChunkedTableWriter,
+    device: Any,
+) -> None:
+    from tqdm.auto import tqdm
+
+    kill_after = int(os.environ.get("SEMCAL_KILL_AFTER_CHUNKS", "0") or 0)
+    pending = [batch for batch in batches if any(str(text_ids[p]) not in writer.done_keys for p in batch)]
+    remaining = sum(len(batch) for batch in pending)
+    rows: list[list[Any]] = []
+    chunks = 0
+    with tqdm(total=len(text_ids), initial=len(text_ids) - remaining, unit="text", desc="scoring") as bar:
+        for batch in pending:
+            sequences = [framed[position] for position in batch]
+            for position, log_probs in zip(
+                batch, score_batch(model, sequences, tokenizer.pad_token_id, device), strict=True
+            ):
+                if str(text_ids[position]) not in writer.done_keys:
+                    tokens = tokenizer.convert_ids_to_tokens(framed[position][1:])
+                    rows.append(score_row(text_ids[position], tokens, log_probs))
+            bar.update(len(batch))
+            if len(rows) >= config.chunk_size:
+                writer.write_chunk(rows)
+                rows, chunks = [], chunks + 1
+                if kill_after and chunks >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        writer.write_chunk(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenisations must agree
+# ---------------------------------------------------------------------------------------
+
+
+def check_same_tokens(general: pd.DataFrame, real: pd.DataFrame) -> None:
+    """Refuse two score tables (io.read_token_log_probs) whose token sequences differ.
+
+    Rows are joined on text_id; ids present on one side only are not compared here (the
+    evaluation reports them). Raises TokenizerMismatchError naming the first differing
+    text_id and tokens, or when the tables share no text_id at all.
+    """
+    merged = general[["text_id", "tokens"]].merge(
+        real[["text_id", "tokens"]], on="text_id", how="inner", suffixes=("_general", "_real")
+    )
+    if merged.empty:
+        raise TokenizerMismatchError(
+            "the general and real score tables share no text_id: they were computed on different texts or splits."
+        )
+    for text_id, general_tokens, real_tokens in zip(
+        merged["text_id"], merged["tokens_general"], merged["tokens_real"], strict=True
+    ):
+        general_tokens, real_tokens = list(general_tokens), list(real_tokens)
+        if general_tokens == real_tokens:
+            continue
+        at = next(
+            (i for i, pair in enumerate(zip(general_tokens, real_tokens, strict=False)) if pair[0] != pair[1]),
+            min(len(general_tokens), len(real_tokens)),
+        )
+        raise TokenizerMismatchError(
+            f"text_id {int(text_id)}: the general and real models tokenise it differently from token {at} on "
+            f"(general {general_tokens[at : at + 6]}, real {real_tokens[at : at + 6]}; {len(general_tokens)} vs "
+            f"{len(real_tokens)} tokens). Per-token log-probs can only be compared under one tokenizer and framing: "
+            "score both with models that share them (base_model=scratch: the same tokenizer_dir)."
+        )

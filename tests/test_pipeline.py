@@ -1,0 +1,113 @@
+"""`semcal run` end to end on a tiny synthetic data set, a crash between stages, `table` and the demo."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from semcal import io, pipeline
+from semcal.cli import main
+from semcal.config import UserError
+from semcal.demo_data import generate_demo
+
+TINY_FINETUNE = {
+    "n_layer": "1",
+    "n_embd": "32",
+    "n_head": "2",
+    "vocab_size": "300",
+    "max_length": "48",
+    "num_epochs": "1",
+    "batch_size": "32",
+}
+
+
+def _config(tmp_path, source):
+    return pipeline.PipelineConfig(
+        dataset_name=str(source),
+        run_dir=str(tmp_path / "run"),
+        splits=["baseline", "severe"],
+        init_real_from_general=True,
+        finetune_settings=dict(TINY_FINETUNE),
+        evaluation_settings={"n_runs": "50"},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    source = tmp_path_factory.mktemp("tiny") / "source"
+    io.save_dataset_dict(generate_demo(n_train=400, n_test=120, seed=3), source)
+    return source
+
+
+def test_run_restarts_after_a_crash_without_redoing_finished_stages(tmp_path, tiny_source, monkeypatch, capsys):
+    config = _config(tmp_path, tiny_source)
+    real_score_split = pipeline.score_split
+    calls = []
+
+    def crash_on_third(score_config):
+        calls.append(score_config.output_dir)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_score_split(score_config)
+
+    monkeypatch.setattr(pipeline, "score_split", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.run_pipeline(config)
+    monkeypatch.setattr(pipeline, "score_split", real_score_split)
+    run_dir = tmp_path / "run"
+    general_weights = run_dir / "models" / "general" / "model.safetensors"
+    written_before = general_weights.stat().st_mtime_ns
+    capsys.readouterr()
+
+    pipeline.run_pipeline(config)
+    log = capsys.readouterr().out
+    # distort, 3 fine-tunings and the 2 scorings that finished before the crash are skipped
+    assert log.count("up to date, skipped") == 6
+    assert "[7/12] score general_test.real_baseline ..." in log
+    assert general_weights.stat().st_mtime_ns == written_before
+
+    for split in ("baseline", "severe"):
+        results = json.loads((run_dir / "evaluation" / split / "results.json").read_text())
+        assert results["split_name"] == split and results["monte_carlo"]["n_runs"] == 50
+        assert (run_dir / "evaluation" / split / "label_distributions.png").exists()
+    table = pd.read_csv(run_dir / "results_table.csv")
+    assert list(table["split"]) == ["baseline", "severe"]
+    assert (run_dir / "results_table.md").read_text().startswith("| data set |")
+
+    # A third run changes nothing: every stage is up to date.
+    pipeline.run_pipeline(config)
+    assert capsys.readouterr().out.count("up to date, skipped") == 12
+
+    # `semcal table` collects the same rows from the run folder.
+    assert main(["table", str(run_dir), "--output", str(tmp_path / "collected")]) == 0
+    assert pd.read_csv(tmp_path / "collected.csv")["split"].tolist() == ["baseline", "severe"]
+
+
+def test_changed_settings_rerun_the_stages_they_reach(tmp_path, tiny_source, capsys):
+    config = _config(tmp_path, tiny_source)
+    config.splits = ["severe"]
+    pipeline.run_pipeline(config)
+    capsys.readouterr()
+    config.evaluation_settings = {"n_runs": "60"}
+    pipeline.run_pipeline(config)
+    log = capsys.readouterr().out
+    assert log.count("up to date, skipped") == 1 + 2 + 4  # distort, 2 models, 4 scorings
+    assert "[8/8] evaluate severe: done" in log
+
+
+def test_bad_pipeline_settings_fail_before_any_work(tmp_path, tiny_source):
+    config = _config(tmp_path, tiny_source)
+    config.splits = ["mild", "extreme"]
+    config.targets = {"mild": 0.25}
+    with pytest.raises(UserError, match=r"splits \['extreme'\] have no target KL"):
+        pipeline.run_pipeline(config)
+    config = _config(tmp_path, tiny_source)
+    config.finetune_settings = {"n_layers": "2"}
+    with pytest.raises(UserError, match="finetune_settings: unknown setting 'n_layers'"):
+        pipeline.run_pipeline(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_table_without_results_says_what_to_run(tmp_path):
+    (tmp_path / "empty_run").mkdir()
+    assert main(["table", str(tmp_path / "empty_run")]) == 2
