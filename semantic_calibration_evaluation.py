@@ -9,17 +9,17 @@ from semcal.config import run_script
 from semcal.evaluation import EvaluationConfig, evaluate
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
-dataset_name = "runs/demo/distorted"  # data set written by distort: general_train, general_test, real_train_<split>
+dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_<split>
 split_name = "mild"  # the trusted set is real_train_<split_name>: baseline / mild / moderate / severe
 text_column = "text"  # column holding the texts (captions) the language models scored
 label_column = "label"  # column holding each text's label
 label_map = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
-general_scores_csv = ""  # per-token log-probs of general_test under the GENERAL model (token_sequence_probs output)
-real_scores_csv = ""  # per-token log-probs of general_test under the REAL model
-general_heldout_csv = None  # per-token log-probs of held-out general_train texts, GENERAL model (for normalize=heldout)
-real_heldout_csv = None  # the same held-out texts under the REAL model
-score = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
-normalize = "none"  # none (the paper) or heldout (shift scores so exp(score) averages 1 over held-out general texts)
+general_scores_csv = "runs/demo/scores/general_test.general/token_log_probs.csv"  # general_test, GENERAL model
+real_scores_csv = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
+general_heldout_csv = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
+real_heldout_csv = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
+score = "sum"  # sum (all tokens) or clipped (the paper: tokens within top_p of the total |difference|)
+normalize = "logistic"  # logistic (fit P(real|score) on held-out texts), heldout (exp(score) mean 1), none (paper)
 top_p = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
 n_runs = 1000  # rejection-sampling runs; results are mean and population std over runs
 seed = 0  # seed of the random draws (shared by all filters) and of the classifier

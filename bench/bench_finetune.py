@@ -79,7 +79,8 @@ def main() -> None:
     dynamic_s = statistics.median(r["train_runtime_s"] for r in dynamic)
     padded_s = statistics.median(r["train_runtime_s"] for r in padded)
     train_rows = dynamic[0]["data"]["train_rows"]
-    losses = [r["eval_loss_per_epoch"][-1]["eval_loss"] for r in dynamic + padded]
+    before = sorted({round(r["eval_loss_before_training"], 4) for r in dynamic + padded})
+    after = [r["eval_loss_per_epoch"][-1]["eval_loss"] for r in dynamic + padded]
     command = (
         f".venv/bin/python bench/bench_finetune.py --n_texts={args.n_texts} --n_layer={args.n_layer} "
         f"--n_embd={args.n_embd} --batch_size={args.batch_size} --runs={args.runs} --slow_runs={args.slow_runs}"
@@ -93,8 +94,10 @@ def main() -> None:
         f"| every caption to 512 (the paper's) | {padded_s:.1f} | {train_rows / padded_s:.1f} | {args.slow_runs} "
         f"| {statistics.median(r['wall_time_s'] for r in padded):.1f} |\n\n"
         f"Speed-up: **{padded_s / dynamic_s:.1f}x** (target >= 5x). {train_rows} AudioCaps train captions per epoch, "
-        f"batch {args.batch_size}, same seed and steps; eval loss after the epoch "
-        f"{', '.join(f'{loss:.4f}' for loss in losses)} (padding does not change what is learned).\n"
+        f"batch {args.batch_size}, same seed, data order and steps. Eval loss before training: "
+        f"{', '.join(f'{loss:.4f}' for loss in before)} (padding changes no loss value); after the epoch: "
+        f"{', '.join(f'{loss:.4f}' for loss in after)} (dynamic runs first; the padded run differs by its dropout "
+        "draws, which are made over the padded shape).\n"
         f"Machine: {machine()}. Command: `{command}`"
     )
 

@@ -3,6 +3,7 @@
 Texts: --n_texts AudioCaps test captions (seeded sample). Model: a GPT-2 built from config
 (random weights; speed does not depend on them), with a byte-level BPE tokenizer trained on
 the AudioCaps train captions, as base_model=scratch makes them:
+  --size=demo       2 layers x 128, BPE 1024 (the settings `semcal demo` trains with)
   --size=scratch    4 layers x 256, BPE 4096 (the scratch default of finetune_gpt2.py)
   --size=distilgpt2 6 layers x 768, 12 heads, BPE 50257 requested (distilgpt2's shape; the BPE
                     stops where the captions run out of merges, far below 50257)
@@ -34,7 +35,11 @@ from semcal.lm import train_bpe_tokenizer
 from semcal.scoring import score_texts
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
-SIZES = {"scratch": (4, 256, 4, 4096), "distilgpt2": (6, 768, 12, 50257)}  # layers, width, heads, BPE vocab
+SIZES = {
+    "demo": (2, 128, 4, 1024),
+    "scratch": (4, 256, 4, 4096),
+    "distilgpt2": (6, 768, 12, 50257),
+}  # layers, width, heads, BPE
 
 
 def build(csv_path: Path, size: str, n_texts: int, seed: int):

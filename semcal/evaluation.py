@@ -48,33 +48,23 @@ class EvaluationError(UserError):
 
 @dataclass
 class EvaluationConfig:
-    dataset_name: str = (
-        "runs/demo/distorted"  # data set written by distort: general_train, general_test, real_train_<split>
-    )
+    dataset_name: str = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_<split>
     split_name: str = "mild"  # the trusted set is real_train_<split_name>: baseline / mild / moderate / severe
     text_column: str = "text"  # column holding the texts (captions) the language models scored
     label_column: str = "label"  # column holding each text's label
     label_map: str | None = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
-    general_scores_csv: str = (
-        ""  # per-token log-probs of general_test under the GENERAL model (token_sequence_probs output)
-    )
-    real_scores_csv: str = ""  # per-token log-probs of general_test under the REAL model
-    general_heldout_csv: str | None = (
-        None  # per-token log-probs of held-out general_train texts, GENERAL model (for normalize=heldout)
-    )
-    real_heldout_csv: str | None = None  # the same held-out texts under the REAL model
-    score: str = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
-    normalize: str = (
-        "none"  # none (the paper) or heldout (shift scores so exp(score) averages 1 over held-out general texts)
-    )
+    general_scores_csv: str = "runs/demo/scores/general_test.general/token_log_probs.csv"  # general_test, GENERAL model
+    real_scores_csv: str = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
+    general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
+    real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
+    score: str = "sum"  # sum (all tokens) or clipped (the paper: tokens within top_p of the total |difference|)
+    normalize: str = "logistic"  # logistic (fit P(real|score) on held-out texts), heldout (exp(score) mean 1), none (paper)
     top_p: float = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
     n_runs: int = 1000  # rejection-sampling runs; results are mean and population std over runs
     seed: int = 0  # seed of the random draws (shared by all filters) and of the classifier
     kl_epsilon: float = 0.0  # add this to every label frequency before KL (0: none; KL may then be infinite)
     classifier: bool = True  # also measure the TF-IDF + logistic regression filter (needs scikit-learn)
-    min_kl_general: float = (
-        0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
-    )
+    min_kl_general: float = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
     top_tokens: int = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
     output_dir: str = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
 

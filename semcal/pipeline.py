@@ -51,7 +51,7 @@ class PipelineConfig:
     )  # target KL(general || real) of each split
     distort_strategy: str = "tilt"  # tilt or max_subset (see distort.py)
     base_model: str = "scratch"  # every model's base: scratch (GPT-2 trained from nothing), a Hub id/folder, or .gguf
-    init_real_from_general: bool = False  # start each real model from the trained general model
+    init_real_from_general: bool = True  # start each real model from the trained general model (false: the paper)
     seed: int = 0  # training seed of every model (the distortion and the evaluation keep their own seeds)
     distort_settings: dict[str, str] = field(default_factory=dict)  # other distort settings, name=value
     finetune_settings: dict[str, str] = field(default_factory=dict)  # other finetune settings, name=value

@@ -247,3 +247,17 @@ def test_oracle_filter_reaches_near_zero_kl():
     assert expected_kl < 2e-3
     assert runs["kl_mean"] < 0.02 * kl_general
     assert calibration.deception_reduction(runs["kl_mean"], kl_general) > 0.97
+
+
+def test_membership_logistic_recovers_a_known_intercept_and_slope():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0.0, 2.0, size=20000)
+    is_real = rng.random(20000) < calibration.sigmoid(-1.5 + 0.7 * scores)
+    intercept, slope = calibration.fit_membership_logistic(scores, is_real)
+    assert intercept == pytest.approx(-1.5, abs=0.08) and slope == pytest.approx(0.7, abs=0.05)
+    m = 4.0
+    log_ratio = calibration.logistic_log_ratio(scores, intercept, slope, m)
+    # acceptance min(1, exp(log_ratio) / M) is the fitted membership probability itself
+    np.testing.assert_allclose(calibration.accept_probs(log_ratio, m), calibration.sigmoid(intercept + slope * scores))
+    with pytest.raises(ValueError, match="both real_train members and non-members"):
+        calibration.fit_membership_logistic(scores, np.zeros_like(scores, dtype=bool))

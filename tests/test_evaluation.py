@@ -92,6 +92,8 @@ def mild_run(tmp_path_factory):
         real_scores_csv=str(_write_scores(root / "real.csv", test_texts, ratio, drop={3, 4}, seed=1)),
         general_heldout_csv=str(_write_scores(root / "general_heldout.csv", heldout_texts, seed=2)),
         real_heldout_csv=str(_write_scores(root / "real_heldout.csv", heldout_texts, ratio, seed=2)),
+        score="clipped",  # the paper's exact method: its acceptance must equal the oracle's here
+        normalize="none",
         n_runs=300,
         seed=3,
         output_dir=str(root / "out"),
@@ -161,7 +163,14 @@ def test_evaluate_numbers_are_consistent(mild_run):
     assert per_text["classifier_accept_prob"].between(0, 1).all()
     assert 0.2 < filters["classifier"]["deception_reduction"] < filters["oracle"]["deception_reduction"] + 0.05
     # every variant is measured; held-out normalisation makes exp(score) average 1 over held-out texts
-    assert set(results["variants"]) == {"clipped", "sum", "clipped_heldout", "sum_heldout"}
+    assert set(results["variants"]) == {
+        "clipped",
+        "sum",
+        "clipped_heldout",
+        "sum_heldout",
+        "clipped_logistic",
+        "sum_logistic",
+    }
     heldout = results["variants"]["sum_heldout"]
     heldout_labels = splits["general_train"]["label"][:200]
     ratio = _label_log_ratio(splits, "real_train_mild")
@@ -262,10 +271,14 @@ def test_settings_are_checked_before_any_work(tmp_path):
         dataset_name=str(tmp_path / "missing"),
         general_scores_csv=str(scores),
         real_scores_csv=str(scores),
+        general_heldout_csv=None,
+        real_heldout_csv=None,
         output_dir=str(tmp_path / "out"),
     )
     with pytest.raises(EvaluationError, match="normalize=heldout needs"):
         evaluate(dataclasses.replace(base, normalize="heldout"))
+    with pytest.raises(EvaluationError, match="normalize=logistic needs"):
+        evaluate(dataclasses.replace(base, normalize="logistic"))
     with pytest.raises(EvaluationError, match="real_heldout_csv is not"):
         evaluate(dataclasses.replace(base, general_heldout_csv=str(scores)))
     with pytest.raises(EvaluationError, match="real_scores_csv=.*does not exist"):
@@ -277,3 +290,15 @@ def test_settings_are_checked_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
     # the command line prints the message and exits 2, no traceback
     assert main(["evaluate", f"--general_scores_csv={tmp_path / 'nope.csv'}"]) == 2
+
+
+def test_logistic_variant_learns_membership_from_heldout_texts(mild_run):
+    results, _, _, _ = mild_run
+    variants = results["variants"]
+    assert {"sum_logistic", "clipped_logistic", "sum_heldout"} <= set(variants)
+    fit = variants["sum_logistic"]["logistic_fit"]
+    # the real file adds the true log ratio log(q/p) to the general log-probs, so the fitted
+    # P(real | x) = sigmoid(a + b * score) must weigh the score positively, of order 1
+    assert 0.5 < fit["slope"] < 2.5 and fit["heldout_texts"] == 200
+    assert variants["sum_logistic"]["deception_reduction"] > 0.8
+    assert variants["sum_logistic"]["pass_rate_mean"] == pytest.approx(1 / results["M"], rel=0.25)
