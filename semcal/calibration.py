@@ -323,3 +323,40 @@ def logistic_log_ratio(scores: np.ndarray, intercept: float, slope: float, m: fl
     """
     linear = intercept + slope * np.asarray(scores, dtype=np.float64)
     return np.log(m) - np.logaddexp(0.0, -linear)
+
+
+def fit_matched_scale(heldout_scores: np.ndarray, is_real: np.ndarray, max_scale: float = 20.0) -> float:
+    """The scale b >= 0 at which held-out general texts, weighted by exp(b * score), have the
+    mean score of the held-out real_train members.
+
+    If exp(b * score) were proportional to the true ratio p_real / p_general, reweighting
+    general texts by it would give the real distribution, so every statistic of the
+    reweighted texts would match the real ones; b is chosen so that the score itself does.
+    A language model learns only part of a label shift, which shrinks score differences
+    (b > 1 restores them); noise in the score needs b < 1. Label-free: it uses only which
+    held-out texts belong to real_train. 0 when real members score no higher than the rest.
+    """
+    scores = np.asarray(heldout_scores, dtype=np.float64)
+    is_real = np.asarray(is_real, dtype=bool)
+    if scores.shape != is_real.shape or not is_real.any():
+        raise ValueError("scores and is_real must have the same shape, with at least one real_train member")
+    target = float(scores[is_real].mean())
+
+    def weighted_mean(scale: float) -> float:
+        logits = scale * scores
+        weights = np.exp(logits - logits.max())
+        return float(np.sum(weights * scores) / np.sum(weights))
+
+    # The weighted mean rises with the scale (its derivative is a weighted variance).
+    if weighted_mean(0.0) >= target:
+        return 0.0
+    if weighted_mean(max_scale) <= target:
+        return max_scale
+    low, high = 0.0, max_scale
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if weighted_mean(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)

@@ -38,7 +38,7 @@ from semcal.data import (
 )
 
 SCORE_METHODS = ("clipped", "sum")
-NORMALIZATIONS = ("none", "heldout", "logistic")
+NORMALIZATIONS = ("none", "heldout", "logistic", "matched")
 PAPER_VARIANT = "clipped"  # score=clipped, normalize=none: the paper's exact method
 
 
@@ -57,14 +57,16 @@ class EvaluationConfig:
     real_scores_csv: str = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
     general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
-    score: str = "sum"  # sum (all tokens) or clipped (the paper: tokens within top_p of the total |difference|)
-    normalize: str = "logistic"  # logistic (fit P(real|score) on held-out texts), heldout (exp(score) mean 1), none (paper)
+    score: str = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
+    normalize: str = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
     top_p: float = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
     n_runs: int = 1000  # rejection-sampling runs; results are mean and population std over runs
     seed: int = 0  # seed of the random draws (shared by all filters) and of the classifier
     kl_epsilon: float = 0.0  # add this to every label frequency before KL (0: none; KL may then be infinite)
     classifier: bool = True  # also measure the TF-IDF + logistic regression filter (needs scikit-learn)
-    min_kl_general: float = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
+    min_kl_general: float = (
+        0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
+    )
     top_tokens: int = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
     output_dir: str = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
 
@@ -380,29 +382,32 @@ def _score_variants(
 
     heldout: shift so exp(score) averages 1 on held-out general texts. logistic: fit
     P(real | x) = sigmoid(a + b * score) on the held-out texts' real_train membership.
+    matched: scale the score so general texts reweighted by exp(scale * score) have the
+    real members' mean score, then shift as `heldout` (see calibration.fit_matched_scale).
     """
     variants = {}
     for method in SCORE_METHODS:
         raw = calibration.score_texts(diffs, method, top_p)
+        heldout_scores = None if heldout_diffs is None else calibration.score_texts(heldout_diffs, method, top_p)
         normalizations = ["none"]
-        if heldout_diffs is not None:
+        if heldout_scores is not None:
             normalizations.append("heldout")
             if heldout_is_real is not None and heldout_is_real.any() and not heldout_is_real.all():
-                normalizations.append("logistic")
+                normalizations += ["logistic", "matched"]
         for normalize in normalizations:
-            shift = 0.0
-            heldout_lme = None
-            fit = None
-            scores = raw
+            shift, heldout_lme, fit, scores = 0.0, None, None, raw
             if normalize == "heldout":
-                shift = calibration.heldout_shift(calibration.score_texts(heldout_diffs, method, top_p))
-                heldout_lme = shift
+                shift = heldout_lme = calibration.heldout_shift(heldout_scores)
                 scores = raw - shift
             elif normalize == "logistic":
-                heldout_scores = calibration.score_texts(heldout_diffs, method, top_p)
                 intercept, slope = calibration.fit_membership_logistic(heldout_scores, heldout_is_real)
                 fit = {"intercept": intercept, "slope": slope, "heldout_texts": int(len(heldout_scores))}
                 scores = calibration.logistic_log_ratio(raw, intercept, slope, m)
+            elif normalize == "matched":
+                scale = calibration.fit_matched_scale(heldout_scores, heldout_is_real)
+                shift = calibration.heldout_shift(scale * heldout_scores)
+                fit = {"scale": scale, "heldout_texts": int(len(heldout_scores))}
+                scores = scale * raw - shift
             variants[variant_name(method, normalize)] = {
                 "scores": scores,
                 "accept": calibration.accept_probs(scores, m),
@@ -415,7 +420,7 @@ def _score_variants(
                     # log mean exp(score) on the test texts: 0 when exp(score) averages 1 (calibrated)
                     "test_log_mean_exp": calibration.log_mean_exp(scores),
                     "heldout_log_mean_exp_before_shift": heldout_lme,
-                    "logistic_fit": fit,
+                    "fit": fit,
                 },
             }
     return variants

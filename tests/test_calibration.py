@@ -261,3 +261,16 @@ def test_membership_logistic_recovers_a_known_intercept_and_slope():
     np.testing.assert_allclose(calibration.accept_probs(log_ratio, m), calibration.sigmoid(intercept + slope * scores))
     with pytest.raises(ValueError, match="both real_train members and non-members"):
         calibration.fit_membership_logistic(scores, np.zeros_like(scores, dtype=bool))
+
+
+def test_matched_scale_makes_reweighted_general_texts_match_the_real_mean():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(0.0, 1.0, size=5000)
+    # members are drawn with probability rising in the score, so they score higher on average
+    is_real = rng.random(5000) < calibration.sigmoid(scores - 1.0)
+    scale = calibration.fit_matched_scale(scores, is_real)
+    weights = np.exp(scale * scores)
+    assert 0 < scale < 20
+    assert np.sum(weights * scores) / np.sum(weights) == pytest.approx(scores[is_real].mean(), abs=1e-6)
+    # no signal: members score no higher than the rest
+    assert calibration.fit_matched_scale(-np.abs(scores), np.abs(scores) < 0.1) == 0.0

@@ -296,7 +296,7 @@ def test_logistic_variant_learns_membership_from_heldout_texts(mild_run):
     results, _, _, _ = mild_run
     variants = results["variants"]
     assert {"sum_logistic", "clipped_logistic", "sum_heldout"} <= set(variants)
-    fit = variants["sum_logistic"]["logistic_fit"]
+    fit = variants["sum_logistic"]["fit"]
     # the real file adds the true log ratio log(q/p) to the general log-probs, so the fitted
     # P(real | x) = sigmoid(a + b * score) must weigh the score positively, of order 1
     assert 0.5 < fit["slope"] < 2.5 and fit["heldout_texts"] == 200
