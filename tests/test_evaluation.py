@@ -170,6 +170,8 @@ def test_evaluate_numbers_are_consistent(mild_run):
         "sum_heldout",
         "clipped_logistic",
         "sum_logistic",
+        "clipped_matched",
+        "sum_matched",
     }
     heldout = results["variants"]["sum_heldout"]
     heldout_labels = splits["general_train"]["label"][:200]
