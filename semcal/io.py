@@ -133,19 +133,24 @@ def save_figure(figure: Any, path_stem: str | Path, formats: Sequence[str] = ("p
     return paths
 
 
-def save_dataset_dict(dataset_dict: Any, folder: str | Path) -> Path:
-    """save_to_disk into a temporary folder, then swap it in: the old copy survives a crash."""
+def _write_folder(folder: str | Path, write: Any, keep_files: bool) -> Path:
+    """Let `write(tmp)` fill a temporary folder beside `folder`, then swap it in.
+
+    A crash leaves either the old folder or the complete new one, never a half-written one.
+    With keep_files, plain files of the old folder that the new one lacks (records, tables,
+    figures written beside a data set) are carried over.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    dataset_dict.save_to_disk(str(tmp))
-    # Keep files we wrote beside the splits (records, tables, figures) across the swap.
+    write(tmp)
     if folder.exists():
-        for extra in folder.iterdir():
-            if not (tmp / extra.name).exists() and extra.is_file():
-                shutil.copy2(extra, tmp / extra.name)
+        if keep_files:
+            for extra in folder.iterdir():
+                if not (tmp / extra.name).exists() and extra.is_file():
+                    shutil.copy2(extra, tmp / extra.name)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, old)
         os.replace(tmp, folder)
@@ -153,6 +158,11 @@ def save_dataset_dict(dataset_dict: Any, folder: str | Path) -> Path:
     else:
         os.replace(tmp, folder)
     return folder
+
+
+def save_dataset_dict(dataset_dict: Any, folder: str | Path) -> Path:
+    """save_to_disk atomically; files written beside the splits survive the swap."""
+    return _write_folder(folder, lambda tmp: dataset_dict.save_to_disk(str(tmp)), keep_files=True)
 
 
 class ChunkedTableWriter:
@@ -279,22 +289,10 @@ def read_token_log_probs(path: str | Path) -> pd.DataFrame:
 
 
 def save_pretrained(folder: str | Path, *objects: Any) -> Path:
-    """`obj.save_pretrained` (model, tokenizer) into a temporary folder, then swap it in.
+    """`obj.save_pretrained` (model, tokenizer) for each object, atomically (see _write_folder)."""
 
-    A crash leaves either the old folder or the complete new one, never a half-written one.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for obj in objects:
-        obj.save_pretrained(str(tmp))
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-    return folder
+    def write(tmp: Path) -> None:
+        for obj in objects:
+            obj.save_pretrained(str(tmp))
+
+    return _write_folder(folder, write, keep_files=False)
