@@ -1,4 +1,4 @@
-"""Stage 3: fine-tune (or train from scratch) one causal language model on the texts of one split.
+"""Stage 2: fine-tune (or train from scratch) one causal language model on the texts of one split.
 
 Run it once for general_train and once per real_train_<distortion> split. Edit the settings
 below, or override any of them: python finetune_gpt2.py --name=value (`--help` lists them).

@@ -1,4 +1,4 @@
-"""Stage 4: per-token log-probabilities of every text of a split under one model.
+"""Stage 3: per-token log-probabilities of every text of a split under one model.
 
 Run it for general_test with the general model and with each real model (and, for score
 normalisation, for the held-out general_train rows: --split_name=general_train

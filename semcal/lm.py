@@ -2,7 +2,8 @@
 
 `finetune` (finetune_gpt2.py, `semcal finetune`) trains one causal LM on the texts of one
 split (`general_train` or `real_train_<distortion>`) with the Hugging Face Trainer, so
-`torchrun` / `accelerate launch`, checkpoint resume and early stopping work as usual.
+`torchrun` / `accelerate launch` (multi-GPU; untested here), checkpoint resume and early
+stopping come with it.
 
 `base_model` is where the weights come from:
 - a Hub id or local folder (the paper: `gpt2`);
@@ -24,9 +25,14 @@ Held-out rows: `data.heldout_mask` decides once per data set which general_train
 held out (`eval_fraction`, `split_seed`); a real split uses its `general_train_row` column,
 so a row held out from the general model is held out from every real model too.
 
-An interrupted run (killed, crashed) resumes from its last complete checkpoint when run
-again with the same settings. For tests, SEMCAL_KILL_AFTER_CHECKPOINTS=N makes the
-process SIGKILL itself right after saving its N-th checkpoint.
+Output folder: model.safetensors and config, the tokenizer, and semcal_record.json (config,
+data seen, eval loss per epoch, times), written once training has finished. While it runs,
+the folder holds checkpoint-N/ (one per epoch, at most the best and the last) and
+semcal_unfinished.json (its settings). An interrupted run (killed, crashed) resumes from its
+last complete checkpoint when run again with the same settings; a rerun of a finished model
+with the same settings and data does nothing; other settings are refused unless
+overwrite=true. For tests, SEMCAL_KILL_AFTER_CHECKPOINTS=N makes the process SIGKILL itself
+right after saving its N-th checkpoint.
 
 torch and transformers are imported inside the functions that need them, so the settings
 (and `--help`) are available without the multi-second import.
