@@ -1,4 +1,4 @@
-"""Stage 5: filter general_test by rejection sampling on the two models' log-prob ratio and
+"""Stage 4: filter general_test by rejection sampling on the two models' log-prob ratio and
 measure how close its label distribution comes to the real one (the paper's numbers).
 
 Edit the settings below, or override any of them: python semantic_calibration_evaluation.py --name=value

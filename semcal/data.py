@@ -235,6 +235,24 @@ def label_counts(labels: Sequence[str], order: Sequence[str] | None = None) -> p
 GENERAL_ROW_COLUMN = "general_train_row"
 
 
+def general_rows_of(split, split_name: str, n_general_train: int) -> np.ndarray | None:
+    """The general_train row of each row of a real split (its `general_train_row` column).
+
+    None when the split has no such column (it was not made by distort). Values outside
+    general_train are an error: the split was made from another data set.
+    """
+    if GENERAL_ROW_COLUMN not in split.column_names:
+        return None
+    rows = np.asarray(split[GENERAL_ROW_COLUMN], dtype=np.int64)
+    bad = (rows < 0) | (rows >= n_general_train)
+    if bad.any():
+        raise DataError(
+            f"split {split_name!r}: {int(bad.sum())} values of {GENERAL_ROW_COLUMN} lie outside general_train's "
+            f"rows 0..{n_general_train - 1} (first: {int(rows[bad][0])}); was the split made from another data set?"
+        )
+    return rows
+
+
 def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fraction: float, seed: int) -> np.ndarray:
     """Which rows are held out for evaluation, decided once for the whole of general_train.
 

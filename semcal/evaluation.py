@@ -30,6 +30,7 @@ from semcal.data import (
     GENERAL_ROW_COLUMN,
     GENERAL_TEST,
     GENERAL_TRAIN,
+    general_rows_of,
     get_split,
     labels_of,
     load_dataset_dict,
@@ -91,7 +92,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     general_test_labels = labels_of(general_test, GENERAL_TEST, config.label_column, config.label_map)
     real_train_labels = labels_of(real_train, real_split, config.label_column, config.label_map)
     general_test_texts = texts_of(general_test, GENERAL_TEST, config.text_column)
-    real_general_rows = _real_general_rows(real_train, real_split, len(general_train))
+    real_general_rows = general_rows_of(real_train, real_split, len(general_train))
 
     # ---- scores: join the two models' files, check they scored the same tokens ----
     general_scores = _read_scores(config.general_scores_csv, "general_scores_csv")
@@ -288,19 +289,6 @@ def _read_scores(path: str, name: str) -> pd.DataFrame:
         return io.read_token_log_probs(path)
     except (ValueError, FileNotFoundError) as err:
         raise EvaluationError(f"{name}: {err}") from None
-
-
-def _real_general_rows(real_train: Any, split: str, n_general_train: int) -> np.ndarray | None:
-    if GENERAL_ROW_COLUMN not in real_train.column_names:
-        return None
-    rows = np.asarray(real_train[GENERAL_ROW_COLUMN], dtype=np.int64)
-    bad = (rows < 0) | (rows >= n_general_train)
-    if bad.any():
-        raise EvaluationError(
-            f"split {split!r}: column {GENERAL_ROW_COLUMN} has {int(bad.sum())} values outside general_train's "
-            f"rows 0..{n_general_train - 1} (first: {int(rows[bad][0])}); was it made from another data set?"
-        )
-    return rows
 
 
 def join_scores(

@@ -59,6 +59,7 @@ from semcal.data import (
     GENERAL_ROW_COLUMN,
     GENERAL_TRAIN,
     DataError,
+    general_rows_of,
     get_split,
     heldout_mask,
     load_dataset_dict,
@@ -329,13 +330,7 @@ def heldout_rows(dataset_dict: Any, split_name: str, eval_fraction: float, split
         return heldout_mask(np.arange(n_rows), n_rows, eval_fraction, split_seed), HELDOUT_OF_GENERAL
     if GENERAL_ROW_COLUMN in split.column_names and GENERAL_TRAIN in dataset_dict:
         n_general = len(dataset_dict[GENERAL_TRAIN])
-        rows = np.asarray(split[GENERAL_ROW_COLUMN], dtype=np.int64)
-        bad = (rows < 0) | (rows >= n_general)
-        if bad.any():
-            raise DataError(
-                f"split {split_name!r}: {int(bad.sum())} values of {GENERAL_ROW_COLUMN} lie outside general_train's "
-                f"rows 0..{n_general - 1} (first: {int(rows[bad][0])}); was the split made from another data set?"
-            )
+        rows = general_rows_of(split, split_name, n_general)
         return heldout_mask(rows, n_general, eval_fraction, split_seed), HELDOUT_SHARED
     n_rows = len(split)
     print(
