@@ -31,6 +31,16 @@ class MediaError(Exception):
         self.reason = reason
 
 
+def _item_bytes(item: Any, kind: str, empty: str) -> bytes:
+    """The encoded bytes of a media item given as bytes or a path; an empty file is an error."""
+    data, path = _bytes_or_path(item, kind)
+    if data is None:
+        data = _read_file(path, kind)
+    if not data:
+        raise MediaError(f"{empty} (0 bytes)" + (f": {path}" if path else ""))
+    return data
+
+
 def _bytes_or_path(item: Any, kind: str) -> tuple[bytes | None, Path | None]:
     """The encoded bytes or the file path an item points to (one of them is set)."""
     if item is None:
@@ -72,11 +82,7 @@ def load_image(item: Any):
         except (TypeError, ValueError) as err:
             raise MediaError(f"array of shape {item.shape} and dtype {item.dtype} is not an image: {err}") from None
     else:
-        data, path = _bytes_or_path(item, "image")
-        if data is None:
-            data = _read_file(path, "image")
-        if not data:
-            raise MediaError("empty image file (0 bytes)" + (f": {path}" if path else ""))
+        data = _item_bytes(item, "image", "empty image file")
         try:
             image = Image.open(io.BytesIO(data))
             image.load()  # decode now: a truncated file fails here, not inside the processor
@@ -125,11 +131,7 @@ def _decode_audio(item: Any) -> tuple[np.ndarray, int]:
         except Exception as err:  # torchcodec raises RuntimeError/ValueError for bad streams
             raise MediaError(f"unreadable audio: {err}") from None
         return np.asarray(decoded.data, dtype=np.float32).T, int(decoded.sample_rate)
-    data, path = _bytes_or_path(item, "audio")
-    if data is None:
-        data = _read_file(path, "audio")
-    if not data:
-        raise MediaError("zero-length audio file (0 bytes)" + (f": {path}" if path else ""))
+    data = _item_bytes(item, "audio", "zero-length audio file")
     import soundfile
 
     try:
