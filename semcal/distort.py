@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal import data, io, report
+from semcal import calibration, data, io, report
 from semcal.config import UserError, config_to_dict
 
 
@@ -53,22 +53,11 @@ STRATEGIES = ("tilt", "max_subset")
 
 @dataclass
 class SplitPlan:
-    """How many rows of each label a real split takes, and what that achieves."""
+    """How many rows of each label a real split takes (none for a uniform target-0 split)."""
 
     name: str
     target_kl: float
     counts: np.ndarray  # rows to draw per label, in the order of `labels`
-    achieved_kl: float
-
-
-def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """KL(p || q) in nats, 0 log 0 = 0, inf where q = 0 < p."""
-    p = np.asarray(p, dtype=float)
-    q = np.asarray(q, dtype=float)
-    support = p > 0
-    if np.any(q[support] <= 0):
-        return float("inf")
-    return float(np.sum(p[support] * np.log(p[support] / q[support])))
 
 
 def _counts_for(q: np.ndarray, available: np.ndarray) -> np.ndarray:
@@ -79,7 +68,7 @@ def _counts_for(q: np.ndarray, available: np.ndarray) -> np.ndarray:
 
 
 def _realised_kl(general_counts: np.ndarray, counts: np.ndarray) -> float:
-    return kl_divergence(general_counts / general_counts.sum(), counts / counts.sum())
+    return calibration.kl_divergence(general_counts / general_counts.sum(), counts / counts.sum())
 
 
 def _within(achieved: float, target: float, tolerance: float) -> bool:
@@ -202,7 +191,7 @@ def plan_split(
         raise _Infeasible("a KL target cannot be negative")
     if target == 0:
         # A uniform draw (see draw_rows): its per-label counts come from the draw itself.
-        return SplitPlan(name, 0.0, np.zeros(0, dtype=int), float("nan"))
+        return SplitPlan(name, 0.0, np.zeros(0, dtype=int))
     if len(general_counts) < 2:
         raise _Infeasible("general_train has a single label, so every subset has its distribution (KL 0)")
     if config.strategy == "tilt":
@@ -215,7 +204,7 @@ def plan_split(
             f"the closest subset the label counts allow reaches KL {achieved:.4f}, outside "
             f"{config.tolerance:.0%} of the target; general_train is too small for this target"
         )
-    return SplitPlan(name, target, counts, achieved)
+    return SplitPlan(name, target, counts)
 
 
 def draw_rows(plan: SplitPlan, labels: np.ndarray, label_order: list[str], config: DistortConfig) -> np.ndarray:

@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from semcal import data
+from semcal.calibration import kl_divergence
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
-from semcal.distort import DistortConfig, distort, kl_divergence
+from semcal.distort import DistortConfig, distort
 
 TARGETS = {"baseline": 0.0, "mild": 0.25, "moderate": 0.6, "severe": 0.8}
 
