@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from semcal import io
+from semcal import files
 from semcal.lm import FinetuneConfig, finetune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +48,7 @@ def run(folder: Path, data: Path, args: argparse.Namespace, padded: bool, index:
         seed=args.seed,
     )
     finetune(config)
-    record = io.read_record(output)
+    record = files.read_record(output)
     shutil.rmtree(output)
     return record
 
@@ -70,7 +70,7 @@ def main() -> None:
     sample = table[table["split"] == "train"].sample(n=args.n_texts, random_state=args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_finetune-") as tmp:
         folder = Path(tmp)
-        data = io.write_csv(folder / "captions.csv", sample.assign(split="general_train"))
+        data = files.write_csv(folder / "captions.csv", sample.assign(split="general_train"))
         run(folder, data, args, padded=False, index=-1)  # warm-up (and trains the shared tokenizer)
         dynamic = [run(folder, data, args, padded=False, index=i) for i in range(args.runs)]
         padded = [run(folder, data, args, padded=True, index=i) for i in range(args.slow_runs)]

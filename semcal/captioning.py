@@ -9,7 +9,7 @@ Semantic calibration works on text, so each media item is first captioned:
   from 16 kHz mono clips; only the model's answer is kept, not the prompt.
 
 Items are captioned in batches, in fixed windows of `batch_size` rows, and written in
-chunks (io.ChunkedTableWriter): a killed run continues where it stopped and, because
+chunks (files.ChunkedTableWriter): a killed run continues where it stopped and, because
 the windows are the same, ends with the same bytes as a run that was never stopped. An
 item that cannot be decoded is listed in errors.csv with its reason and gets an empty
 caption; every row is kept, so row ids (text_id) stay those of the input.
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semcal import io
-from semcal.config import ConfigError, UserError, config_to_dict
-from semcal.data import DATA_FILE_SUFFIXES, DataError, load_dataset_dict, load_media_folder
+from semcal import files
+from semcal.config import UserError, config_to_dict
+from semcal.data import DATA_FILE_SUFFIXES, load_dataset_dict, load_media_folder
 from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, MediaError, load_audio, load_image
 
 # Florence-2 tasks whose answer is plain text and which take no input besides the image.
@@ -41,10 +41,6 @@ ERRORS_CSV = "errors.csv"
 # Test hook: exit abruptly (like a kill) after this many chunks have been written.
 CRASH_AFTER_CHUNKS_ENV = "SEMCAL_CRASH_AFTER_CHUNKS"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-class ModelError(UserError):
-    """A model that cannot be used for captioning, with what was found and how to fix it."""
 
 
 @dataclass
@@ -105,7 +101,7 @@ def caption_images(config: ImageCaptionConfig) -> Path:
     model_type = _model_type(config.model_name)
     if model_type == "florence2":
         if config.task_prompt not in FLORENCE_CAPTION_TASKS:
-            raise ConfigError(
+            raise UserError(
                 f"task_prompt {config.task_prompt!r} is not a Florence-2 captioning task; use one of "
                 f"{', '.join(FLORENCE_CAPTION_TASKS)} (the paper uses <MORE_DETAILED_CAPTION>)."
             )
@@ -126,12 +122,12 @@ def caption_audio(config: AudioCaptionConfig) -> Path:
     _check_settings(config)
     model_type = _model_type(config.model_name)
     if model_type != "qwen2_audio":
-        raise ModelError(
+        raise UserError(
             f"{config.model_name} is a {model_type!r} model, not Qwen2-Audio: the audio stage captions with "
             "Qwen2AudioForConditionalGeneration. Set model_name to Qwen/Qwen2-Audio-7B-Instruct or a local copy of it."
         )
     if not config.prompt.strip():
-        raise ConfigError(
+        raise UserError(
             "prompt is empty: Qwen2-Audio needs an instruction, e.g. 'Describe the sounds in this audio clip.'"
         )
     inputs = _load_input(config, "audio", config.audio_column)
@@ -147,30 +143,30 @@ def caption_audio(config: AudioCaptionConfig) -> Path:
 def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
     for name in ("batch_size", "chunk_size", "num_beams", "max_new_tokens"):
         if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be at least 1 (got {getattr(config, name)}).")
+            raise UserError(f"{name} must be at least 1 (got {getattr(config, name)}).")
     if config.max_items is not None and config.max_items < 1:
-        raise ConfigError(f"max_items must be at least 1, or none for all rows (got {config.max_items}).")
+        raise UserError(f"max_items must be at least 1, or none for all rows (got {config.max_items}).")
     if config.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} (got {config.dtype!r}).")
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {config.dtype!r}).")
     if not config.caption_column:
-        raise ConfigError("caption_column is empty: name the column the captions go to (e.g. text).")
+        raise UserError("caption_column is empty: name the column the captions go to (e.g. text).")
     _check_output_dir(Path(config.output_dir).expanduser(), Path(config.dataset_name).expanduser())
 
 
 def _check_output_dir(output_dir: Path, dataset_path: Path) -> None:
     """The output folder is replaced when the data set is saved: refuse one that holds anything else."""
     if dataset_path.exists() and output_dir.resolve() == dataset_path.resolve():
-        raise ConfigError(f"output_dir {output_dir} is the input data set: write the captioned copy to a new folder.")
+        raise UserError(f"output_dir {output_dir} is the input data set: write the captioned copy to a new folder.")
     if not output_dir.exists():
         return
     if not output_dir.is_dir():
-        raise ConfigError(f"output_dir {output_dir} is a file; give a folder path.")
-    record = io.read_record(output_dir) if (output_dir / io.RECORD_NAME).is_file() else None
+        raise UserError(f"output_dir {output_dir} is a file; give a folder path.")
+    record = files.read_record(output_dir) if (output_dir / files.RECORD_NAME).is_file() else None
     ours = isinstance(record, dict) and record.get("stage") in ("caption-images", "caption-audio")
     entries = list(output_dir.iterdir())
     unfinished = all(e.name.startswith("captions_") and e.name.endswith((".csv", ".csv.parts")) for e in entries)
     if not (ours or unfinished):
-        raise ConfigError(
+        raise UserError(
             f"output_dir {output_dir} exists and holds other files ({sorted(e.name for e in entries)[:5]}); it would be "
             "replaced by the captioned data set. Choose a new folder."
         )
@@ -187,36 +183,36 @@ def _model_type(model_name: str) -> str:
     path = Path(model_name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelError(
+            raise UserError(
                 f"{path} is not a model folder: it has no config.json. Set model_name to a folder written by "
                 "save_pretrained (config.json, weights and processor files) or to a Hub id."
             )
         try:
-            config_dict = io.read_json(path / "config.json")
+            config_dict = files.read_json(path / "config.json")
         except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
-            raise ModelError(f"{path / 'config.json'} is not valid JSON ({err}): is {path} a model folder?") from None
+            raise UserError(f"{path / 'config.json'} is not valid JSON ({err}): is {path} a model folder?") from None
     elif path.exists():
-        raise ModelError(f"{path} is a file; set model_name to a model folder or a Hub id.")
+        raise UserError(f"{path} is a file; set model_name to a model folder or a Hub id.")
     elif _looks_like_path(model_name):
-        raise ModelError(f"model folder {path} does not exist.")
+        raise UserError(f"model folder {path} does not exist.")
     else:
         try:
             config_dict, _ = PreTrainedConfig.get_config_dict(model_name)
         except Exception as err:  # the hub client raises many types for "no network" / "no such repo"
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(
+            raise UserError(
                 f"could not load model {model_name!r} from the Hugging Face Hub ({reason}); if this machine has no "
                 f"network, download it where there is one with `hf download {model_name} --local-dir FOLDER`, copy "
                 "FOLDER here and set model_name to that folder."
             ) from None
     model_type = config_dict.get("model_type")
     if not model_type:
-        raise ModelError(f"{model_name}: config.json has no model_type, so it is not a transformers model.")
+        raise UserError(f"{model_name}: config.json has no model_type, so it is not a transformers model.")
     if model_type == "florence2" and (
         "auto_map" in config_dict or (config_dict.get("text_config") or {}).get("model_type") == "florence2_language"
     ):
         name = model_name.rstrip("/").split("/")[-1]
-        raise ModelError(
+        raise UserError(
             f"{model_name} is Florence-2 in Microsoft's original format, which runs only with trust_remote_code "
             f"(semcal never runs code from the Hub). Use the same weights in transformers' format: "
             f"florence-community/{name} (or a local copy of it)."
@@ -228,7 +224,7 @@ def _require_image_text_to_text(model_name: str, model_type: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ModelError(
+        raise UserError(
             f"{model_name} is a {model_type!r} model, not an image-captioning model. Set model_name to a Florence-2 "
             "checkpoint (florence-community/Florence-2-large) or another image-to-text model that "
             "AutoModelForImageTextToText loads (e.g. Salesforce/blip-image-captioning-large)."
@@ -257,7 +253,7 @@ def _load_input(config: ImageCaptionConfig | AudioCaptionConfig, kind: str, medi
     if is_media_folder:
         dataset_dict = load_media_folder(path, kind, config.labels_csv, media_column, config.split_column)
     elif config.labels_csv is not None:
-        raise ConfigError(
+        raise UserError(
             f"labels_csv is only for a folder of {kind} files, and {config.dataset_name} is not a folder. "
             "Put the labels in the data set itself, or clear labels_csv."
         )
@@ -266,27 +262,27 @@ def _load_input(config: ImageCaptionConfig | AudioCaptionConfig, kind: str, medi
 
     splits = list(dict.fromkeys(config.splits)) or list(dataset_dict)
     if not splits:
-        raise DataError(f"{config.dataset_name} has no rows: nothing to caption.")
+        raise UserError(f"{config.dataset_name} has no rows: nothing to caption.")
     unknown = [s for s in splits if s not in dataset_dict]
     if unknown:
-        raise DataError(f"no split {', '.join(map(repr, unknown))}; the data set has splits {sorted(dataset_dict)}.")
+        raise UserError(f"no split {', '.join(map(repr, unknown))}; the data set has splits {sorted(dataset_dict)}.")
     rows = {}
     for split in splits:
         dataset = dataset_dict[split]
         if media_column not in dataset.column_names:
-            raise DataError(
+            raise UserError(
                 f"split {split!r} has no column {media_column!r}; its columns are {dataset.column_names}. "
                 f"Set {kind}_column to the column that holds the {kind} items."
             )
         rows[split] = len(dataset) if config.max_items is None else min(len(dataset), config.max_items)
         if rows[split] == 0:
-            raise DataError(
+            raise UserError(
                 f"split {split!r} of {config.dataset_name} is empty: nothing to caption. "
                 "Leave it out with the splits setting."
             )
         _check_media_feature(dataset.features[media_column], split, media_column, kind)
         if config.caption_column in dataset.column_names:
-            raise DataError(
+            raise UserError(
                 f"split {split!r} already has a column {config.caption_column!r}; set caption_column to a new name."
             )
     return _Inputs(dataset_dict, splits, rows)
@@ -301,7 +297,7 @@ def _check_media_feature(feature: Any, split: str, column: str, kind: str) -> No
         "binary",
         "large_binary",
     ):
-        raise DataError(
+        raise UserError(
             f"column {column!r} of split {split!r} holds {feature.dtype} values, not {kind} items (datasets "
             f"{kind.capitalize()} values, bytes or file paths). Set {kind}_column to the column with the {kind}s."
         )
@@ -322,7 +318,7 @@ def _load_pretrained(loader: Callable[..., Any], model_name: str, what: str, **k
         return loader(str(path) if path.is_dir() else model_name, **kwargs)
     except Exception as err:  # transformers raises OSError/ValueError/KeyError for incomplete folders
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(
+        raise UserError(
             f"could not load the {what} of {model_name} ({reason}). The folder needs the files save_pretrained "
             "writes for both the model and its processor."
         ) from None
@@ -383,7 +379,7 @@ class ImageTextToTextCaptioner:
         self.processor = _load_pretrained(AutoProcessor.from_pretrained, config.model_name, "processor")
         self.chat = getattr(self.processor, "chat_template", None) is not None
         if self.chat and not config.text_prompt.strip():
-            raise ModelError(
+            raise UserError(
                 f"{config.model_name} is a chat model: set text_prompt to the instruction, e.g. "
                 "'Describe this image in detail.'"
             )
@@ -497,7 +493,7 @@ def _run(config: Any, stage: str, inputs: _Inputs, media_column: str, captioner:
     crash_after = int(os.environ.get(CRASH_AFTER_CHUNKS_ENV) or 0)
     chunks_written = [0]
 
-    def write_chunk(writer: io.ChunkedTableWriter, rows: list[tuple[int, str]]) -> None:
+    def write_chunk(writer: files.ChunkedTableWriter, rows: list[tuple[int, str]]) -> None:
         writer.write_chunk(rows)
         chunks_written[0] += 1
         if crash_after and chunks_written[0] >= crash_after:
@@ -518,7 +514,7 @@ def _run(config: Any, stage: str, inputs: _Inputs, media_column: str, captioner:
     # Every split is captioned: now merge the chunks and build the outputs.
     captions_by_split = {}
     for split, writer in writers.items():
-        table = io.read_csv(writer.finish(sort_key=int), dtype=str, keep_default_na=False)
+        table = files.read_csv(writer.finish(sort_key=int), dtype=str, keep_default_na=False)
         captions_by_split[split] = dict(zip(table["id"].astype(int), table["caption"], strict=True))
     captions_table = _captions_table(captions_by_split)
     output = datasets.DatasetDict()
@@ -533,13 +529,13 @@ def _run(config: Any, stage: str, inputs: _Inputs, media_column: str, captioner:
         output[split] = dataset
         stats[split]["captioned"] = len(by_id)
         stats[split]["empty_captions"] = sum(1 for c in by_id.values() if not c.strip())
-    io.write_csv(output_dir / CAPTIONS_CSV, captions_table)
-    io.write_csv(output_dir / ERRORS_CSV, _errors_table(errors))
+    files.write_csv(output_dir / CAPTIONS_CSV, captions_table)
+    files.write_csv(output_dir / ERRORS_CSV, _errors_table(errors))
     for split in writers:
         (output_dir / f"captions_{split}.csv").unlink()
-    io.save_dataset_dict(output, output_dir)
+    files.save_dataset_dict(output, output_dir)
     long_clips = getattr(captioner, "long_clips", 0)
-    io.write_record(
+    files.write_record(
         output_dir,
         stage,
         config_to_dict(config),
@@ -584,18 +580,18 @@ def _check_unfinished(config: Any, splits: list[str]) -> None:
         path = _parts_settings_path(Path(config.output_dir).expanduser(), split)
         if not path.exists():
             continue
-        earlier = io.read_json(path)
+        earlier = files.read_json(path)
         if earlier != settings:
             changed = sorted(k for k in settings if earlier.get(k) != settings[k])
-            raise ConfigError(
+            raise UserError(
                 f"{path.parent} holds an unfinished run made with other settings ({', '.join(changed)} differ). "
                 "Restore those settings to continue it, or delete that folder to start over."
             )
 
 
-def _open_writer(output_dir: Path, split: str, settings: dict[str, Any]) -> io.ChunkedTableWriter:
-    writer = io.ChunkedTableWriter(output_dir / f"captions_{split}.csv", ["id", "caption"], key_column="id")
-    io.write_json(_parts_settings_path(output_dir, split), settings)
+def _open_writer(output_dir: Path, split: str, settings: dict[str, Any]) -> files.ChunkedTableWriter:
+    writer = files.ChunkedTableWriter(output_dir / f"captions_{split}.csv", ["id", "caption"], key_column="id")
+    files.write_json(_parts_settings_path(output_dir, split), settings)
     return writer
 
 
@@ -618,9 +614,9 @@ def _caption_split(
     rows: int,
     media_column: str,
     captioner: Any,
-    writer: io.ChunkedTableWriter,
+    writer: files.ChunkedTableWriter,
     config: Any,
-    write_chunk: Callable[[io.ChunkedTableWriter, list[tuple[int, str]]], None],
+    write_chunk: Callable[[files.ChunkedTableWriter, list[tuple[int, str]]], None],
 ) -> list[tuple[str, int, str]]:
     """Caption rows [0, rows) not yet written; returns the (split, id, reason) of items that failed."""
     from tqdm.auto import tqdm

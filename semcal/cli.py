@@ -2,6 +2,7 @@
 
     semcal distort --dataset_name=data.csv --label_column=top_category
     semcal STAGE --help        lists the stage's settings, their defaults and meaning
+    semcal STAGE --verbose     also shows the libraries' own logging and progress bars
 
 A stage appears here once its module exists; each maps to a top-level script that runs
 the same code with the same settings.
@@ -14,6 +15,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from semcal import console
 from semcal.config import UserError, apply_overrides, settings_help
 
 # subcommand: (module, stage function, config class, the script that runs the same stage)
@@ -44,7 +46,7 @@ def available_commands() -> dict[str, tuple[str, str]]:
 
 
 def usage() -> str:
-    lines = ["usage: semcal COMMAND [--name=value ...]", "", "stages (same settings as the script named):"]
+    lines = ["usage: semcal COMMAND [--name=value ...] [--verbose]", "", "stages (same settings as the script named):"]
     for name, (_, _, _, script) in available_stages().items():
         lines.append(f"  {name:<16}{script}")
     lines.append("")
@@ -59,6 +61,12 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]
+    console.setup(verbose)
+    if not argv:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]

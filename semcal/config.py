@@ -32,10 +32,6 @@ class UserError(ValueError):
     """
 
 
-class ConfigError(UserError):
-    """A setting that is unknown or whose value cannot be read as its type."""
-
-
 def _field_types(config_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(config_cls)
 
@@ -154,7 +150,7 @@ def _format_default(value: Any) -> str:
 def apply_overrides(config: C, argv: Sequence[str]) -> C:
     """Return a copy of `config` with every `--name=value` in argv applied.
 
-    Unknown names and values that do not parse as the field's type raise ConfigError,
+    Unknown names and values that do not parse as the field's type raise UserError,
     whose message lists the valid names (or says which form was expected).
     """
     config_cls = type(config)
@@ -163,17 +159,17 @@ def apply_overrides(config: C, argv: Sequence[str]) -> C:
     changes: dict[str, Any] = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise ConfigError(
+            raise UserError(
                 f"cannot read argument {arg!r}: settings are given as --name=value. Valid names: {', '.join(valid)}"
             )
         name, text = arg[2:].split("=", 1)
         name = name.replace("-", "_")
         if name not in types_:
-            raise ConfigError(f"unknown setting {name!r} for {config_cls.__name__}. Valid names: {', '.join(valid)}")
+            raise UserError(f"unknown setting {name!r} for {config_cls.__name__}. Valid names: {', '.join(valid)}")
         try:
             changes[name] = parse_value(text, types_[name])
         except ValueError as err:
-            raise ConfigError(
+            raise UserError(
                 f"--{name}={text}: {err} (type {describe_type(types_[name])}, "
                 f"default {_format_default(getattr(config, name))})"
             ) from None
@@ -193,7 +189,11 @@ def run_script(
     argv: Sequence[str] | None = None,
 ) -> Any:
     """Entry point of a stage script: its variables, then command-line overrides, then the stage."""
-    argv = sys.argv[1:] if argv is None else argv
+    from semcal import console
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console.setup("--verbose" in argv)
+    argv = [arg for arg in argv if arg != "--verbose"]
     try:
         config = config_from_script(config_cls, script_vars)
         if any(a in ("-h", "--help") for a in argv):

@@ -31,10 +31,6 @@ DATA_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json")
 LABEL_MAPS_DIR = Path(__file__).resolve().parent.parent / "label_maps"
 
 
-class DataError(UserError):
-    """A data set that cannot be used as asked, with what was found and how to fix it."""
-
-
 def real_split_name(distortion: str) -> str:
     return f"real_train_{distortion}"
 
@@ -60,14 +56,14 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
         if not isinstance(dataset_dict, datasets.DatasetDict):
             dataset_dict = datasets.DatasetDict({GENERAL_TRAIN: dataset_dict})
     elif path.is_dir() and (path / "state.json").exists():
-        raise DataError(
+        raise UserError(
             f"{path} holds a single Dataset, not a DatasetDict with named splits. Save it as "
             f"DatasetDict({{'general_train': ds, ...}}).save_to_disk(...) or give one file per split."
         )
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in DATA_FILE_SUFFIXES)
         if not files:
-            raise DataError(
+            raise UserError(
                 f"{path} is a folder with neither a saved data set (dataset_dict.json) nor data files "
                 f"({', '.join(DATA_FILE_SUFFIXES)}). Found: {sorted(p.name for p in path.iterdir())[:20]}"
             )
@@ -77,7 +73,7 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
     elif path.is_file():
         table = _read_table(path)
         if split_column not in table.columns:
-            raise DataError(
+            raise UserError(
                 f"{path} has no split column {split_column!r} (columns: {list(table.columns)}). "
                 "Set split_column to the column that names each row's split, or give one file per split "
                 "(dataset_name='general_train=train.csv,general_test=test.csv')."
@@ -91,7 +87,7 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
             }
         )
     elif _looks_like_path(dataset_name):
-        raise DataError(f"{dataset_name} does not exist (looked for a file or folder at {path.resolve()}).")
+        raise UserError(f"{dataset_name} does not exist (looked for a file or folder at {path.resolve()}).")
     else:
         dataset_dict = _load_from_hub(dataset_name)
     return _alias_splits(dataset_dict)
@@ -108,7 +104,7 @@ def _load_from_hub(dataset_id: str):
         loaded = datasets.load_dataset(dataset_id)
     except Exception as err:  # the hub client raises many types for "no network"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(
+        raise UserError(
             f"could not load {dataset_id!r} from the Hugging Face Hub ({reason}). If this machine has no "
             "network, save a copy where there is one with "
             f"`datasets.load_dataset({dataset_id!r}).save_to_disk('FOLDER')`, copy FOLDER here and set "
@@ -119,7 +115,7 @@ def _load_from_hub(dataset_id: str):
 
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise DataError(f"data file {path} does not exist.")
+        raise UserError(f"data file {path} does not exist.")
     try:
         if path.suffix == ".csv":
             return pd.read_csv(path)
@@ -128,8 +124,8 @@ def _read_table(path: Path) -> pd.DataFrame:
         if path.suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=path.suffix == ".jsonl")
     except Exception as err:  # pandas raises parser-specific types
-        raise DataError(f"could not parse {path} as {path.suffix[1:].upper()}: {err}") from None
-    raise DataError(f"{path} is not a CSV, Parquet or JSONL file.")
+        raise UserError(f"could not parse {path} as {path.suffix[1:].upper()}: {err}") from None
+    raise UserError(f"{path} is not a CSV, Parquet or JSONL file.")
 
 
 def _alias_splits(dataset_dict):
@@ -144,14 +140,14 @@ def _alias_splits(dataset_dict):
 
 def get_split(dataset_dict, split: str):
     if split not in dataset_dict:
-        raise DataError(f"no split {split!r}; the data set has splits {sorted(dataset_dict)}.")
+        raise UserError(f"no split {split!r}; the data set has splits {sorted(dataset_dict)}.")
     return dataset_dict[split]
 
 
 def require_columns(dataset, split: str, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise DataError(
+        raise UserError(
             f"split {split!r} has no column {', '.join(map(repr, missing))}; its columns are "
             f"{dataset.column_names}. Set text_column / label_column to one of them."
         )
@@ -167,7 +163,7 @@ def texts_of(dataset, split: str, text_column: str) -> list[str]:
     texts = dataset[text_column]
     empty = np.array([not isinstance(t, str) or not t.strip() for t in texts], dtype=bool)
     if empty.any():
-        raise DataError(
+        raise UserError(
             f"split {split!r} has {int(empty.sum())} empty or missing texts in column {text_column!r} "
             f"(first row ids: {_first_ids(empty)}). Drop or fill those rows before running."
         )
@@ -180,7 +176,7 @@ def labels_of(dataset, split: str, label_column: str, label_map: str | None = No
     raw = dataset[label_column]
     missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "" for v in raw])
     if missing.any():
-        raise DataError(
+        raise UserError(
             f"split {split!r} has {int(missing.sum())} missing labels in column {label_column!r} "
             f"(first row ids: {_first_ids(missing)}). Drop or label those rows before running."
         )
@@ -204,13 +200,13 @@ def load_label_map(name_or_path: str) -> dict[str, str]:
         path = LABEL_MAPS_DIR / f"{name_or_path}.json"
     if not path.exists():
         shipped = sorted(p.stem for p in LABEL_MAPS_DIR.glob("*.json"))
-        raise DataError(f"label map {name_or_path!r} not found: give a JSON file path or one of {shipped}.")
+        raise UserError(f"label map {name_or_path!r} not found: give a JSON file path or one of {shipped}.")
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise DataError(f"could not parse label map {path}: {err}") from None
+        raise UserError(f"could not parse label map {path}: {err}") from None
     if not isinstance(mapping, dict):
-        raise DataError(f"label map {path} must be a JSON object from fine label to coarse label.")
+        raise UserError(f"label map {path} must be a JSON object from fine label to coarse label.")
     return {str(k): str(v) for k, v in mapping.items()}
 
 
@@ -218,7 +214,7 @@ def apply_label_map(labels: np.ndarray, mapping: dict[str, str]) -> np.ndarray:
     unmapped = sorted({label for label in labels if label not in mapping})
     if unmapped:
         shown = ", ".join(map(repr, unmapped[:20])) + (" ..." if len(unmapped) > 20 else "")
-        raise DataError(
+        raise UserError(
             f"{len(unmapped)} labels are not in the label map: {shown}. Add them to the map or clear label_map."
         )
     return np.array([mapping[label] for label in labels], dtype=object)
@@ -246,7 +242,7 @@ def general_rows_of(split, split_name: str, n_general_train: int) -> np.ndarray 
     rows = np.asarray(split[GENERAL_ROW_COLUMN], dtype=np.int64)
     bad = (rows < 0) | (rows >= n_general_train)
     if bad.any():
-        raise DataError(
+        raise UserError(
             f"split {split_name!r}: {int(bad.sum())} values of {GENERAL_ROW_COLUMN} lie outside general_train's "
             f"rows 0..{n_general_train - 1} (first: {int(rows[bad][0])}); was the split made from another data set?"
         )
@@ -263,7 +259,7 @@ def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fractio
     calibrating scores.
     """
     if not 0.0 < eval_fraction < 1.0:
-        raise DataError(f"eval_fraction must be between 0 and 1 (got {eval_fraction}).")
+        raise UserError(f"eval_fraction must be between 0 and 1 (got {eval_fraction}).")
     order = np.random.default_rng(seed).permutation(n_general_train)
     heldout = np.zeros(n_general_train, dtype=bool)
     heldout[order[: max(1, round(eval_fraction * n_general_train))]] = True
@@ -301,7 +297,7 @@ def load_media_folder(
     media_column = media_column or kind
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
-        raise DataError(f"media folder {root} does not exist.")
+        raise UserError(f"media folder {root} does not exist.")
     files = sorted(
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
@@ -310,14 +306,14 @@ def load_media_folder(
         and not any(part.startswith(".") for part in p.relative_to(root).parts)  # hidden files and folders
     )
     if not files:
-        raise DataError(f"{root} holds no {kind} files (looked for {', '.join(suffixes)} in it and its subfolders).")
+        raise UserError(f"{root} holds no {kind} files (looked for {', '.join(suffixes)} in it and its subfolders).")
 
     if labels_csv is None:
         table = pd.DataFrame({"file_name": files})
     else:
         table = _read_table(Path(labels_csv).expanduser())
         if "file_name" not in table.columns:
-            raise DataError(
+            raise UserError(
                 f"labels CSV {labels_csv} has no file_name column (columns: {list(table.columns)}); add one with "
                 f"each file's path relative to {root}."
             )
@@ -326,7 +322,7 @@ def load_media_folder(
         missing = sorted(listed - set(files))
         unlisted = [f for f in files if f not in listed]
         if missing or unlisted:
-            raise DataError(
+            raise UserError(
                 f"labels CSV {labels_csv} and folder {root} disagree: "
                 + (f"{len(missing)} listed files are not in the folder (first: {missing[:5]}); " if missing else "")
                 + (f"{len(unlisted)} files have no row in the CSV (first: {unlisted[:5]}); " if unlisted else "")
@@ -334,10 +330,10 @@ def load_media_folder(
             )
         if table["file_name"].duplicated().any():
             duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
-            raise DataError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
+            raise UserError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
         table = table.sort_values("file_name", kind="stable").reset_index(drop=True)
     if media_column in table.columns:
-        raise DataError(f"labels CSV {labels_csv} has a column {media_column!r}, the name given to the file paths.")
+        raise UserError(f"labels CSV {labels_csv} has a column {media_column!r}, the name given to the file paths.")
     table.insert(1, media_column, [str(root / name) for name in table["file_name"]])
 
     if split_column in table.columns:

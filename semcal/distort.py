@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, data, io, report
+from semcal import calibration, data, files, report
 from semcal.config import UserError, config_to_dict
 
 
@@ -296,9 +296,9 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
         )
     summary = pd.DataFrame(summary_rows)
 
-    io.save_dataset_dict(dataset_dict, output_dir)
-    io.write_csv(output_dir / "distortion_counts.csv", counts_table)
-    io.write_csv(output_dir / "distortion_summary.csv", summary)
+    files.save_dataset_dict(dataset_dict, output_dir)
+    files.write_csv(output_dir / "distortion_counts.csv", counts_table)
+    files.write_csv(output_dir / "distortion_summary.csv", summary)
     frequencies = counts_table.set_index("label")[[c for c in counts_table.columns if c.endswith("_freq")]]
     frequencies.columns = [c.removesuffix("_freq") for c in frequencies.columns]
     figure = report.plot_label_distributions(
@@ -306,8 +306,8 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
         f"Label distributions of general_train and the real splits ({config.label_column})",
         "general_train",
     )
-    io.save_figure(figure, output_dir / "label_distributions")
-    io.write_record(
+    files.save_figure(figure, output_dir / "label_distributions")
+    files.write_record(
         output_dir,
         "distort",
         config_to_dict(config),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, io, report
+from semcal import calibration, files, report
 from semcal.config import UserError, config_to_dict
 from semcal.data import (
     GENERAL_ROW_COLUMN,
@@ -41,10 +41,6 @@ from semcal.data import (
 SCORE_METHODS = ("clipped", "sum")
 NORMALIZATIONS = ("none", "heldout", "logistic", "matched")
 PAPER_VARIANT = "clipped"  # score=clipped, normalize=none: the paper's exact method
-
-
-class EvaluationError(UserError):
-    """Evaluation inputs that cannot be used together, with what to fix."""
 
 
 @dataclass
@@ -125,7 +121,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     variants = _score_variants(diffs, heldout_diffs, heldout_is_real, config.top_p, m)
     chosen = variant_name(config.score, config.normalize)
     if chosen not in variants:
-        raise EvaluationError(
+        raise UserError(
             f"normalize={config.normalize} needs to know which held-out texts are in {real_split}: its "
             f"{GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
         )
@@ -213,7 +209,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     )
     shown_name = "/".join(Path(config.dataset_name).parts[-2:])  # e.g. "demo/data" from runs/demo/data
     title = f"{shown_name} / {config.split_name}: label distributions, general vs real vs filtered"
-    figure_paths = io.save_figure(
+    figure_paths = files.save_figure(
         report.plot_label_distributions(frequencies, title, sort_by="real (train)"),
         output_dir / "label_distributions",
         formats=("png", "pdf"),
@@ -221,7 +217,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     per_text = _per_text_table(
         text_ids, general_test_labels, general_test_texts, tokens, diffs, variants, chosen, accept_by_filter, config
     )
-    io.write_csv(output_dir / "per_text.csv", per_text)
+    files.write_csv(output_dir / "per_text.csv", per_text)
     results["outputs"] = {
         "results": "results.json",
         "summary": "summary.md",
@@ -230,9 +226,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     }
     results["elapsed_s"] = round(time.perf_counter() - started, 3)
     results = _json_ready(results)
-    io.write_json(output_dir / "results.json", results)
-    io.write_text(output_dir / "summary.md", report.evaluation_summary_markdown(results))
-    io.write_record(
+    files.write_json(output_dir / "results.json", results)
+    files.write_text(output_dir / "summary.md", report.evaluation_summary_markdown(results))
+    files.write_record(
         output_dir, "evaluate", config_to_dict(config), inputs=results["inputs"], outputs=results["outputs"]
     )
     print(_console_summary(results, output_dir))
@@ -246,28 +242,28 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 def _check_settings(config: EvaluationConfig) -> None:
     """Every setting problem we can see before loading anything."""
     if config.score not in SCORE_METHODS:
-        raise EvaluationError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
+        raise UserError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
     if config.normalize not in NORMALIZATIONS:
-        raise EvaluationError(f"normalize={config.normalize!r} is not one of {NORMALIZATIONS}.")
+        raise UserError(f"normalize={config.normalize!r} is not one of {NORMALIZATIONS}.")
     if not 0.0 <= config.top_p <= 1.0:
-        raise EvaluationError(f"top_p must be between 0 and 1 (got {config.top_p}).")
+        raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
     if config.n_runs < 1:
-        raise EvaluationError(f"n_runs must be at least 1 (got {config.n_runs}).")
+        raise UserError(f"n_runs must be at least 1 (got {config.n_runs}).")
     if config.kl_epsilon < 0:
-        raise EvaluationError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
+        raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
     if config.top_tokens < 0:
-        raise EvaluationError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
+        raise UserError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
     if not config.output_dir:
-        raise EvaluationError("output_dir is empty: set the folder the results go to.")
+        raise UserError("output_dir is empty: set the folder the results go to.")
     for name in ("general_scores_csv", "real_scores_csv"):
         _check_file(getattr(config, name), name, required=True)
     heldout = {name: getattr(config, name) for name in ("general_heldout_csv", "real_heldout_csv")}
     given = [name for name, path in heldout.items() if path]
     if len(given) == 1:
         missing = next(name for name in heldout if name not in given)
-        raise EvaluationError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
+        raise UserError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
     if config.normalize != "none" and not given:
-        raise EvaluationError(
+        raise UserError(
             f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
             "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
         )
@@ -278,17 +274,17 @@ def _check_settings(config: EvaluationConfig) -> None:
 def _check_file(path: str | None, name: str, required: bool) -> None:
     if not path:
         if required:
-            raise EvaluationError(f"{name} is not set: give the path of a token_sequence_probs output CSV.")
+            raise UserError(f"{name} is not set: give the path of a token_sequence_probs output CSV.")
         return
     if not Path(path).is_file():
-        raise EvaluationError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
+        raise UserError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
 
 
 def _read_scores(path: str, name: str) -> pd.DataFrame:
     try:
-        return io.read_token_log_probs(path)
+        return files.read_token_log_probs(path)
     except (ValueError, FileNotFoundError) as err:
-        raise EvaluationError(f"{name}: {err}") from None
+        raise UserError(f"{name}: {err}") from None
 
 
 def join_scores(
@@ -303,26 +299,26 @@ def join_scores(
     for side, table in (("general", general), ("real", real)):
         duplicated = table["text_id"][table["text_id"].duplicated()]
         if len(duplicated):
-            raise EvaluationError(
+            raise UserError(
                 f"the {side} model's scores of {split} list text_id {int(duplicated.iloc[0])} more than once "
                 f"({len(duplicated)} duplicates): was the file written twice into? Re-run token_sequence_probs."
             )
         outside = table["text_id"][(table["text_id"] < 0) | (table["text_id"] >= n_rows)]
         if len(outside):
-            raise EvaluationError(
+            raise UserError(
                 f"the {side} model's scores hold text_id {int(outside.iloc[0])}, but {split} has rows 0..{n_rows - 1}: "
                 "the scores belong to another split or data set."
             )
     merged = general.merge(real, on="text_id", how="inner", suffixes=("_general", "_real")).sort_values("text_id")
     if merged.empty:
-        raise EvaluationError(
+        raise UserError(
             f"the general and real score files of {split} share no text_id: they were computed on different texts."
         )
     for text_id, general_tokens, real_tokens in zip(
         merged["text_id"], merged["tokens_general"], merged["tokens_real"], strict=True
     ):
         if list(general_tokens) != list(real_tokens):
-            raise EvaluationError(
+            raise UserError(
                 f"text_id {int(text_id)} of {split}: the general model's file has tokens {general_tokens[:12]} but the "
                 f"real model's has {real_tokens[:12]}. Both files must be scored on the same texts with the same "
                 "tokenizer; re-run token_sequence_probs for one of them."
@@ -343,15 +339,15 @@ def join_scores(
 
 
 def _fingerprints(config: EvaluationConfig, general_test_texts: list[str], real_train: Any, real_split: str):
-    files = {
-        name: {"path": getattr(config, name), "sha256_16": io.fingerprint_file(getattr(config, name))}
+    score_files = {
+        name: {"path": getattr(config, name), "sha256_16": files.fingerprint_file(getattr(config, name))}
         for name in ("general_scores_csv", "real_scores_csv", "general_heldout_csv", "real_heldout_csv")
         if getattr(config, name)
     }
     return {
-        **files,
-        "general_test_texts": io.fingerprint_texts(general_test_texts),
-        "real_train_texts": io.fingerprint_texts(texts_of(real_train, real_split, config.text_column)),
+        **score_files,
+        "general_test_texts": files.fingerprint_texts(general_test_texts),
+        "real_train_texts": files.fingerprint_texts(texts_of(real_train, real_split, config.text_column)),
     }
 
 

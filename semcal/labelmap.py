@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from semcal import io
+from semcal import files
 from semcal.config import UserError
 
 DEFAULT_OUTPUT = "runs/audioset_top_category.json"
@@ -48,7 +48,7 @@ def read_ontology(path: str | Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"ontology file {path} does not exist (AudioSet's ontology.json is expected).")
     try:
-        ontology = io.read_json(path)
+        ontology = files.read_json(path)
     except ValueError as err:
         raise UserError(f"could not parse {path} as JSON: {err}") from None
     if not isinstance(ontology, list) or not all(isinstance(n, dict) and "id" in n and "name" in n for n in ontology):
@@ -63,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"JSON file to write (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(list(argv))
     mapping = build_audioset_map(read_ontology(args.ontology))
-    io.write_json(args.output, mapping)
+    files.write_json(args.output, mapping)
     print(
         f"labelmap: {len(mapping) // 2} AudioSet classes -> {len(set(mapping.values()))} categories, written to {args.output}"
     )

@@ -53,12 +53,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from semcal import io
+from semcal import files
 from semcal.config import UserError, config_to_dict
 from semcal.data import (
     GENERAL_ROW_COLUMN,
     GENERAL_TRAIN,
-    DataError,
     general_rows_of,
     get_split,
     heldout_mask,
@@ -77,14 +76,6 @@ NON_TRAINING_SETTINGS = ("overwrite", "push_to_hub", "hub_model_id")
 HELDOUT_OF_GENERAL = "general_train rows"
 HELDOUT_SHARED = f"{GENERAL_ROW_COLUMN} column (held-out rows shared with every model of the data set)"
 HELDOUT_OWN_ROWS = "own rows (no general_train_row column: held-out rows are NOT those of the general model)"
-
-
-class ModelError(UserError):
-    """A model or tokenizer that cannot be loaded or used as asked, and how to fix it."""
-
-
-class TokenizerMismatchError(UserError):
-    """Two models (or score files) of one data set that do not tokenise its texts identically."""
 
 
 @dataclass
@@ -145,7 +136,7 @@ def load_model(name: str, gguf_file: str | None = None, setting: str = "base_mod
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
     except Exception as err:  # the hub client and the loaders raise many types
-        raise ModelError(_load_failure(name, setting, err)) from None
+        raise UserError(_load_failure(name, setting, err)) from None
     if gguf:
         forget_gguf_quantizer(model)
     return model.eval()
@@ -159,7 +150,7 @@ def load_tokenizer(name: str, gguf_file: str | None = None, setting: str = "base
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except Exception as err:  # the hub client and the loaders raise many types
-        raise ModelError(_load_failure(name, setting, err)) from None
+        raise UserError(_load_failure(name, setting, err)) from None
     if tokenizer.pad_token_id is None:
         # Padding only fills batches; it is masked out of attention and loss, so any token will do.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
@@ -184,27 +175,27 @@ def _model_source(name: str, gguf_file: str | None, setting: str) -> tuple[str, 
     """(folder or Hub id, GGUF file name or None); a clear error for paths that do not exist."""
     path = Path(name).expanduser()
     if name == SCRATCH:
-        raise ModelError(f"{setting}=scratch has no weights to load: give a trained model folder.")
+        raise UserError(f"{setting}=scratch has no weights to load: give a trained model folder.")
     if gguf_file is None and name.endswith(".gguf"):
         if not path.is_file():
-            raise ModelError(f"GGUF file {path} does not exist. {_GGUF_HINT}")
+            raise UserError(f"GGUF file {path} does not exist. {_GGUF_HINT}")
         return str(path.parent), path.name
     if gguf_file is not None:
         if path.is_dir() and not (path / gguf_file).is_file():
-            raise ModelError(f"{path} has no GGUF file {gguf_file!r}. {_GGUF_HINT}")
+            raise UserError(f"{path} has no GGUF file {gguf_file!r}. {_GGUF_HINT}")
         return name, gguf_file
     if path.exists():
         if not (path.is_dir() and (path / "config.json").exists()):
-            raise ModelError(
+            raise UserError(
                 f"{setting}={name} is not a model folder (no config.json): give a folder written by "
                 "save_pretrained or finetune_gpt2.py, a .gguf file, or a Hub id."
             )
         return str(path), None
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"{setting}={name}: no such model folder ({path.resolve()} does not exist).")
+        raise UserError(f"{setting}={name}: no such model folder ({path.resolve()} does not exist).")
     reason = _hub_unreachable(name)
     if reason:
-        raise ModelError(_offline_message(name, setting, reason))
+        raise UserError(_offline_message(name, setting, reason))
     return name, None
 
 
@@ -260,7 +251,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     else:
         parts = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])}
     parts["bos_eos"] = [tokenizer.bos_token_id, tokenizer.eos_token_id]
-    return io.fingerprint_texts([json.dumps(parts, sort_keys=True)])
+    return files.fingerprint_texts([json.dumps(parts, sort_keys=True)])
 
 
 def weights_fingerprint(name: str, gguf_file: str | None = None) -> str | None:
@@ -269,11 +260,11 @@ def weights_fingerprint(name: str, gguf_file: str | None = None) -> str | None:
     if gguf_file:
         path = path / gguf_file
     if path.is_file():
-        return io.fingerprint_file(path)
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
-    if not files:
+        return files.fingerprint_file(path)
+    weight_files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    if not weight_files:
         return None
-    return io.fingerprint_texts(io.fingerprint_file(file) for file in files)
+    return files.fingerprint_texts(files.fingerprint_file(file) for file in weight_files)
 
 
 def model_positions(model: Any) -> int | None:
@@ -308,7 +299,7 @@ def frame_texts(tokenizer: Any, texts: list[str], framing: str, max_length: int)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
     if bos is None:
-        raise ModelError("the tokenizer has neither a BOS nor an EOS token, which framing=bos_eos needs; use paper.")
+        raise UserError("the tokenizer has neither a BOS nor an EOS token, which framing=bos_eos needs; use paper.")
     return [([bos, *seq, eos])[:max_length] for seq in ids]
 
 
@@ -344,7 +335,7 @@ def general_fingerprint(dataset_dict: Any, text_column: str) -> str | None:
     """Fingerprint of the data set's general_train texts: what 'the same data set' means here."""
     if GENERAL_TRAIN not in dataset_dict:
         return None
-    return io.fingerprint_texts(texts_of(dataset_dict[GENERAL_TRAIN], GENERAL_TRAIN, text_column))
+    return files.fingerprint_texts(texts_of(dataset_dict[GENERAL_TRAIN], GENERAL_TRAIN, text_column))
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,25 +372,25 @@ def scratch_tokenizer(tokenizer_dir: Path, dataset_dict: Any, config: FinetuneCo
 
     general_texts = texts_of(get_split(dataset_dict, GENERAL_TRAIN), GENERAL_TRAIN, config.text_column)
     wanted = {
-        "dataset_fingerprint": io.fingerprint_texts(general_texts),
+        "dataset_fingerprint": files.fingerprint_texts(general_texts),
         "vocab_size": config.vocab_size,
         "eval_fraction": config.eval_fraction,
         "split_seed": config.split_seed,
     }
-    record = io.read_record(tokenizer_dir)
+    record = files.read_record(tokenizer_dir)
     if record is not None:
         found = {key: record.get(key, record.get("config", {}).get(key)) for key in wanted}
         differs = {key: (found[key], value) for key, value in wanted.items() if found[key] != value}
         if differs:
             shown = "; ".join(f"{key}: {old} there, {new} here" for key, (old, new) in differs.items())
-            raise TokenizerMismatchError(
+            raise UserError(
                 f"the shared tokenizer in {tokenizer_dir} was made for other settings ({shown}). All models of a "
                 "data set must share one tokenizer: use the settings it was made with, or give a new tokenizer_dir "
                 "(and train every model of the data set again)."
             )
         return AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if tokenizer_dir.exists() and any(p.name not in _TOKENIZER_FILES for p in tokenizer_dir.iterdir()):
-        raise ModelError(
+        raise UserError(
             f"tokenizer_dir {tokenizer_dir} exists and holds other files but no semcal tokenizer record: "
             "point tokenizer_dir at a new folder."
         )
@@ -407,8 +398,8 @@ def scratch_tokenizer(tokenizer_dir: Path, dataset_dict: Any, config: FinetuneCo
     heldout = heldout_mask(np.arange(n_general), n_general, config.eval_fraction, config.split_seed)
     training_texts = [text for text, held in zip(general_texts, heldout, strict=True) if not held]
     tokenizer = train_bpe_tokenizer(training_texts, config.vocab_size)
-    io.save_pretrained(tokenizer_dir, tokenizer)
-    io.write_record(
+    files.save_pretrained(tokenizer_dir, tokenizer)
+    files.write_record(
         tokenizer_dir,
         "tokenizer",
         {"dataset_name": config.dataset_name, "text_column": config.text_column, **wanted},
@@ -479,7 +470,7 @@ def finetune(config: FinetuneConfig) -> Path:
     dataset_dict = load_dataset_dict(config.dataset_name, config.split_column)
     texts = texts_of(get_split(dataset_dict, config.split_name), config.split_name, config.text_column)
     dataset_fp = general_fingerprint(dataset_dict, config.text_column)
-    data_identity = {"dataset_fingerprint": dataset_fp, "split_fingerprint": io.fingerprint_texts(texts)}
+    data_identity = {"dataset_fingerprint": dataset_fp, "split_fingerprint": files.fingerprint_texts(texts)}
     if _finished(output_dir, config_dict, data_identity):
         print(f"finetune: {output_dir} already holds this model (same settings and data in its semcal_record.json)")
         if config.push_to_hub:
@@ -487,7 +478,7 @@ def finetune(config: FinetuneConfig) -> Path:
         return output_dir
     heldout, heldout_source = heldout_rows(dataset_dict, config.split_name, config.eval_fraction, config.split_seed)
     if config.init_from and heldout_source == HELDOUT_OWN_ROWS:
-        raise DataError(
+        raise UserError(
             f"init_from starts from a model trained on general_train, but split {config.split_name!r} has no "
             f"{GENERAL_ROW_COLUMN} column, so its held-out texts may be ones that model trained on and early "
             "stopping would be misled. Make the split with distort.py (which writes that column), or drop init_from."
@@ -495,7 +486,7 @@ def finetune(config: FinetuneConfig) -> Path:
     train_texts = [text for text, held in zip(texts, heldout, strict=True) if not held]
     eval_texts = [text for text, held in zip(texts, heldout, strict=True) if held]
     if not train_texts or not eval_texts:
-        raise DataError(
+        raise UserError(
             f"split {config.split_name!r} ({len(texts)} rows) leaves {len(train_texts)} rows to train on and "
             f"{len(eval_texts)} held out with eval_fraction={config.eval_fraction}: it needs both. Use a larger "
             "split or change eval_fraction (for every model of the data set)."
@@ -521,13 +512,13 @@ def finetune(config: FinetuneConfig) -> Path:
     if resume_from is None:
         eval_loss_before = trainer.evaluate()["eval_loss"]
         if trainer.is_world_process_zero():
-            io.write_json(
+            files.write_json(
                 output_dir / UNFINISHED_NAME,
                 {"stage": "finetune", "config": config_dict, **identity, "eval_loss_before_training": eval_loss_before},
             )
     else:
         print(f"finetune: resuming from {resume_from}")
-        eval_loss_before = io.read_json(output_dir / UNFINISHED_NAME).get("eval_loss_before_training")
+        eval_loss_before = files.read_json(output_dir / UNFINISHED_NAME).get("eval_loss_before_training")
     train_output = trainer.train(resume_from_checkpoint=resume_from)
 
     eval_losses = [
@@ -541,7 +532,7 @@ def finetune(config: FinetuneConfig) -> Path:
     trainer.save_model(str(output_dir))
     heldout_ids = np.flatnonzero(heldout).tolist()
     wall_time = time.perf_counter() - started
-    io.write_record(
+    files.write_record(
         output_dir,
         "finetune",
         config_dict,
@@ -555,7 +546,7 @@ def finetune(config: FinetuneConfig) -> Path:
             "train_rows": len(train_texts),
             "heldout_rows": len(eval_texts),
             "heldout_source": heldout_source,
-            "heldout_fingerprint": io.fingerprint_texts(map(str, heldout_ids)),
+            "heldout_fingerprint": files.fingerprint_texts(map(str, heldout_ids)),
             "heldout_row_ids": heldout_ids if len(heldout_ids) <= 10_000 else None,
         },
         eval_loss_before_training=eval_loss_before,
@@ -635,7 +626,7 @@ def _starting_model(config: FinetuneConfig, dataset_dict: Any, output_dir: Path)
 
 def _check_init_from(config: FinetuneConfig, dataset_fp: str | None) -> None:
     """init_from must have held out the same rows, or this model's eval texts were its training texts."""
-    record = io.read_record(config.init_from)
+    record = files.read_record(config.init_from)
     if record is None or record.get("stage") != "finetune":
         print(
             f"warning: init_from={config.init_from} has no finetune record, so whether its training texts "
@@ -644,14 +635,14 @@ def _check_init_from(config: FinetuneConfig, dataset_fp: str | None) -> None:
         return
     theirs = record.get("config", {})
     if dataset_fp is not None and record.get("dataset_fingerprint") not in (None, dataset_fp):
-        raise ModelError(
+        raise UserError(
             f"init_from={config.init_from} was trained on another data set (general_train fingerprint "
             f"{record.get('dataset_fingerprint')}, here {dataset_fp}); start from that data set's general model."
         )
     differs = [name for name in ("eval_fraction", "split_seed") if theirs.get(name) != getattr(config, name)]
     if differs:
         shown = ", ".join(f"{name}={theirs.get(name)} there, {getattr(config, name)} here" for name in differs)
-        raise ModelError(
+        raise UserError(
             f"init_from={config.init_from} held out other rows ({shown}), so texts held out here may be ones it "
             "trained on and early stopping would be misled; use the same eval_fraction and split_seed."
         )
@@ -672,12 +663,12 @@ def check_sibling_tokenizers(
         return
     here = folder.resolve()
     for sibling in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p.resolve() != here):
-        for name in (io.RECORD_NAME, UNFINISHED_NAME):
+        for name in (files.RECORD_NAME, UNFINISHED_NAME):
             path = sibling / name
             if not path.is_file():
                 continue
             try:
-                record = io.read_json(path)
+                record = files.read_json(path)
             except (OSError, ValueError):
                 continue
             if record.get("stage") != stage or any(record.get(key) != identity[key] for key in match):
@@ -685,7 +676,7 @@ def check_sibling_tokenizers(
             differs = [key for key in agree_keys if key in record and record[key] != identity[key]]
             if differs:
                 shown = ", ".join(f"{key} {record[key]} there, {identity[key]} here" for key in differs)
-                raise TokenizerMismatchError(
+                raise UserError(
                     f"{sibling} holds a {stage} output of the same data set that tokenises differently ({shown}). "
                     "The general and real models of a data set must share one tokenizer, framing and max_length "
                     "(base_model=scratch: the same tokenizer_dir); use matching models and settings, or write to "
@@ -695,7 +686,7 @@ def check_sibling_tokenizers(
 
 def _finished(output_dir: Path, config_dict: dict[str, Any], data_identity: dict[str, Any]) -> bool:
     """True if output_dir holds a finished model of these settings and data; refuses one of others."""
-    record = io.read_record(output_dir)
+    record = files.read_record(output_dir)
     if record is None or record.get("stage") != "finetune":
         return False
     differs = _differences(record.get("config", {}), config_dict)
@@ -704,7 +695,7 @@ def _finished(output_dir: Path, config_dict: dict[str, Any], data_identity: dict
         _remove_checkpoints(output_dir)  # a kill between the record and their removal may have left some
         return True
     if not config_dict["overwrite"]:
-        raise ModelError(
+        raise UserError(
             f"{output_dir} already holds a model trained with other settings or data "
             f"({', '.join(filter(None, [differs, *changed]))}). Choose another output_dir, or set overwrite=true "
             "to replace it."
@@ -726,13 +717,13 @@ def _resume_point(
     checkpoints = _checkpoints(output_dir)
     if not unfinished_path.exists() and not checkpoints:
         return None
-    unfinished = io.read_json(unfinished_path) if unfinished_path.exists() else {}
+    unfinished = files.read_json(unfinished_path) if unfinished_path.exists() else {}
     differs = _differences(unfinished.get("config", {}), config_dict)
     changed = [key for key in identity if unfinished.get(key) != identity[key]]
     if not unfinished or differs or changed:
         if not overwrite:
             what = differs or ", ".join(f"{key} changed" for key in changed) or "no record of its settings"
-            raise ModelError(
+            raise UserError(
                 f"{output_dir} holds an unfinished training run that differs from this one ({what}). Run with its "
                 "settings to resume it, set overwrite=true to discard it, or choose another output_dir."
             )
@@ -758,7 +749,7 @@ def _remove_checkpoints(output_dir: Path) -> None:
 
 def _discard(output_dir: Path) -> None:
     """Throw away an earlier run: the whole folder if it is ours (holds our record), else only checkpoints."""
-    if (output_dir / io.RECORD_NAME).exists() or (output_dir / UNFINISHED_NAME).exists():
+    if (output_dir / files.RECORD_NAME).exists() or (output_dir / UNFINISHED_NAME).exists():
         shutil.rmtree(output_dir)
     else:
         _remove_checkpoints(output_dir)
@@ -848,7 +839,5 @@ def _push_to_hub(output_dir: Path, repo_id: str) -> None:
         api.upload_folder(folder_path=str(output_dir), repo_id=repo.repo_id, ignore_patterns=["checkpoint-*"])
     except Exception as err:  # the hub client raises many types
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelError(
-            f"the model in {output_dir} is saved, but pushing it to {repo_id!r} failed: {reason}"
-        ) from None
+        raise UserError(f"the model in {output_dir} is saved, but pushing it to {repo_id!r} failed: {reason}") from None
     print(f"finetune: pushed {output_dir} to https://huggingface.co/{repo.repo_id} (private)")

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from semcal import data, io, report
+from semcal import data, files, report
 from semcal.config import UserError, apply_overrides, config_to_dict
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
@@ -76,7 +76,7 @@ def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
 
 def _up_to_date(folder: Path, config: Any) -> bool:
     """True when `folder` holds a finished output of a stage run with exactly `config`."""
-    record = io.read_record(folder)
+    record = files.read_record(folder)
     return record is not None and record.get("config") == config_to_dict(config)
 
 
@@ -187,7 +187,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     """Run every stage in order inside run_dir, skipping those already done with the same settings."""
     distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
     run_dir = Path(config.run_dir)
-    io.write_record(run_dir, "run", config_to_dict(config))
+    files.write_record(run_dir, "run", config_to_dict(config))
     progress = _Progress(1 + len(finetune_configs) + len(score_configs) + len(evaluation_configs))
     started = time.perf_counter()
     progress.stage("distort", Path(distort_config.output_dir), distort_config, lambda: distort(distort_config))
@@ -223,7 +223,7 @@ def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         )
         if not paths:
             raise UserError(f"{run_dir} holds no evaluation/*/results.json: run `semcal run` (or evaluate) first.")
-        results.extend(io.read_json(path) | {"run_dir": str(run_dir)} for path in paths)
+        results.extend(files.read_json(path) | {"run_dir": str(run_dir)} for path in paths)
     return results
 
 
@@ -232,9 +232,9 @@ def write_table(run_dirs: Sequence[Path], output_stem: Path) -> str:
     results = collect_results(run_dirs)
     rows = [report.results_table_row(result, dataset_label=Path(result["run_dir"]).name) for result in results]
     table = report.format_table(rows)
-    io.write_text(output_stem.with_suffix(".md"), table + "\n")
+    files.write_text(output_stem.with_suffix(".md"), table + "\n")
     numeric = [report.results_table_row(r, dataset_label=Path(r["run_dir"]).name, numeric=True) for r in results]
-    io.write_csv(output_stem.with_suffix(".csv"), pd.DataFrame(numeric))
+    files.write_csv(output_stem.with_suffix(".csv"), pd.DataFrame(numeric))
     return table
 
 
@@ -271,8 +271,8 @@ def demo(config: DemoConfig) -> Path:
     source = run_dir / "source"
     if not _up_to_date(source, config):
         print(f"demo: generating {config.n_train} + {config.n_test} SYNTHETIC captions in {source}")
-        io.save_dataset_dict(generate_demo(config.n_train, config.n_test, config.seed), source)
-        io.write_record(source, "demo data", config_to_dict(config), synthetic=True)
+        files.save_dataset_dict(generate_demo(config.n_train, config.n_test, config.seed), source)
+        files.write_record(source, "demo data", config_to_dict(config), synthetic=True)
     return run_pipeline(
         PipelineConfig(
             dataset_name=str(source),

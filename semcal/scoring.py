@@ -16,7 +16,7 @@ under `torch.inference_mode`, on CUDA when there is one. Right padding leaves th
 tokens' positions and (causal) attention untouched, so batched scores equal one-at-a-time
 scores up to float rounding.
 
-Resumable: rows are flushed in chunks (io.ChunkedTableWriter). The batches are planned
+Resumable: rows are flushed in chunks (files.ChunkedTableWriter). The batches are planned
 from all texts before anything is skipped, so a rerun after a kill computes every
 remaining text in exactly the batch it had before and the final file is byte-identical
 to an uninterrupted run. For tests, SEMCAL_KILL_AFTER_CHUNKS=N makes the process SIGKILL
@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import io
+from semcal import files
 from semcal.config import UserError, config_to_dict
 from semcal.data import get_split, load_dataset_dict, texts_of
 from semcal.lm import (
     UNFINISHED_NAME,
-    TokenizerMismatchError,
     check_framing,
     check_sibling_tokenizers,
     frame_texts,
@@ -105,12 +104,12 @@ def score_split(config: ScoreConfig) -> Path:
     tokenizer = load_tokenizer(config.model, config.gguf_file, setting="model")
     identity = {
         "split": config.split_name,
-        "split_fingerprint": io.fingerprint_texts(texts),
+        "split_fingerprint": files.fingerprint_texts(texts),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "framing": framing,
         "max_length": max_length,
         "weights_fingerprint": weights_fingerprint(config.model, config.gguf_file),
-        "text_ids_fingerprint": io.fingerprint_texts(map(str, text_ids)),
+        "text_ids_fingerprint": files.fingerprint_texts(map(str, text_ids)),
     }
     config_dict = config_to_dict(config)
     if _up_to_date(output_dir, csv_path, config_dict, identity):
@@ -119,9 +118,9 @@ def score_split(config: ScoreConfig) -> Path:
     check_sibling_tokenizers(output_dir, "score", identity, match=("split", "split_fingerprint"))
     _check_unfinished(output_dir, csv_path, config_dict, identity)
     # An output of other settings is superseded: drop it before the new run writes anything.
-    (output_dir / io.RECORD_NAME).unlink(missing_ok=True)
+    (output_dir / files.RECORD_NAME).unlink(missing_ok=True)
     csv_path.unlink(missing_ok=True)
-    io.write_json(output_dir / UNFINISHED_NAME, {"stage": "score", "config": config_dict, **identity})
+    files.write_json(output_dir / UNFINISHED_NAME, {"stage": "score", "config": config_dict, **identity})
 
     model = load_model(config.model, config.gguf_file, setting="model")
     max_length = min(max_length, model_positions(model) or max_length)
@@ -129,17 +128,17 @@ def score_split(config: ScoreConfig) -> Path:
     model.to(device)
     framed = frame_texts(tokenizer, [texts[i] for i in text_ids], framing, max_length)
     batches = plan_batches([len(ids) for ids in framed], config.batch_size, config.max_batch_tokens)
-    writer = io.ChunkedTableWriter(csv_path, io.TOKEN_LOG_PROB_COLUMNS, "text_id")
+    writer = files.ChunkedTableWriter(csv_path, files.TOKEN_LOG_PROB_COLUMNS, "text_id")
     scored_before = len(writer.done_keys)
     scoring_started = time.perf_counter()
     _write_chunks(config, model, tokenizer, framed, text_ids, batches, writer, device)
     scoring_time = time.perf_counter() - scoring_started
     writer.finish()
 
-    scores = io.read_token_log_probs(csv_path)
+    scores = files.read_token_log_probs(csv_path)
     wall_time = time.perf_counter() - started
     rate = (len(text_ids) - scored_before) / max(scoring_time, 1e-9)
-    io.write_record(
+    files.write_record(
         output_dir,
         "score",
         config_dict,
@@ -175,7 +174,7 @@ def _check_settings(config: ScoreConfig) -> None:
 
 
 def _model_record(model: str) -> dict[str, Any] | None:
-    record = io.read_record(model) if Path(model).expanduser().is_dir() else None
+    record = files.read_record(model) if Path(model).expanduser().is_dir() else None
     return record if record and record.get("stage") == "finetune" else None
 
 
@@ -197,7 +196,7 @@ def _result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
 
 def _up_to_date(output_dir: Path, csv_path: Path, config_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
     """True if csv_path was finished with these settings, model and texts."""
-    record = io.read_record(output_dir)
+    record = files.read_record(output_dir)
     if record is None or record.get("stage") != "score" or not csv_path.exists():
         return False
     return _result_settings(record.get("config", {})) == _result_settings(config_dict) and all(
@@ -211,7 +210,7 @@ def _check_unfinished(output_dir: Path, csv_path: Path, config_dict: dict[str, A
     if not any(parts_dir.glob("part-*.csv")):
         return
     path = output_dir / UNFINISHED_NAME
-    unfinished = io.read_json(path) if path.exists() else {}
+    unfinished = files.read_json(path) if path.exists() else {}
     differs = [
         key for key, value in _result_settings(config_dict).items() if unfinished.get("config", {}).get(key) != value
     ]
@@ -309,7 +308,7 @@ def _write_chunks(
     framed: list[list[int]],
     text_ids: np.ndarray,
     batches: list[list[int]],
-    writer: io.ChunkedTableWriter,
+    writer: files.ChunkedTableWriter,
     device: Any,
 ) -> None:
     from tqdm.auto import tqdm
@@ -343,17 +342,17 @@ def _write_chunks(
 
 
 def check_same_tokens(general: pd.DataFrame, real: pd.DataFrame) -> None:
-    """Refuse two score tables (io.read_token_log_probs) whose token sequences differ.
+    """Refuse two score tables (files.read_token_log_probs) whose token sequences differ.
 
     Rows are joined on text_id; ids present on one side only are not compared here (the
-    evaluation reports them). Raises TokenizerMismatchError naming the first differing
+    evaluation reports them). Raises UserError naming the first differing
     text_id and tokens, or when the tables share no text_id at all.
     """
     merged = general[["text_id", "tokens"]].merge(
         real[["text_id", "tokens"]], on="text_id", how="inner", suffixes=("_general", "_real")
     )
     if merged.empty:
-        raise TokenizerMismatchError(
+        raise UserError(
             "the general and real score tables share no text_id: they were computed on different texts or splits."
         )
     for text_id, general_tokens, real_tokens in zip(
@@ -366,7 +365,7 @@ def check_same_tokens(general: pd.DataFrame, real: pd.DataFrame) -> None:
             (i for i, pair in enumerate(zip(general_tokens, real_tokens, strict=False)) if pair[0] != pair[1]),
             min(len(general_tokens), len(real_tokens)),
         )
-        raise TokenizerMismatchError(
+        raise UserError(
             f"text_id {int(text_id)}: the general and real models tokenise it differently from token {at} on "
             f"(general {general_tokens[at : at + 6]}, real {real_tokens[at : at + 6]}; {len(general_tokens)} vs "
             f"{len(real_tokens)} tokens). Per-token log-probs can only be compared under one tokenizer and framing: "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcal import io
+from semcal import files
 from semcal.data import GENERAL_ROW_COLUMN
 from semcal.demo_data import generate_demo
 from semcal.lm import train_bpe_tokenizer
@@ -25,7 +25,7 @@ def write_demo_dataset(folder: Path, n_train: int = 400, n_test: int = 60, seed:
     rows = np.flatnonzero((labels == "animals") | (np.arange(len(labels)) % 3 == 0))
     real = general.select(rows).add_column(GENERAL_ROW_COLUMN, rows.tolist())
     dataset_dict = datasets.DatasetDict({**demo, REAL_SPLIT: real})
-    return io.save_dataset_dict(dataset_dict, folder)
+    return files.save_dataset_dict(dataset_dict, folder)
 
 
 def tiny_model_folder(folder: Path, texts: list[str], vocab_size: int = 320, seed: int = 0) -> Path:
@@ -48,4 +48,4 @@ def tiny_model_folder(folder: Path, texts: list[str], vocab_size: int = 320, see
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config).eval()
-    return io.save_pretrained(folder, model, tokenizer)
+    return files.save_pretrained(folder, model, tokenizer)

@@ -24,7 +24,7 @@ from tokenizers import AddedToken, pre_tokenizers
 from semcal import captioning
 from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
 from semcal.config import UserError
-from semcal.io import read_record, write_json
+from semcal.files import read_record, write_json
 
 from .conftest import REPO_ROOT
 

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from semcal.config import ConfigError, apply_overrides, parse_value, run_script, settings_help
+from semcal.config import UserError, apply_overrides, parse_value, run_script, settings_help
 
 
 @dataclass
@@ -32,7 +32,7 @@ def test_overrides_are_typed_by_the_declared_type():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown setting 'stpes'.*Valid names: name, steps, rate"):
+    with pytest.raises(UserError, match="unknown setting 'stpes'.*Valid names: name, steps, rate"):
         apply_overrides(ExampleConfig(), ["--stpes=3"])
 
 
@@ -47,7 +47,7 @@ def test_unknown_names_list_the_valid_ones():
     ],
 )
 def test_bad_values_name_the_expected_form(arg, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         apply_overrides(ExampleConfig(), [arg])
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from semcal import data
-from semcal.data import DataError
+from semcal.config import UserError
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_missing_split_column_names_columns_and_fix(tmp_path, table):
     path = tmp_path / "nosplit.csv"
     table.drop(columns="split").to_csv(path, index=False)
     with pytest.raises(
-        DataError, match=r"no split column 'split' \(columns: \['text', 'label'\]\).*one file per split"
+        UserError, match=r"no split column 'split' \(columns: \['text', 'label'\]\).*one file per split"
     ):
         data.load_dataset_dict(str(path))
 
@@ -85,21 +85,21 @@ def test_missing_split_column_names_columns_and_fix(tmp_path, table):
 def test_unparseable_file_is_named(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet")
-    with pytest.raises(DataError, match="could not parse .*broken.parquet as PARQUET"):
+    with pytest.raises(UserError, match="could not parse .*broken.parquet as PARQUET"):
         data.load_dataset_dict(str(path))
 
 
 def test_missing_path_and_empty_folder(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         data.load_dataset_dict(str(tmp_path / "nothing.csv"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="neither a saved data set"):
+    with pytest.raises(UserError, match="neither a saved data set"):
         data.load_dataset_dict(str(tmp_path / "empty"))
 
 
 def test_hub_id_offline_is_one_clear_sentence():
     with pytest.raises(
-        DataError, match=r"could not load 'BeyondDeepFakeDetection/CIFAR-100' from the Hugging Face Hub.*save_to_disk"
+        UserError, match=r"could not load 'BeyondDeepFakeDetection/CIFAR-100' from the Hugging Face Hub.*save_to_disk"
     ):
         data.load_dataset_dict("BeyondDeepFakeDetection/CIFAR-100")
 
@@ -109,10 +109,10 @@ def test_missing_split_and_column_list_what_exists(tmp_path, table):
     table.to_csv(path, index=False)
     dataset_dict = data.load_dataset_dict(str(path))
     with pytest.raises(
-        DataError, match=r"no split 'real_train_mild'; the data set has splits \['general_test', 'general_train'\]"
+        UserError, match=r"no split 'real_train_mild'; the data set has splits \['general_test', 'general_train'\]"
     ):
         data.get_split(dataset_dict, "real_train_mild")
-    with pytest.raises(DataError, match=r"no column 'caption'; its columns are \['text', 'label'\]"):
+    with pytest.raises(UserError, match=r"no column 'caption'; its columns are \['text', 'label'\]"):
         data.texts_of(dataset_dict["general_train"], "general_train", "caption")
 
 
@@ -122,9 +122,9 @@ def test_empty_texts_and_missing_labels_are_counted_with_row_ids(tmp_path):
         {"text": ["ok", "", "fine", None, "  "], "label": ["a", None, "b", "a", "b"], "split": ["train"] * 5}
     ).to_csv(path, index=False)
     split = data.load_dataset_dict(str(path))["general_train"]
-    with pytest.raises(DataError, match=r"3 empty or missing texts .*first row ids: \[1, 3, 4\]"):
+    with pytest.raises(UserError, match=r"3 empty or missing texts .*first row ids: \[1, 3, 4\]"):
         data.texts_of(split, "general_train", "text")
-    with pytest.raises(DataError, match=r"1 missing labels .*first row ids: \[1\]"):
+    with pytest.raises(UserError, match=r"1 missing labels .*first row ids: \[1\]"):
         data.labels_of(split, "general_train", "label")
 
 
@@ -139,7 +139,7 @@ def test_label_maps(tmp_path):
     assert (
         len({v for k, v in esc.items()}) == 5 and esc["dog"] == esc["0"] == "Animals" and esc["49"] == esc["hand_saw"]
     )
-    with pytest.raises(DataError, match=r"2 labels are not in the label map: 'unicorn', 'zebra'"):
+    with pytest.raises(UserError, match=r"2 labels are not in the label map: 'unicorn', 'zebra'"):
         data.apply_label_map(
             np.array(["zebra", "apple", "unicorn"], dtype=object), data.load_label_map("cifar100_superclass")
         )
@@ -149,7 +149,7 @@ def test_label_maps(tmp_path):
         "even",
         "odd",
     ]
-    with pytest.raises(DataError, match="not found: give a JSON file path or one of .*cifar100_superclass"):
+    with pytest.raises(UserError, match="not found: give a JSON file path or one of .*cifar100_superclass"):
         data.load_label_map("no_such_map")
 
 

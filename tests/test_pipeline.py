@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from semcal import io, pipeline
+from semcal import files, pipeline
 from semcal.cli import main
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
@@ -35,7 +35,7 @@ def _config(tmp_path, source):
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory):
     source = tmp_path_factory.mktemp("tiny") / "source"
-    io.save_dataset_dict(generate_demo(n_train=400, n_test=120, seed=3), source)
+    files.save_dataset_dict(generate_demo(n_train=400, n_test=120, seed=3), source)
     return source
 
 

@@ -1,5 +1,6 @@
 """Reading and writing artifacts: JSON records, CSV tables, figures, data-set folders,
-and the chunked writer that makes long stages resumable.
+and the chunked writer that makes long stages resumable. (Named `files`, not `io`, so it
+never shadows the standard library's io.)
 
 Every file the package writes goes through this module, and each write is atomic
 (written beside the target, then renamed) so an interrupted stage never leaves a
@@ -43,14 +44,14 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     if hasattr(value, "tolist"):
@@ -134,29 +135,35 @@ def save_figure(figure: Any, path_stem: str | Path, formats: Sequence[str] = ("p
 
 
 def _write_folder(folder: str | Path, write: Any, keep_files: bool) -> Path:
-    """Let `write(tmp)` fill a temporary folder beside `folder`, then swap it in.
-
-    A crash leaves either the old folder or the complete new one, never a half-written one.
-    With keep_files, plain files of the old folder that the new one lacks (records, tables,
-    figures written beside a data set) are carried over.
-    """
+    """Let `write(tmp)` fill a temporary folder beside `folder`, then swap it in (`swap_in`)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     write(tmp)
+    return swap_in(tmp, folder, keep_files)
+
+
+def swap_in(new: str | Path, folder: str | Path, keep_files: bool = False) -> Path:
+    """Replace `folder` by the complete folder `new` (a sibling), by renames.
+
+    A crash leaves either the old folder or the complete new one, never a half-written one.
+    With keep_files, plain files of the old folder that the new one lacks (records, tables,
+    figures written beside a data set) are carried over.
+    """
+    new, folder = Path(new), Path(folder)
     if folder.exists():
         if keep_files:
             for extra in folder.iterdir():
-                if not (tmp / extra.name).exists() and extra.is_file():
-                    shutil.copy2(extra, tmp / extra.name)
+                if not (new / extra.name).exists() and extra.is_file():
+                    shutil.copy2(extra, new / extra.name)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, old)
-        os.replace(tmp, folder)
+        os.replace(new, folder)
         shutil.rmtree(old)
     else:
-        os.replace(tmp, folder)
+        os.replace(new, folder)
     return folder
 
 

@@ -1,0 +1,112 @@
+"""What a person sees: Python logging, one progress bar per stage, library chatter off.
+
+Every module logs through `logging.getLogger(__name__)`; `setup` (called by the `semcal`
+command and the stage scripts) sends the `semcal` loggers to standard output as plain lines,
+prefixed by `stage_prefix` (the pipeline's "[3/20] "), warnings as "warning: ...". The
+libraries' own logging, progress bars and known-harmless warnings stay off unless
+`verbose`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+_prefix: contextvars.ContextVar[str] = contextvars.ContextVar("semcal_prefix", default="")
+_verbose = False
+
+# Messages of the libraries that are harmless in this project and alarm users (see `setup`).
+_HARMLESS_WARNINGS = (
+    r".*loss_type=None.*",  # transformers 5: GPT-2 configs name no loss type; the default is the right one
+    r".*missing keys.*lm_head.*",  # tied output weights are rebuilt from the input embedding
+    r".*`resume_download` is deprecated.*",
+)
+
+
+class _Handler(logging.Handler):
+    """Writes to the sys.stdout of the moment (pytest and notebooks replace it after import)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # a closed stream must not turn a log line into a crash
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        return _prefix.get() + message
+
+
+def setup(verbose: bool = False) -> None:
+    """Console logging for the `semcal` loggers; libraries quiet unless `verbose`."""
+    global _verbose
+    _verbose = verbose
+    logger = logging.getLogger("semcal")
+    if not any(isinstance(handler, _Handler) for handler in logger.handlers):
+        handler = _Handler()
+        handler.setFormatter(_Formatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    quiet_libraries(not verbose)
+
+
+def quiet_libraries(quiet: bool = True) -> None:
+    """Turn the libraries' logging, progress bars and harmless warnings off (or back on)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    level = logging.ERROR if quiet else logging.INFO
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "matplotlib"):
+        logging.getLogger(name).setLevel(level)
+    if quiet:
+        for pattern in _HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+    _library_verbosity(quiet)
+
+
+def _library_verbosity(quiet: bool) -> None:
+    """transformers and datasets keep their own verbosity and progress-bar switches."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error() if quiet else transformers_logging.set_verbosity_info()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars() if quiet else datasets.enable_progress_bars()
+        datasets.logging.set_verbosity_error() if quiet else datasets.logging.set_verbosity_info()
+
+
+def is_verbose() -> bool:
+    return _verbose
+
+
+@contextlib.contextmanager
+def stage_prefix(text: str) -> Iterator[None]:
+    """Prefix every line (and progress bar) logged inside the block, e.g. "[3/20] "."""
+    token = _prefix.set(text)
+    try:
+        yield
+    finally:
+        _prefix.reset(token)
+
+
+def progress(iterable: Iterable[Any] | None = None, desc: str = "", **kwargs: Any) -> Any:
+    """A tqdm bar with rate and ETA that disappears when done, leaving the stage's own summary line."""
+    from tqdm.auto import tqdm
+
+    quiet_libraries(not _verbose)  # libraries imported since `setup` are quieted too
+    kwargs.setdefault("leave", _verbose)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, desc=_prefix.get() + desc, **kwargs)
