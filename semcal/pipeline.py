@@ -19,6 +19,7 @@ pipeline does not set itself pass through as `finetune_settings=name=value,...` 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ from typing import Any
 
 import pandas as pd
 
-from semcal import data, files, report
+from semcal import console, data, files, report, runstate
 from semcal.config import UserError, apply_overrides, config_to_dict
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
 from semcal.lm import FinetuneConfig, finetune
+from semcal.runstate import StageOutput
 from semcal.scoring import ScoreConfig, score_split
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class PipelineConfig:
     finetune_settings: dict[str, str] = field(default_factory=dict)  # other finetune settings, name=value
     score_settings: dict[str, str] = field(default_factory=dict)  # other score settings, name=value
     evaluation_settings: dict[str, str] = field(default_factory=dict)  # other evaluation settings, name=value
+    overwrite: bool = False  # replace finished data and models of this run made with other settings
 
 
 @dataclass
@@ -74,82 +79,79 @@ def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
         raise UserError(f"{where}: {err}") from None
 
 
-def _up_to_date(folder: Path, config: Any) -> bool:
-    """True when `folder` holds a finished output of a stage run with exactly `config`."""
-    record = files.read_record(folder)
-    return record is not None and record.get("config") == config_to_dict(config)
-
-
-class _Progress:
-    """One line per stage: what runs, whether it was skipped, how long it took."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.done = 0
-
-    def stage(self, name: str, record_folder: Path, config: Any, run: Callable[[], Any]) -> None:
-        self.done += 1
-        prefix = f"[{self.done}/{self.total}] {name}"
-        if _up_to_date(record_folder, config):
-            print(f"{prefix}: up to date, skipped")
-            return
-        print(f"{prefix} ...", flush=True)
-        started = time.perf_counter()
-        run()
-        print(f"{prefix}: done in {time.perf_counter() - started:.1f}s", flush=True)
-
-
 def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], list[Any]]:
     """Every stage's config for this run, built before any work so a bad setting costs nothing."""
-    run_dir = Path(config.run_dir)
-    data_dir = str(run_dir / "data")
     unknown = [split for split in config.splits if split not in config.targets]
     if not config.splits or unknown:
         raise UserError(
             f"splits {unknown or '(none)'} have no target KL: give each split a target, e.g. "
             f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets})."
         )
-    distort_config = _with_settings(
+    finetune_configs = _finetune_configs(config)
+    return (
+        _distort_config(config),
+        finetune_configs,
+        _score_configs(config, finetune_configs),
+        _evaluation_configs(config),
+    )
+
+
+def _distort_config(config: PipelineConfig) -> DistortConfig:
+    return _with_settings(
         DistortConfig(
             dataset_name=config.dataset_name,
-            output_dir=data_dir,
+            output_dir=str(Path(config.run_dir) / "data"),
             label_column=config.label_column,
             label_map=config.label_map,
             split_column=config.split_column,
             targets={split: config.targets[split] for split in config.splits},
             strategy=config.distort_strategy,
+            overwrite=config.overwrite,
         ),
         config.distort_settings,
         "distort_settings",
     )
-    general_dir = str(run_dir / "models" / "general")
-    finetune_configs = [
+
+
+def _finetune_configs(config: PipelineConfig) -> list[FinetuneConfig]:
+    """The general model first, then one real model per split (started from the general one by default)."""
+    models = Path(config.run_dir) / "models"
+    general_dir = str(models / "general")
+    targets = [(data.GENERAL_TRAIN, general_dir)]
+    targets += [(data.real_split_name(split), str(models / f"real_{split}")) for split in config.splits]
+    return [
         _with_settings(
             FinetuneConfig(
-                dataset_name=data_dir,
+                dataset_name=str(Path(config.run_dir) / "data"),
                 split_name=split_name,
                 text_column=config.text_column,
                 base_model=config.base_model,
                 init_from=general_dir if split_name != data.GENERAL_TRAIN and config.init_real_from_general else None,
                 output_dir=model_dir,
-                tokenizer_dir=str(run_dir / "models" / "tokenizer"),
+                tokenizer_dir=str(models / "tokenizer"),
                 seed=config.seed,
+                overwrite=config.overwrite,
             ),
             config.finetune_settings,
             "finetune_settings",
         )
-        for split_name, model_dir in [(data.GENERAL_TRAIN, general_dir)]
-        + [(data.real_split_name(split), str(run_dir / "models" / f"real_{split}")) for split in config.splits]
+        for split_name, model_dir in targets
     ]
-    score_configs = [
+
+
+def _score_configs(config: PipelineConfig, finetune_configs: list[FinetuneConfig]) -> list[ScoreConfig]:
+    """Each model scores general_test and the held-out general_train rows."""
+    run_dir = Path(config.run_dir)
+    return [
         _with_settings(
             ScoreConfig(
-                dataset_name=data_dir,
+                dataset_name=str(run_dir / "data"),
                 split_name=split_name,
                 text_column=config.text_column,
                 model=model.output_dir,
                 output_dir=str(run_dir / "scores" / f"{scored}.{Path(model.output_dir).name}"),
                 heldout_only=scored == "heldout",
+                overwrite=config.overwrite,
             ),
             config.score_settings,
             "score_settings",
@@ -158,13 +160,17 @@ def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], l
         for scored, split_name in (("general_test", data.GENERAL_TEST), ("heldout", data.GENERAL_TRAIN))
     ]
 
+
+def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
+    run_dir = Path(config.run_dir)
+
     def scores(scored: str, model_name: str) -> str:
         return str(run_dir / "scores" / f"{scored}.{model_name}" / "token_log_probs.csv")
 
-    evaluation_configs = [
+    return [
         _with_settings(
             EvaluationConfig(
-                dataset_name=data_dir,
+                dataset_name=str(run_dir / "data"),
                 split_name=split,
                 text_column=config.text_column,
                 label_column=config.label_column,
@@ -174,41 +180,39 @@ def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], l
                 general_heldout_csv=scores("heldout", "general"),
                 real_heldout_csv=scores("heldout", f"real_{split}"),
                 output_dir=str(run_dir / "evaluation" / split),
+                overwrite=config.overwrite,
             ),
             config.evaluation_settings,
             "evaluation_settings",
         )
         for split in config.splits
     ]
-    return distort_config, finetune_configs, score_configs, evaluation_configs
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
-    """Run every stage in order inside run_dir, skipping those already done with the same settings."""
+    """Run every stage in order inside run_dir; each stage skips itself when its output is up to date."""
     distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
     run_dir = Path(config.run_dir)
-    files.write_record(run_dir, "run", config_to_dict(config))
-    progress = _Progress(1 + len(finetune_configs) + len(score_configs) + len(evaluation_configs))
+    runstate.check_writable(run_dir)
+    steps: list[tuple[Callable[[Any], Any], Any]] = [(distort, distort_config)]
+    steps += [(finetune, c) for c in finetune_configs] + [(score_split, c) for c in score_configs]
+    steps += [(evaluate, c) for c in evaluation_configs]
     started = time.perf_counter()
-    progress.stage("distort", Path(distort_config.output_dir), distort_config, lambda: distort(distort_config))
-    for finetune_config in finetune_configs:
-        name = f"finetune {Path(finetune_config.output_dir).name} on {finetune_config.split_name}"
-        progress.stage(name, Path(finetune_config.output_dir), finetune_config, lambda c=finetune_config: finetune(c))
-    for score_config in score_configs:
-        name = f"score {Path(score_config.output_dir).name}"
-        progress.stage(name, Path(score_config.output_dir), score_config, lambda c=score_config: score_split(c))
-    for evaluation_config in evaluation_configs:
-        name = f"evaluate {evaluation_config.split_name}"
-        progress.stage(
-            name, Path(evaluation_config.output_dir), evaluation_config, lambda c=evaluation_config: evaluate(c)
-        )
-    table = write_table([run_dir], run_dir / "results_table")
-    print(f"\n{table}\n")
-    print(f"run: finished in {time.perf_counter() - started:.0f}s; results in {run_dir}")
-    for evaluation_config in evaluation_configs:
-        print(
-            f"  figure ({evaluation_config.split_name}): {Path(evaluation_config.output_dir) / 'label_distributions.png'}"
-        )
+    with runstate.hold_lock(run_dir):
+        files.write_record(run_dir, "run", config_to_dict(config))
+        for number, (stage, stage_config) in enumerate(steps, 1):
+            # Looked up by name at call time, so tests can replace a stage (e.g. to inject a crash).
+            with console.stage_prefix(f"[{number}/{len(steps)}] "):
+                globals()[stage.__name__](stage_config)
+        table = write_table([run_dir], run_dir / "results_table")
+    figures = ", ".join(str(Path(c.output_dir) / "label_distributions.png") for c in evaluation_configs)
+    log.info(
+        "\n%s\nrun: finished in %.0fs; results in %s; figures: %s",
+        table,
+        time.perf_counter() - started,
+        run_dir,
+        figures,
+    )
     return run_dir
 
 
@@ -268,14 +272,15 @@ def demo(config: DemoConfig) -> Path:
     from semcal.demo_data import generate_demo
 
     run_dir = Path(config.run_dir)
-    source = run_dir / "source"
-    if not _up_to_date(source, config):
-        print(f"demo: generating {config.n_train} + {config.n_test} SYNTHETIC captions in {source}")
-        files.save_dataset_dict(generate_demo(config.n_train, config.n_test, config.seed), source)
-        files.write_record(source, "demo data", config_to_dict(config), synthetic=True)
+    source = StageOutput("demo data", run_dir / "source", what="demo data")
+    identity = runstate.identity("demo data", config, inputs={}, ignore=("run_dir",))
+    if not source.up_to_date(identity):
+        with source.building(identity) as staging:
+            generate_demo(config.n_train, config.n_test, config.seed).save_to_disk(str(staging))
+            source.finish(config, summary=f"{config.n_train} + {config.n_test} SYNTHETIC captions", synthetic=True)
     return run_pipeline(
         PipelineConfig(
-            dataset_name=str(source),
+            dataset_name=str(source.path),
             run_dir=str(run_dir),
             seed=config.seed,
             finetune_settings=dict(DEMO_FINETUNE_SETTINGS),

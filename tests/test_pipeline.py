@@ -63,7 +63,7 @@ def test_run_restarts_after_a_crash_without_redoing_finished_stages(tmp_path, ti
     log = capsys.readouterr().out
     # distort, 3 fine-tunings and the 2 scorings that finished before the crash are skipped
     assert log.count("up to date, skipped") == 6
-    assert "[7/12] score general_test.real_baseline ..." in log
+    assert "[7/12] score general_test.real_baseline: done" in log
     assert general_weights.stat().st_mtime_ns == written_before
 
     for split in ("baseline", "severe"):
