@@ -9,8 +9,8 @@ from semcal.config import run_script
 from semcal.evaluation import EvaluationConfig, evaluate
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
-dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_<split>
-split_name = "mild"  # the trusted set is real_train_<split_name>: baseline / mild / moderate / severe
+dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_*
+distortion = "mild"  # the trusted set is real_train_<distortion>: baseline / mild / moderate / severe
 text_column = "text"  # column holding the texts (captions) the language models scored
 label_column = "label"  # column holding each text's label
 label_map = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
@@ -28,6 +28,7 @@ classifier = True  # also measure the TF-IDF + logistic regression filter (needs
 min_kl_general = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
 top_tokens = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
 output_dir = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
+overwrite = False  # discard an unfinished evaluation of other settings left beside output_dir
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":

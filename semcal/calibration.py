@@ -1,6 +1,6 @@
 """The calibration math: scores, acceptance probabilities, divergences and the Monte Carlo.
 
-Plain numpy, no file I/O. The pieces, in the order the evaluation uses them:
+Plain numpy and scipy (scikit-learn for one logistic fit), no file I/O. The pieces, in the order the evaluation uses them:
 
 1. Per-token differences d = log p_real - log p_general of one text.
 2. A score per text: the paper's clipped sum (`clipped_scores`) or the plain sum.
@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import expit, log_expit, logsumexp, rel_entr
 
 # Cumulative shares are compared with top_p up to this relative tolerance, so a share equal
 # to top_p in exact arithmetic (e.g. 3 of 4 equal tokens at top_p=0.75) counts as within it.
@@ -83,8 +85,9 @@ def sum_scores(diffs_per_text: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([float(np.sum(d)) for d in diffs_per_text], dtype=np.float64)
 
 
-def score_texts(diffs_per_text: Sequence[np.ndarray], method: str, top_p: float = 0.75) -> np.ndarray:
-    """Scores by name: "clipped" (the paper) or "sum"."""
+def log_ratio_scores(diffs_per_text: Sequence[np.ndarray], method: str, top_p: float = 0.75) -> np.ndarray:
+    """Each text's score, an estimate of log p_real(x) / p_general(x), by method name:
+    "clipped" (the paper) or "sum"."""
     if method == "clipped":
         return clipped_scores(diffs_per_text, top_p)
     if method == "sum":
@@ -97,8 +100,7 @@ def log_mean_exp(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("log_mean_exp of no values")
-    peak = float(np.max(values))
-    return peak + float(np.log(np.mean(np.exp(values - peak))))
+    return float(logsumexp(values) - np.log(values.size))
 
 
 def heldout_shift(heldout_scores: np.ndarray) -> float:
@@ -155,11 +157,8 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, epsilon: float = 0.0) -> np.ndar
     p may be a matrix of distributions (one per row); rows of NaN give NaN. With epsilon > 0
     both sides are smoothed first (`smooth`), which keeps KL finite.
     """
-    p, q = smooth(p, epsilon), smooth(q, epsilon)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
-        terms = np.where(np.isnan(p), np.nan, terms)
-    result = terms.sum(axis=-1)
+    # rel_entr is p log(p / q) with 0 log 0 = 0 and +inf where q = 0 < p; NaN stays NaN.
+    result = rel_entr(smooth(p, epsilon), smooth(q, epsilon)).sum(axis=-1)
     return float(result) if np.ndim(result) == 0 else result
 
 
@@ -256,9 +255,9 @@ def monte_carlo(
     rng = np.random.default_rng(seed)
     starts = range(0, n_runs, chunk_runs)
     if progress:
-        from tqdm.auto import tqdm
+        from semcal import console
 
-        starts = tqdm(starts, desc="monte carlo", unit="chunk")
+        starts = console.progress(starts, desc="monte carlo", total=len(starts), unit="chunk")
     for start in starts:
         stop = min(start + chunk_runs, n_runs)
         uniforms = rng.random((stop - start, n_texts))
@@ -281,8 +280,7 @@ def monte_carlo(
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -values))
+    return expit(np.asarray(values, dtype=np.float64))
 
 
 def fit_membership_logistic(scores: np.ndarray, is_real: np.ndarray, ridge: float = 1e-6) -> tuple[float, float]:
@@ -292,9 +290,12 @@ def fit_membership_logistic(scores: np.ndarray, is_real: np.ndarray, ridge: floa
     real_train is a subset of general_train, P(real | x) over general_train texts equals
     p_real(x) / (M p_general(x)): exactly the acceptance probability. The fit corrects the
     offset (a real model trained on less data, or longer, than the general one) and the scale
-    (noise in the log-ratio) of the language models' score. Newton's method on the
-    log-likelihood with a tiny ridge, on the standardised score for conditioning.
+    (noise in the log-ratio) of the language models' score. Maximum likelihood with a tiny
+    ridge (scikit-learn's LogisticRegression, C = 1 / ridge), on the standardised score for
+    conditioning.
     """
+    from sklearn.linear_model import LogisticRegression
+
     scores = np.asarray(scores, dtype=np.float64)
     is_real = np.asarray(is_real, dtype=np.float64)
     if scores.shape != is_real.shape or scores.ndim != 1:
@@ -302,18 +303,10 @@ def fit_membership_logistic(scores: np.ndarray, is_real: np.ndarray, ridge: floa
     if is_real.min() == is_real.max():
         raise ValueError("the held-out texts must include both real_train members and non-members")
     center, spread = float(scores.mean()), float(scores.std()) or 1.0
-    design = np.column_stack([np.ones_like(scores), (scores - center) / spread])
-    weights = np.zeros(2)
-    for _ in range(100):
-        predicted = sigmoid(design @ weights)
-        gradient = design.T @ (is_real - predicted) - ridge * weights
-        hessian = (design * (predicted * (1 - predicted))[:, None]).T @ design + ridge * np.eye(2)
-        step = np.linalg.solve(hessian, gradient)
-        weights += step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    slope = weights[1] / spread
-    return float(weights[0] - slope * center), float(slope)
+    model = LogisticRegression(C=1.0 / ridge, tol=1e-10, max_iter=1000)
+    model.fit(((scores - center) / spread)[:, None], is_real.astype(int))
+    slope = float(model.coef_[0, 0]) / spread
+    return float(model.intercept_[0]) - slope * center, slope
 
 
 def logistic_log_ratio(scores: np.ndarray, intercept: float, slope: float, m: float) -> np.ndarray:
@@ -321,8 +314,7 @@ def logistic_log_ratio(scores: np.ndarray, intercept: float, slope: float, m: fl
 
     With it, accept_probs gives min(1, sigmoid(...)) = sigmoid(...), the fitted P(real | x).
     """
-    linear = intercept + slope * np.asarray(scores, dtype=np.float64)
-    return np.log(m) - np.logaddexp(0.0, -linear)
+    return np.log(m) + log_expit(intercept + slope * np.asarray(scores, dtype=np.float64))
 
 
 def fit_matched_scale(heldout_scores: np.ndarray, is_real: np.ndarray, max_scale: float = 20.0) -> float:
@@ -352,11 +344,4 @@ def fit_matched_scale(heldout_scores: np.ndarray, is_real: np.ndarray, max_scale
         return 0.0
     if weighted_mean(max_scale) <= target:
         return max_scale
-    low, high = 0.0, max_scale
-    for _ in range(100):
-        middle = 0.5 * (low + high)
-        if weighted_mean(middle) < target:
-            low = middle
-        else:
-            high = middle
-    return 0.5 * (low + high)
+    return float(brentq(lambda scale: weighted_mean(scale) - target, 0.0, max_scale, xtol=1e-12))

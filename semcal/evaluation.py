@@ -1,21 +1,23 @@
 """Evaluation stage: filter general_test by rejection sampling and measure how close the
-filtered label distribution comes to real_train's.
+filtered label distribution comes to real_train_<distortion>'s.
 
 Reads the data set written by distort and the per-token log-prob files of general_test
-under the general and the real model (token_sequence_probs output). Scores every text
-(calibration.py), turns scores into acceptance probabilities, runs `n_runs` seeded
-rejection-sampling runs and compares with reference filters on the same texts and the same
-random draws: no filter, the ORACLE (knows the label) and the CLASSIFIER (TF-IDF + logistic
-regression). Writes results.json, summary.md, per_text.csv, the label-distribution figure
-(PNG and PDF) and semcal_record.json into output_dir.
+under the general and the real model (token_sequence_probs output), and optionally of
+held-out general_train texts. Every filter of the registry (semcal.filters: no filter, the
+oracle, every score variant, the estimators such as the TF-IDF classifier) turns them into
+acceptance probabilities; `n_runs` seeded rejection-sampling runs measure them all on the
+same random draws. The `score` / `normalize` settings choose which variant is THE filter
+(`filters.semcal` in results.json).
 
-Every score variant (paper clipped, unclipped sum, each normalised on held-out general texts
-when their files are given) is measured in the same run and reported under `variants`; the
-`score` / `normalize` settings choose which one is THE filter (`filters.semcal`).
+Writes results.json, summary.md, per_text.csv and the label-distribution figure (PNG and
+PDF) into output_dir, built beside it and swapped in whole (semcal.runstate): a failed run
+leaves a finished evaluation as it was, and a rerun with the same settings and inputs does
+nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,29 +26,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, files, report
+from semcal import calibration, files, report, runstate
 from semcal.config import UserError, config_to_dict
-from semcal.data import (
-    GENERAL_ROW_COLUMN,
-    GENERAL_TEST,
-    GENERAL_TRAIN,
-    general_rows_of,
-    get_split,
-    labels_of,
-    load_dataset_dict,
-    real_split_name,
-    texts_of,
+from semcal.data import GENERAL_ROW_COLUMN, real_split_name
+from semcal.evaluation_inputs import SCORE_FILES, load_inputs
+from semcal.filters import (
+    FILTERS,
+    NORMALIZATIONS,
+    PAPER_VARIANT,
+    SCORE_METHODS,
+    Acceptance,
+    EvaluationInputs,
+    Filter,
+    runnable,
+    variant_name,
 )
+from semcal.runstate import StageOutput
 
-SCORE_METHODS = ("clipped", "sum")
-NORMALIZATIONS = ("none", "heldout", "logistic", "matched")
-PAPER_VARIANT = "clipped"  # score=clipped, normalize=none: the paper's exact method
+log = logging.getLogger(__name__)
+
+RESULTS_NAME = "results.json"
+# Settings that say where things are: what they point to is fingerprinted instead (runstate.identity).
+WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "output_dir", "overwrite")
 
 
 @dataclass
 class EvaluationConfig:
-    dataset_name: str = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_<split>
-    split_name: str = "mild"  # the trusted set is real_train_<split_name>: baseline / mild / moderate / severe
+    dataset_name: str = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_*
+    distortion: str = "mild"  # the trusted set is real_train_<distortion>: baseline / mild / moderate / severe
     text_column: str = "text"  # column holding the texts (captions) the language models scored
     label_column: str = "label"  # column holding each text's label
     label_map: str | None = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
@@ -66,128 +73,141 @@ class EvaluationConfig:
     )
     top_tokens: int = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
     output_dir: str = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
-
-
-def variant_name(score: str, normalize: str) -> str:
-    return score if normalize == "none" else f"{score}_{normalize}"
+    overwrite: bool = False  # discard an unfinished evaluation of other settings left beside output_dir
 
 
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Run the evaluation stage; returns the results written to results.json."""
     started = time.perf_counter()
-    _check_settings(config)
-    output_dir = Path(config.output_dir)
-
-    # ---- data: labels of every split, texts where needed ----
-    dataset = load_dataset_dict(config.dataset_name)
-    real_split = real_split_name(config.split_name)
-    general_train = get_split(dataset, GENERAL_TRAIN)
-    general_test = get_split(dataset, GENERAL_TEST)
-    real_train = get_split(dataset, real_split)
-    general_train_labels = labels_of(general_train, GENERAL_TRAIN, config.label_column, config.label_map)
-    general_test_labels = labels_of(general_test, GENERAL_TEST, config.label_column, config.label_map)
-    real_train_labels = labels_of(real_train, real_split, config.label_column, config.label_map)
-    general_test_texts = texts_of(general_test, GENERAL_TEST, config.text_column)
-    real_general_rows = general_rows_of(real_train, real_split, len(general_train))
-
-    # ---- scores: join the two models' files, check they scored the same tokens ----
-    general_scores = _read_scores(config.general_scores_csv, "general_scores_csv")
-    real_scores = _read_scores(config.real_scores_csv, "real_scores_csv")
-    text_ids, diffs, tokens, join = join_scores(general_scores, real_scores, len(general_test), GENERAL_TEST)
-    heldout_diffs, heldout_join, heldout_is_real = None, None, None
-    if config.general_heldout_csv and config.real_heldout_csv:
-        heldout_general = _read_scores(config.general_heldout_csv, "general_heldout_csv")
-        heldout_real = _read_scores(config.real_heldout_csv, "real_heldout_csv")
-        heldout_ids, heldout_diffs, _, heldout_join = join_scores(
-            heldout_general, heldout_real, len(general_train), GENERAL_TRAIN
-        )
-        if real_general_rows is not None:
-            heldout_is_real = np.isin(heldout_ids, real_general_rows)
-
-    # ---- label distributions ----
-    labels = sorted(set(general_train_labels) | set(general_test_labels) | set(real_train_labels))
-    code_of = {label: code for code, label in enumerate(labels)}
-    n_labels = len(labels)
-    test_codes = np.array([code_of[label] for label in general_test_labels[text_ids]], dtype=np.int64)
-    real = calibration.label_distribution([code_of[y] for y in real_train_labels], n_labels)
-    general = calibration.label_distribution([code_of[y] for y in general_train_labels], n_labels)
-    general_test_all = calibration.label_distribution([code_of[y] for y in general_test_labels], n_labels)
-    evaluated = calibration.label_distribution(test_codes, n_labels)
-    kl_general = calibration.kl_divergence(evaluated, real, config.kl_epsilon)
-    kl_general_is_zero = config.split_name == "baseline" or kl_general < config.min_kl_general
-    m = calibration.ratio_m(len(general_train), len(real_train))
-
-    # ---- acceptance probabilities of every filter ----
-    variants = _score_variants(diffs, heldout_diffs, heldout_is_real, config.top_p, m)
-    chosen = variant_name(config.score, config.normalize)
-    if chosen not in variants:
-        raise UserError(
-            f"normalize={config.normalize} needs to know which held-out texts are in {real_split}: its "
-            f"{GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
-        )
-    accept_by_filter = {"no_filter": np.ones(len(text_ids))}
-    accept_by_filter |= {f"variant:{name}": variant["accept"] for name, variant in variants.items()}
-    accept_by_filter["oracle"] = calibration.oracle_accept_probs(test_codes, real, general, m)
-    if config.classifier:
-        print(f"training the classifier reference on {len(general_train)} general_train texts ...", flush=True)
-        from semcal.baselines import classifier_accept_probs
-
-        accept_by_filter["classifier"] = classifier_accept_probs(
-            texts_of(general_train, GENERAL_TRAIN, config.text_column),
-            texts_of(real_train, real_split, config.text_column),
-            real_general_rows,
-            [general_test_texts[i] for i in text_ids],
-            seed=config.seed,
-        )
-
-    # ---- Monte Carlo: the same random draws for every filter ----
-    runs = calibration.monte_carlo(
-        accept_by_filter, test_codes, real, config.n_runs, config.seed, epsilon=config.kl_epsilon, progress=True
+    check_settings(config)
+    output = StageOutput(
+        "evaluate", config.output_dir, what=f"evaluate {config.distortion}", overwrite=config.overwrite
     )
-
-    def filter_result(name: str) -> dict[str, Any]:
-        return _filter_result(
-            accept_by_filter[name], runs[name], test_codes, real, labels, kl_general, kl_general_is_zero, config
+    inputs, facts = load_inputs(config)
+    chosen = chosen_variant(inputs, config)
+    identity = runstate.identity("evaluate", config, inputs=facts["fingerprints"], ignore=WHERE_SETTINGS)
+    if output.up_to_date(identity):
+        return files.read_json(output.path / RESULTS_NAME)
+    with output.building(identity) as staging:
+        accepted = {f.name: f.run(inputs, config) for f in runnable(inputs, config)}
+        runs = calibration.monte_carlo(
+            {name: acceptance.accept for name, acceptance in accepted.items()},
+            inputs.test_codes,
+            inputs.real,
+            config.n_runs,
+            config.seed,
+            epsilon=config.kl_epsilon,
+            progress=True,
         )
+        results = collect_results(config, inputs, facts, chosen, accepted, runs)
+        results = write_outputs(staging, config, inputs, results, accepted, runs, started)
+        output.finish(config, summary=one_line_summary(results), inputs=results["inputs"], outputs=results["outputs"])
+    return results
 
-    filters = {"semcal": {"variant": chosen, **filter_result(f"variant:{chosen}")}}
-    filters |= {name: filter_result(name) for name in ("no_filter", "oracle", "classifier") if name in runs}
-    variant_results = {
-        name: {**variant["score_stats"], **filter_result(f"variant:{name}")} for name, variant in variants.items()
-    }
 
-    results: dict[str, Any] = {
+# ---------------------------------------------------------------------------------------
+# settings and inputs
+
+
+def check_settings(config: EvaluationConfig) -> None:
+    """Every setting problem we can see before loading anything."""
+    if config.score not in SCORE_METHODS:
+        raise UserError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
+    if config.normalize not in NORMALIZATIONS:
+        raise UserError(f"normalize={config.normalize!r} is not one of {tuple(NORMALIZATIONS)}.")
+    if not 0.0 <= config.top_p <= 1.0:
+        raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
+    if config.n_runs < 1:
+        raise UserError(f"n_runs must be at least 1 (got {config.n_runs}).")
+    if config.seed < 0:
+        raise UserError(f"seed must be 0 or a positive integer (got {config.seed}).")
+    if config.kl_epsilon < 0:
+        raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
+    if config.top_tokens < 0:
+        raise UserError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
+    for name in ("general_scores_csv", "real_scores_csv"):
+        _check_file(getattr(config, name), name)
+    given = [name for name in ("general_heldout_csv", "real_heldout_csv") if getattr(config, name)]
+    if len(given) == 1:
+        missing = "real_heldout_csv" if given[0] == "general_heldout_csv" else "general_heldout_csv"
+        raise UserError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
+    if config.normalize != "none" and not given:
+        raise UserError(
+            f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
+            "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
+        )
+    for name in given:
+        _check_file(getattr(config, name), name)
+
+
+def _check_file(path: str | None, name: str) -> None:
+    if not path:
+        raise UserError(f"{name} is not set: give the path of a token_sequence_probs output CSV.")
+    if not Path(path).is_file():
+        raise UserError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
+
+
+def chosen_variant(inputs: EvaluationInputs, config: EvaluationConfig) -> Filter:
+    """THE filter (`score` and `normalize`), refused before any work when its inputs are missing."""
+    chosen = FILTERS[variant_name(config.score, config.normalize)]
+    if chosen not in runnable(inputs, config):
+        raise UserError(
+            f"normalize={config.normalize} needs to know which held-out texts are in {real_split_name(config.distortion)}:"
+            f" its {GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
+        )
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------
+# results
+
+
+def collect_results(
+    config: EvaluationConfig,
+    inputs: EvaluationInputs,
+    facts: dict[str, Any],
+    chosen: Filter,
+    accepted: dict[str, Acceptance],
+    runs: dict[str, calibration.FilterRuns],
+) -> dict[str, Any]:
+    """results.json: settings, inputs, label distributions, KL, and every filter's statistics."""
+    labels, m = inputs.labels, inputs.m
+    reported = {key: value for key, value in facts.items() if key not in ("fingerprints", "general_test_distribution")}
+    evaluated = calibration.label_distribution(inputs.test_codes, len(labels))
+    kl_general = calibration.kl_divergence(evaluated, inputs.real, config.kl_epsilon)
+    kl_general_is_zero = config.distortion == "baseline" or kl_general < config.min_kl_general
+
+    def result(name: str) -> dict[str, Any]:
+        measured = _filter_result(accepted[name].accept, runs[name], inputs, kl_general, kl_general_is_zero, config)
+        return {**accepted[name].stats, **measured}
+
+    filters = {"semcal": {"variant": chosen.name, **result(chosen.name)}}
+    filters |= {f.name: result(f.name) for f in FILTERS.values() if f.kind != "variant" and f.name in accepted}
+    return {
         "stage": "evaluate",
         "dataset_name": config.dataset_name,
-        "split_name": config.split_name,
+        "distortion": config.distortion,
+        "real_split": real_split_name(config.distortion),
         "label_column": config.label_column,
-        "filter_variant": chosen,
+        "filter_variant": chosen.name,
         "paper_variant": PAPER_VARIANT,
         "config": config_to_dict(config),
-        "inputs": _fingerprints(config, general_test_texts, real_train, real_split),
-        "join": {"general_test": join, **({"heldout": heldout_join} if heldout_join else {})},
-        "counts": {
-            "general_train": len(general_train),
-            "general_test": len(general_test),
-            "real_train": len(real_train),
-            "evaluated": len(text_ids),
-            "heldout": len(heldout_diffs) if heldout_diffs is not None else 0,
-        },
+        **reported,
         "M": m,
         "ideal_pass_rate": 1.0 / m,
         "labels": labels,
         "distributions": {
-            "real_train": _by_label(real, labels),
-            "general_train": _by_label(general, labels),
-            "general_test": _by_label(general_test_all, labels),
+            "real_train": _by_label(inputs.real, labels),
+            "general_train": _by_label(inputs.general, labels),
+            "general_test": _by_label(facts["general_test_distribution"], labels),
             "evaluated": _by_label(evaluated, labels),
         },
         "kl_general": kl_general,
-        "tvd_general": calibration.total_variation(evaluated, real),
+        "tvd_general": calibration.total_variation(evaluated, inputs.real),
         "kl_general_is_zero": bool(kl_general_is_zero),
         "kl_note": _kl_note(kl_general, kl_general_is_zero, config),
         "filters": filters,
-        "variants": variant_results,
+        "variants": {f.name: result(f.name) for f in FILTERS.values() if f.kind == "variant" and f.name in accepted},
         "monte_carlo": {
             "n_runs": config.n_runs,
             "seed": config.seed,
@@ -198,235 +218,22 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         },
     }
 
-    # ---- outputs ----
-    frequencies = pd.DataFrame(
-        {
-            "general (test)": evaluated,
-            "real (train)": real,
-            f"filtered ({chosen}, mean of {config.n_runs} runs)": runs[f"variant:{chosen}"].mean_distribution,
-        },
-        index=labels,
-    )
-    shown_name = "/".join(Path(config.dataset_name).parts[-2:])  # e.g. "demo/data" from runs/demo/data
-    title = f"{shown_name} / {config.split_name}: label distributions, general vs real vs filtered"
-    figure_paths = files.save_figure(
-        report.plot_label_distributions(frequencies, title, sort_by="real (train)"),
-        output_dir / "label_distributions",
-        formats=("png", "pdf"),
-    )
-    per_text = _per_text_table(
-        text_ids, general_test_labels, general_test_texts, tokens, diffs, variants, chosen, accept_by_filter, config
-    )
-    files.write_csv(output_dir / "per_text.csv", per_text)
-    results["outputs"] = {
-        "results": "results.json",
-        "summary": "summary.md",
-        "per_text": "per_text.csv",
-        "figures": [path.name for path in figure_paths],
-    }
-    results["elapsed_s"] = round(time.perf_counter() - started, 3)
-    results = _json_ready(results)
-    files.write_json(output_dir / "results.json", results)
-    files.write_text(output_dir / "summary.md", report.evaluation_summary_markdown(results))
-    files.write_record(
-        output_dir, "evaluate", config_to_dict(config), inputs=results["inputs"], outputs=results["outputs"]
-    )
-    print(_console_summary(results, output_dir))
-    return results
-
-
-# ---------------------------------------------------------------------------------------
-# settings and inputs
-
-
-def _check_settings(config: EvaluationConfig) -> None:
-    """Every setting problem we can see before loading anything."""
-    if config.score not in SCORE_METHODS:
-        raise UserError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
-    if config.normalize not in NORMALIZATIONS:
-        raise UserError(f"normalize={config.normalize!r} is not one of {NORMALIZATIONS}.")
-    if not 0.0 <= config.top_p <= 1.0:
-        raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
-    if config.n_runs < 1:
-        raise UserError(f"n_runs must be at least 1 (got {config.n_runs}).")
-    if config.kl_epsilon < 0:
-        raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
-    if config.top_tokens < 0:
-        raise UserError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
-    if not config.output_dir:
-        raise UserError("output_dir is empty: set the folder the results go to.")
-    for name in ("general_scores_csv", "real_scores_csv"):
-        _check_file(getattr(config, name), name, required=True)
-    heldout = {name: getattr(config, name) for name in ("general_heldout_csv", "real_heldout_csv")}
-    given = [name for name, path in heldout.items() if path]
-    if len(given) == 1:
-        missing = next(name for name in heldout if name not in given)
-        raise UserError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
-    if config.normalize != "none" and not given:
-        raise UserError(
-            f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
-            "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
-        )
-    for name in given:
-        _check_file(heldout[name], name, required=True)
-
-
-def _check_file(path: str | None, name: str, required: bool) -> None:
-    if not path:
-        if required:
-            raise UserError(f"{name} is not set: give the path of a token_sequence_probs output CSV.")
-        return
-    if not Path(path).is_file():
-        raise UserError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
-
-
-def _read_scores(path: str, name: str) -> pd.DataFrame:
-    try:
-        return files.read_token_log_probs(path)
-    except (ValueError, FileNotFoundError) as err:
-        raise UserError(f"{name}: {err}") from None
-
-
-def join_scores(
-    general: pd.DataFrame, real: pd.DataFrame, n_rows: int, split: str
-) -> tuple[np.ndarray, list[np.ndarray], list[list[str]], dict[str, int]]:
-    """Join the general and real model's per-token tables on text_id.
-
-    Returns the joined text ids (sorted), per-text differences d = log p_real - log p_general,
-    the tokens, and a report of how many rows each side lost. Refuses duplicate ids, ids that
-    are not rows of `split`, and rows whose token sequences differ between the two files.
-    """
-    for side, table in (("general", general), ("real", real)):
-        duplicated = table["text_id"][table["text_id"].duplicated()]
-        if len(duplicated):
-            raise UserError(
-                f"the {side} model's scores of {split} list text_id {int(duplicated.iloc[0])} more than once "
-                f"({len(duplicated)} duplicates): was the file written twice into? Re-run token_sequence_probs."
-            )
-        outside = table["text_id"][(table["text_id"] < 0) | (table["text_id"] >= n_rows)]
-        if len(outside):
-            raise UserError(
-                f"the {side} model's scores hold text_id {int(outside.iloc[0])}, but {split} has rows 0..{n_rows - 1}: "
-                "the scores belong to another split or data set."
-            )
-    merged = general.merge(real, on="text_id", how="inner", suffixes=("_general", "_real")).sort_values("text_id")
-    if merged.empty:
-        raise UserError(
-            f"the general and real score files of {split} share no text_id: they were computed on different texts."
-        )
-    for text_id, general_tokens, real_tokens in zip(
-        merged["text_id"], merged["tokens_general"], merged["tokens_real"], strict=True
-    ):
-        if list(general_tokens) != list(real_tokens):
-            raise UserError(
-                f"text_id {int(text_id)} of {split}: the general model's file has tokens {general_tokens[:12]} but the "
-                f"real model's has {real_tokens[:12]}. Both files must be scored on the same texts with the same "
-                "tokenizer; re-run token_sequence_probs for one of them."
-            )
-    diffs = [
-        calibration.token_differences(real_lp, general_lp)
-        for real_lp, general_lp in zip(merged["log_probs_real"], merged["log_probs_general"], strict=True)
-    ]
-    report_ = {
-        "general_rows": len(general),
-        "real_rows": len(real),
-        "joined_rows": len(merged),
-        "general_lost": len(general) - len(merged),
-        "real_lost": len(real) - len(merged),
-        "split_rows_not_scored": n_rows - len(merged),
-    }
-    return merged["text_id"].to_numpy(dtype=np.int64), diffs, list(merged["tokens_general"]), report_
-
-
-def _fingerprints(config: EvaluationConfig, general_test_texts: list[str], real_train: Any, real_split: str):
-    score_files = {
-        name: {"path": getattr(config, name), "sha256_16": files.fingerprint_file(getattr(config, name))}
-        for name in ("general_scores_csv", "real_scores_csv", "general_heldout_csv", "real_heldout_csv")
-        if getattr(config, name)
-    }
-    return {
-        **score_files,
-        "general_test_texts": files.fingerprint_texts(general_test_texts),
-        "real_train_texts": files.fingerprint_texts(texts_of(real_train, real_split, config.text_column)),
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# scores and results
-
-
-def _score_variants(
-    diffs: list[np.ndarray],
-    heldout_diffs: list[np.ndarray] | None,
-    heldout_is_real: np.ndarray | None,
-    top_p: float,
-    m: float,
-) -> dict[str, dict[str, Any]]:
-    """Scores and acceptance of every variant: {clipped, sum} x {none, and the held-out ones if given}.
-
-    heldout: shift so exp(score) averages 1 on held-out general texts. logistic: fit
-    P(real | x) = sigmoid(a + b * score) on the held-out texts' real_train membership.
-    matched: scale the score so general texts reweighted by exp(scale * score) have the
-    real members' mean score, then shift as `heldout` (see calibration.fit_matched_scale).
-    """
-    variants = {}
-    for method in SCORE_METHODS:
-        raw = calibration.score_texts(diffs, method, top_p)
-        heldout_scores = None if heldout_diffs is None else calibration.score_texts(heldout_diffs, method, top_p)
-        normalizations = ["none"]
-        if heldout_scores is not None:
-            normalizations.append("heldout")
-            if heldout_is_real is not None and heldout_is_real.any() and not heldout_is_real.all():
-                normalizations += ["logistic", "matched"]
-        for normalize in normalizations:
-            shift, heldout_lme, fit, scores = 0.0, None, None, raw
-            if normalize == "heldout":
-                shift = heldout_lme = calibration.heldout_shift(heldout_scores)
-                scores = raw - shift
-            elif normalize == "logistic":
-                intercept, slope = calibration.fit_membership_logistic(heldout_scores, heldout_is_real)
-                fit = {"intercept": intercept, "slope": slope, "heldout_texts": int(len(heldout_scores))}
-                scores = calibration.logistic_log_ratio(raw, intercept, slope, m)
-            elif normalize == "matched":
-                scale = calibration.fit_matched_scale(heldout_scores, heldout_is_real)
-                shift = calibration.heldout_shift(scale * heldout_scores)
-                fit = {"scale": scale, "heldout_texts": int(len(heldout_scores))}
-                scores = scale * raw - shift
-            variants[variant_name(method, normalize)] = {
-                "scores": scores,
-                "accept": calibration.accept_probs(scores, m),
-                "score_stats": {
-                    "score": method,
-                    "normalize": normalize,
-                    "shift": shift,
-                    "score_mean": float(np.mean(scores)),
-                    "score_std": float(np.std(scores)),
-                    # log mean exp(score) on the test texts: 0 when exp(score) averages 1 (calibrated)
-                    "test_log_mean_exp": calibration.log_mean_exp(scores),
-                    "heldout_log_mean_exp_before_shift": heldout_lme,
-                    "fit": fit,
-                },
-            }
-    return variants
-
 
 def _filter_result(
     accept: np.ndarray,
     runs: calibration.FilterRuns,
-    codes: np.ndarray,
-    real: np.ndarray,
-    labels: list[str],
+    inputs: EvaluationInputs,
     kl_general: float,
     kl_general_is_zero: bool,
     config: EvaluationConfig,
 ) -> dict[str, Any]:
     stats = runs.summary()
-    expected = calibration.expected_filtered_distribution(accept, codes, len(labels))
-    expected_kl = calibration.kl_divergence(expected, real, config.kl_epsilon)
+    labels, real = inputs.labels, inputs.real
+    expected = calibration.expected_filtered_distribution(accept, inputs.test_codes, len(labels))
     result: dict[str, Any] = {
         **stats,
         "accept_prob_mean": float(np.mean(accept)),  # the expected pass rate
-        "expected_kl": expected_kl,
+        "expected_kl": calibration.kl_divergence(expected, real, config.kl_epsilon),
         "expected_tvd": calibration.total_variation(expected, real),
         "expected_distribution": _by_label(expected, labels),
         "mean_distribution": _by_label(runs.mean_distribution, labels),
@@ -452,7 +259,7 @@ def _kl_note(kl_general: float, is_zero: bool, config: EvaluationConfig) -> str:
         )
     if is_zero:
         why = (
-            "the baseline split" if config.split_name == "baseline" else f"below min_kl_general={config.min_kl_general}"
+            "the baseline split" if config.distortion == "baseline" else f"below min_kl_general={config.min_kl_general}"
         )
         return (
             f"KL(general||real) = {kl_general:.4g} is about 0 ({why}): the deception reduction would be a ratio of "
@@ -465,34 +272,87 @@ def _by_label(distribution: np.ndarray, labels: list[str]) -> dict[str, float]:
     return {label: float(value) for label, value in zip(labels, distribution, strict=True)}
 
 
-def _per_text_table(
-    text_ids: np.ndarray,
-    labels: np.ndarray,
-    texts: list[str],
-    tokens: list[list[str]],
-    diffs: list[np.ndarray],
-    variants: dict[str, dict[str, Any]],
-    chosen: str,
-    accept_by_filter: dict[str, np.ndarray],
+def one_line_summary(results: dict[str, Any]) -> str:
+    """The stage's closing line, e.g. "reduction 65.1% (oracle 98.0%), pass rate 0.21 (1/M 0.20)"."""
+    filters = results["filters"]
+    semcal = filters["semcal"]
+    passed = f"pass rate {semcal['pass_rate_mean']:.2f} (1/M {results['ideal_pass_rate']:.2f})"
+    warned = f"; {len(results['warnings'])} warnings (summary.md)" if results["warnings"] else ""
+    if semcal["deception_reduction"] is None:
+        kl = f"KL {report.format_number(results['kl_general'])} -> {report.format_number(semcal['kl_mean'])}"
+        why = "KL(general||real) about 0" if results["kl_general_is_zero"] else "infinite KL"
+        return f"{kl} ({why}: no reduction), {passed}{warned}"
+    oracle = filters["oracle"]["deception_reduction"]
+    shown = "n/a" if oracle is None else f"{100 * oracle:.1f}%"
+    return f"reduction {100 * semcal['deception_reduction']:.1f}% (oracle {shown}), {passed}{warned}"
+
+
+# ---------------------------------------------------------------------------------------
+# outputs
+
+
+def write_outputs(
+    folder: Path,
     config: EvaluationConfig,
+    inputs: EvaluationInputs,
+    results: dict[str, Any],
+    accepted: dict[str, Acceptance],
+    runs: dict[str, calibration.FilterRuns],
+    started: float,
+) -> dict[str, Any]:
+    """The figure, per_text.csv, results.json and summary.md into `folder`; returns the results as written."""
+    chosen = results["filter_variant"]
+    frequencies = pd.DataFrame(
+        {
+            "general (test)": calibration.label_distribution(inputs.test_codes, len(inputs.labels)),
+            "real (train)": inputs.real,
+            f"filtered ({chosen}, mean of {config.n_runs} runs)": runs[chosen].mean_distribution,
+        },
+        index=inputs.labels,
+    )
+    shown_name = "/".join(Path(config.dataset_name).parts[-2:])  # e.g. "demo/data" from runs/demo/data
+    title = f"{shown_name} / {config.distortion}: label distributions, general vs real vs filtered"
+    figure = report.plot_label_distributions(frequencies, title, sort_by="real (train)")
+    figure_paths = files.save_figure(figure, folder / "label_distributions", formats=("png", "pdf"))
+    files.write_csv(folder / "per_text.csv", per_text_table(inputs, accepted, chosen, config.top_tokens))
+    results["outputs"] = {
+        "results": RESULTS_NAME,
+        "summary": "summary.md",
+        "per_text": "per_text.csv",
+        "figures": [path.name for path in figure_paths],
+    }
+    results["elapsed_s"] = round(time.perf_counter() - started, 3)
+    results = files.plain_json(results)
+    files.write_json(folder / RESULTS_NAME, results, strict=True)
+    files.write_text(folder / "summary.md", report.evaluation_summary_markdown(results))
+    return results
+
+
+def per_text_table(
+    inputs: EvaluationInputs, accepted: dict[str, Acceptance], chosen: str, top_tokens: int
 ) -> pd.DataFrame:
+    """One row per evaluated text: THE filter's score and acceptance, every other filter's, the
+    tokens that moved the score most, the text."""
     table = pd.DataFrame(
         {
-            "text_id": text_ids,
-            "label": labels[text_ids],
-            "score": variants[chosen]["scores"],
-            "accept_prob": variants[chosen]["accept"],
-            "score_clipped": variants["clipped"]["scores"],
-            "score_sum": variants["sum"]["scores"],
-            "oracle_accept_prob": accept_by_filter["oracle"],
+            "text_id": inputs.text_ids,
+            "label": np.asarray(inputs.labels, dtype=object)[inputs.test_codes],
+            "score": accepted[chosen].scores,
+            "accept_prob": accepted[chosen].accept,
         }
     )
-    if "classifier" in accept_by_filter:
-        table["classifier_accept_prob"] = accept_by_filter["classifier"]
-    table["n_tokens"] = [len(t) for t in tokens]
-    table["tokens_up"] = [_top_tokens(t, d, config.top_tokens, up=True) for t, d in zip(tokens, diffs, strict=True)]
-    table["tokens_down"] = [_top_tokens(t, d, config.top_tokens, up=False) for t, d in zip(tokens, diffs, strict=True)]
-    table["text"] = [texts[i] for i in text_ids]
+    shown = [f for f in FILTERS.values() if f.name in accepted and f.per_text]
+    for f in shown:
+        if accepted[f.name].scores is not None:
+            table[f"score_{f.name}"] = accepted[f.name].scores
+    for f in shown:
+        if f.kind != "variant":
+            table[f"{f.name}_accept_prob"] = accepted[f.name].accept
+    table["n_tokens"] = [len(t) for t in inputs.tokens]
+    pairs = list(zip(inputs.tokens, inputs.diffs, strict=True))
+    table["tokens_up"] = [_top_tokens(tokens, diffs, top_tokens, up=True) for tokens, diffs in pairs]
+    table["tokens_down"] = [_top_tokens(tokens, diffs, top_tokens, up=False) for tokens, diffs in pairs]
+    table["text"] = inputs.test_texts
     return table
 
 
@@ -501,51 +361,3 @@ def _top_tokens(tokens: list[str], diffs: np.ndarray, count: int, up: bool) -> s
     signed = diffs if up else -diffs
     order = np.argsort(-signed, kind="stable")[:count]
     return "; ".join(f"{tokens[i]!r} {diffs[i]:+.3f}" for i in order if signed[i] > 0)
-
-
-def _json_ready(value: Any) -> Any:
-    """Plain JSON: infinite floats as the strings "inf" / "-inf", NaN as null."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if np.isnan(value):
-            return None
-        if np.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    return value
-
-
-def _console_summary(results: dict[str, Any], output_dir: Path) -> str:
-    def pct(value: Any) -> str:
-        return "n/a" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
-
-    filters = results["filters"]
-    semcal = filters["semcal"]
-    lines = [
-        f"evaluation of {results['dataset_name']} / {results['split_name']}: {results['counts']['evaluated']} texts, "
-        f"{results['monte_carlo']['n_runs']} runs, filter {results['filter_variant']}",
-        f"  KL(general||real)  = {report.format_number(results['kl_general'])}",
-        f"  KL(filtered||real) = {report.format_number(semcal['kl_mean'])} ± {report.format_number(semcal['kl_std'])} "
-        f"(std over runs), pass rate {pct(semcal['pass_rate_mean'])} (ideal 1/M = {pct(results['ideal_pass_rate'])})",
-    ]
-    if results["kl_general_is_zero"] or results["kl_note"]:
-        lines.append(f"  {results['kl_note']}")
-    else:
-        reductions = ", ".join(
-            f"{name} {pct(filters[name]['deception_reduction'])}"
-            for name in ("semcal", "oracle", "classifier")
-            if name in filters
-        )
-        lines.append(f"  deception reduction: {reductions}")
-    lines.append(f"  outputs: {output_dir}/ (results.json, summary.md, per_text.csv, label_distributions.png/.pdf)")
-    return "\n".join(lines)

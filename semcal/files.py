@@ -13,6 +13,7 @@ import csv
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -43,8 +44,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
+def write_json(path: str | Path, data: Any, strict: bool = False) -> Path:
+    """Write `data` as indented JSON. strict: plain JSON that every reader accepts (see `plain_json`),
+    for results read by other tools; otherwise Python's NaN / Infinity are written as they are."""
+    if strict:
+        data = plain_json(data)
+    text = json.dumps(data, indent=2, sort_keys=False, default=json_default, allow_nan=not strict)
+    return write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -52,13 +58,31 @@ def read_json(path: str | Path) -> Any:
 
 
 def json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy scalars
         return value.item()
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def plain_json(value: Any) -> Any:
+    """`value` as plain JSON values: NaN as None (null), infinities as the strings "inf" / "-inf",
+    numpy values and paths as Python ones, tuples as lists, keys as strings."""
+    if isinstance(value, dict):
+        return {str(key): plain_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(item) for item in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return float(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    return plain_json(json_default(value))
 
 
 def write_record(folder: str | Path, stage: str, config: dict[str, Any], **details: Any) -> Path:
@@ -260,30 +284,29 @@ def read_token_log_probs(path: str | Path) -> pd.DataFrame:
     `word_probabilities` holds (token, log_prob) pairs, as JSON (ours) or as a Python
     literal (the paper's files), parsed with `ast.literal_eval`, never `eval`. Returns
     text_id, total_log_prob, avg_log_prob, tokens (list of str), log_probs (float array).
+    A cell of another form is a UserError naming the file and row.
     """
-    import ast
-
     import numpy as np
+
+    from semcal.config import UserError
 
     table = read_csv(path, keep_default_na=False)
     missing = [c for c in TOKEN_LOG_PROB_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{path} lacks columns {missing} (has {list(table.columns)}); is it a token_sequence_probs output?"
         )
     tokens, log_probs = [], []
     for row_number, cell in enumerate(table["word_probabilities"]):
-        try:
-            pairs = json.loads(cell)
-        except json.JSONDecodeError:
-            try:
-                pairs = ast.literal_eval(cell)
-            except (ValueError, SyntaxError):
-                raise ValueError(
-                    f"{path}, row {row_number}: word_probabilities is neither JSON nor a Python literal"
-                ) from None
-        tokens.append([str(pair[0]) for pair in pairs])
-        log_probs.append(np.asarray([float(pair[1]) for pair in pairs], dtype=np.float64))
+        pairs = _token_pairs(cell)
+        if pairs is None:
+            raise UserError(
+                f"{path}, row {row_number + 1} (text_id {table['text_id'].iloc[row_number]}): word_probabilities is "
+                f'not of the form [[token, log_prob], ...], e.g. [["a", -2.1], ["dog", -5.3]] (got '
+                f"{str(cell)[:60]!r}). Re-run token_sequence_probs for this file."
+            )
+        tokens.append([str(token) for token, _ in pairs])
+        log_probs.append(np.asarray([log_prob for _, log_prob in pairs], dtype=np.float64))
     return pd.DataFrame(
         {
             "text_id": table["text_id"].astype(int),
@@ -293,6 +316,25 @@ def read_token_log_probs(path: str | Path) -> pd.DataFrame:
             "log_probs": log_probs,
         }
     )
+
+
+def _token_pairs(cell: Any) -> list[tuple[Any, float]] | None:
+    """The (token, log_prob) pairs of one word_probabilities cell; None when it is not of that form."""
+    import ast
+
+    try:
+        pairs = json.loads(cell)
+    except (json.JSONDecodeError, RecursionError, TypeError):
+        try:
+            pairs = ast.literal_eval(cell)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        return None
+    try:
+        return [(token, float(log_prob)) for token, log_prob in pairs]
+    except (TypeError, ValueError):  # a log_prob that is not a number
+        return None
 
 
 def save_pretrained(folder: str | Path, *objects: Any) -> Path:

@@ -10,6 +10,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from semcal.filters import FILTERS  # noqa: E402
+
+
+def _table_filters() -> list:
+    """The registry's filters that get a column in the results table (oracle, classifier, ...)."""
+    return [f for f in FILTERS.values() if f.in_table]
+
 
 def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str | None = None):
     """Grouped bars of normalised label frequencies, one bar colour per set (column).
@@ -86,15 +93,16 @@ def results_table_row(
 ) -> dict:
     """One row of the paper-style table from one results.json.
 
-    Display row (default): data set, split, KL(general||real), KL(filtered||real) mean ± std
-    (population std over runs), deception reduction (%), pass rate (%), oracle reduction (%),
-    classifier reduction (%), and "<variant> reduction (%)" for each name in `variants`.
+    Display row (default): data set, split (the distortion), KL(general||real), KL(filtered||real)
+    mean ± std (population std over runs), deception reduction (%), pass rate (%), then
+    "<label> reduction (%)" of each filter of the registry shown in the table (oracle,
+    classifier, ...) and of each name in `variants`.
     When KL(general||real) is about 0 (the baseline split), reduction cells read
     "n/a (KL≈0; ×r)" with r = KL filtered / KL general. With numeric=True: the same numbers as
     floats (percent columns in %, None where not applicable), for CSV and averaging over seeds.
     """
     filters = results["filters"]
-    semcal, oracle, classifier = filters["semcal"], filters["oracle"], filters.get("classifier")
+    semcal = filters["semcal"]
     dataset = dataset_label or results["dataset_name"]
     if numeric:
 
@@ -104,7 +112,7 @@ def results_table_row(
 
         row = {
             "dataset": dataset,
-            "split": results["split_name"],
+            "split": results["distortion"],
             "filter_variant": results["filter_variant"],
             "kl_general": _as_float(results["kl_general"]),
             "kl_filtered_mean": _as_float(semcal["kl_mean"]),
@@ -113,26 +121,22 @@ def results_table_row(
             "deception_reduction_pct": pct(semcal["deception_reduction"]),
             "pass_rate_pct": pct(semcal["pass_rate_mean"]),
             "ideal_pass_rate_pct": pct(results["ideal_pass_rate"]),
-            "oracle_kl_mean": _as_float(oracle["kl_mean"]),
-            "oracle_reduction_pct": pct(oracle["deception_reduction"]),
-            "classifier_kl_mean": _as_float(classifier["kl_mean"]) if classifier else None,
-            "classifier_reduction_pct": pct(classifier["deception_reduction"]) if classifier else None,
         }
-        for name in variants:
-            block = results["variants"].get(name)
+        blocks = [(f.name, filters.get(f.name)) for f in _table_filters()]
+        for name, block in blocks + [(name, results["variants"].get(name)) for name in variants]:
             row[f"{name}_kl_mean"] = _as_float(block["kl_mean"]) if block else None
             row[f"{name}_reduction_pct"] = pct(block["deception_reduction"]) if block else None
         return row
     row = {
         "data set": dataset,
-        "split": results["split_name"],
+        "split": results["distortion"],
         "KL(general||real)": format_number(results["kl_general"]),
         "KL(filtered||real)": _mean_std(semcal["kl_mean"], semcal["kl_std"]),
         "deception reduction (%)": _reduction_cell(results, semcal),
         "pass rate (%)": _percent(semcal["pass_rate_mean"]),
-        "oracle reduction (%)": _reduction_cell(results, oracle),
-        "classifier reduction (%)": _reduction_cell(results, classifier),
     }
+    for f in _table_filters():
+        row[f"{f.label} reduction (%)"] = _reduction_cell(results, filters.get(f.name))
     for name in variants:
         row[f"{name} reduction (%)"] = _reduction_cell(results, results["variants"].get(name))
     return row
@@ -176,9 +180,9 @@ def results_table_row_over_seeds(
         "KL(filtered||real)": over("kl_filtered_mean"),
         "deception reduction (%)": reduction("deception_reduction_pct"),
         "pass rate (%)": over("pass_rate_pct", "%"),
-        "oracle reduction (%)": reduction("oracle_reduction_pct"),
-        "classifier reduction (%)": reduction("classifier_reduction_pct"),
     }
+    for f in _table_filters():
+        row[f"{f.label} reduction (%)"] = reduction(f"{f.name}_reduction_pct")
     for name in variants:
         row[f"{name} reduction (%)"] = reduction(f"{name}_reduction_pct")
     return row
@@ -205,11 +209,19 @@ def format_table(rows: list[dict]) -> str:
 
 
 def evaluation_summary_markdown(results: dict) -> str:
-    """summary.md of one evaluation: settings, KL of every filter and variant, distributions."""
-    filters, variants = results["filters"], results["variants"]
+    """summary.md of one evaluation: settings, warnings, KL of every filter and variant, scores,
+    label distributions."""
+    lines = _summary_header(results) + _summary_filters(results) + _summary_distributions(results)
+    figures = results.get("outputs", {}).get("figures", [])
+    if figures:
+        lines += ["", f"![label distributions]({figures[0]})"]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_header(results: dict) -> list[str]:
     config, counts, join = results["config"], results["counts"], results["join"]["general_test"]
     lines = [
-        f"# Semantic calibration: {results['dataset_name']} / {results['split_name']}",
+        f"# Semantic calibration: {results['dataset_name']} / {results['distortion']}",
         "",
         f"Filter: **{results['filter_variant']}** (score={config['score']}, normalize={config['normalize']}, "
         f"top_p={config['top_p']}); the paper's method is `{results['paper_variant']}`. "
@@ -218,20 +230,34 @@ def evaluation_summary_markdown(results: dict) -> str:
         "",
         f"- texts evaluated: {counts['evaluated']} of {counts['general_test']} general_test rows "
         f"(general scores file lost {join['general_lost']} rows in the join, real scores file {join['real_lost']})",
-        f"- general_train {counts['general_train']}, real_train {counts['real_train']}: "
+        f"- general_train {counts['general_train']}, {results['real_split']} {counts['real_train']}: "
         f"M = {format_number(results['M'])}, ideal pass rate 1/M = {_percent(results['ideal_pass_rate'])}%",
         f"- KL(general||real) = {format_number(results['kl_general'])}, TVD = {format_number(results['tvd_general'])}",
     ]
+    excluded = results["excluded_nonfinite"]
+    if excluded["general_test"] or excluded["heldout"]:
+        lines.append(
+            f"- left out for a NaN or infinite log-prob: {excluded['general_test']} general_test texts, "
+            f"{excluded['heldout']} held-out texts"
+        )
     if results.get("kl_note"):
         lines.append(f"- {results['kl_note']}")
-    lines += [
+    if results["warnings"]:
+        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in results["warnings"])]
+    return lines
+
+
+def _summary_filters(results: dict) -> list[str]:
+    """The table of every filter (registry order: THE filter, variants, references and estimators) and the scores."""
+    filters, variants = results["filters"], results["variants"]
+    lines = [
         "",
         "| filter | KL(filtered‖real) | runs with KL = inf | TVD | pass rate (%) | expected KL | reduction (%) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     named = [(f"semcal ({results['filter_variant']})", filters["semcal"])]
-    named += [(f"variant {name}", block) for name, block in variants.items()]
-    named += [(name, filters[name]) for name in ("no_filter", "oracle", "classifier") if name in filters]
+    named += [(f"variant {FILTERS[name].label}", block) for name, block in variants.items()]
+    named += [(f.label, filters[f.name]) for f in FILTERS.values() if f.kind != "variant" and f.name in filters]
     for name, block in named:
         lines.append(
             f"| {name} | {_mean_std(block['kl_mean'], block['kl_std'])} | {block['kl_infinite_runs']} | "
@@ -253,21 +279,21 @@ def evaluation_summary_markdown(results: dict) -> str:
             f"| {name} | {format_number(block['shift'])} | {format_number(block['score_mean'])} | "
             f"{format_number(block['score_std'])} | {format_number(block['test_log_mean_exp'])} |"
         )
-    lines += ["", "## Label distributions", ""]
-    labels = results["labels"]
+    return lines
+
+
+def _summary_distributions(results: dict) -> list[str]:
+    filters, distributions = results["filters"], results["distributions"]
     sets = {
-        "general (evaluated)": results["distributions"]["evaluated"],
-        "real_train": results["distributions"]["real_train"],
+        "general (evaluated)": distributions["evaluated"],
+        "real_train": distributions["real_train"],
         "filtered (mean over runs)": filters["semcal"]["mean_distribution"],
         "filtered (expected)": filters["semcal"]["expected_distribution"],
         "oracle (expected)": filters["oracle"]["expected_distribution"],
     }
-    lines.append("| label | " + " | ".join(sets) + " |")
+    lines = ["", "## Label distributions", "", "| label | " + " | ".join(sets) + " |"]
     lines.append("| --- |" + " --- |" * len(sets))
-    order = sorted(labels, key=lambda label: -(results["distributions"]["real_train"][label] or 0.0))
+    order = sorted(results["labels"], key=lambda label: -(distributions["real_train"][label] or 0.0))
     for label in order:
         lines.append(f"| {label} | " + " | ".join(format_number(dist[label], 3) for dist in sets.values()) + " |")
-    figures = results.get("outputs", {}).get("figures", [])
-    if figures:
-        lines += ["", f"![label distributions]({figures[0]})"]
-    return "\n".join(lines) + "\n"
+    return lines

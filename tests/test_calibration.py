@@ -71,11 +71,11 @@ def test_clipped_at_top_p_one_is_the_sum_and_top_p_is_checked():
     rng = np.random.default_rng(0)
     texts = [rng.normal(size=n) for n in (1, 5, 40)]
     np.testing.assert_allclose(calibration.clipped_scores(texts, 1.0), calibration.sum_scores(texts))
-    np.testing.assert_allclose(calibration.score_texts(texts, "sum"), [d.sum() for d in texts])
+    np.testing.assert_allclose(calibration.log_ratio_scores(texts, "sum"), [d.sum() for d in texts])
     with pytest.raises(ValueError, match="top_p"):
         calibration.clipped_scores(texts, 1.5)
     with pytest.raises(ValueError, match="unknown score method"):
-        calibration.score_texts(texts, "mean")
+        calibration.log_ratio_scores(texts, "mean")
 
 
 def test_token_differences_are_real_minus_general():

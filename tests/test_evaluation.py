@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import calibration, files, report
+from semcal import calibration, console, files, report
 from semcal.cli import main
 from semcal.config import UserError
 from semcal.evaluation import EvaluationConfig, evaluate
@@ -87,7 +87,7 @@ def mild_run(tmp_path_factory):
     heldout_texts = splits["general_train"]["text"][:200]
     config = EvaluationConfig(
         dataset_name=str(root / "data"),
-        split_name="mild",
+        distortion="mild",
         general_scores_csv=str(_write_scores(root / "general.csv", test_texts, drop={7}, seed=1)),
         # the real model's file: same tokens and general log-probs (same seed), plus the true label ratio
         real_scores_csv=str(_write_scores(root / "real.csv", test_texts, ratio, drop={3, 4}, seed=1)),
@@ -223,7 +223,7 @@ def test_baseline_split_reports_kl_values_not_a_reduction(mild_run, tmp_path):
     results = evaluate(
         dataclasses.replace(
             config,
-            split_name="baseline",
+            distortion="baseline",
             general_scores_csv=str(_write_scores(tmp_path / "g.csv", texts, seed=1)),
             real_scores_csv=str(_write_scores(tmp_path / "r.csv", texts, seed=1)),
             general_heldout_csv=None,
@@ -249,7 +249,7 @@ def test_infinite_kl_is_reported_plainly_and_epsilon_smooths_it(mild_run, tmp_pa
     _, config, splits, _ = mild_run
     texts = splits["general_test"]["text"]
     settings = dict(
-        split_name="nocar",
+        distortion="nocar",
         general_scores_csv=str(_write_scores(tmp_path / "g.csv", texts, seed=1)),
         real_scores_csv=str(_write_scores(tmp_path / "r.csv", texts, seed=1)),
         general_heldout_csv=None,
@@ -305,3 +305,157 @@ def test_logistic_variant_learns_membership_from_heldout_texts(mild_run):
     assert 0.5 < fit["slope"] < 2.5 and fit["heldout_texts"] == 200
     assert variants["sum_logistic"]["deception_reduction"] > 0.8
     assert variants["sum_logistic"]["pass_rate_mean"] == pytest.approx(1 / results["M"], rel=0.25)
+
+
+# ---- run-state: the output folder is built beside and swapped in ---------------------------
+
+
+def _quick(config, tmp_path, **changes):
+    """A fast evaluation of the mild split: no held-out files, no classifier, few runs."""
+    settings = dict(general_heldout_csv=None, real_heldout_csv=None, classifier=False, n_runs=20)
+    return dataclasses.replace(config, **{**settings, "output_dir": str(tmp_path / "out"), **changes})
+
+
+def test_evaluate_refuses_the_data_folder(mild_run, tmp_path):
+    _, config, _, _ = mild_run
+    data = tmp_path / "data"
+    _build_dataset(data)
+    files.write_record(data, "distort", {"note": "the data set's own record"})
+    with pytest.raises(UserError, match="'distort' stage"):
+        evaluate(_quick(config, tmp_path, dataset_name=str(data), output_dir=str(data)))
+    assert files.read_record(data)["stage"] == "distort" and not (data / "results.json").exists()
+
+
+def test_a_second_evaluation_into_the_same_folder_is_refused(mild_run, tmp_path, monkeypatch):
+    _, config, _, _ = mild_run
+    first, second = _quick(config, tmp_path), _quick(config, tmp_path, n_runs=30)
+    real_monte_carlo, refused = calibration.monte_carlo, []
+
+    def second_evaluation_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(calibration, "monte_carlo", real_monte_carlo)
+        with pytest.raises(UserError, match="being written") as err:
+            evaluate(second)
+        refused.append(err)
+        return real_monte_carlo(*args, **kwargs)
+
+    monkeypatch.setattr(calibration, "monte_carlo", second_evaluation_meanwhile)
+    results = evaluate(first)
+    assert refused and results["monte_carlo"]["n_runs"] == 20
+    assert files.read_json(tmp_path / "out" / "results.json")["monte_carlo"]["n_runs"] == 20
+
+
+def test_a_failed_evaluation_leaves_the_finished_one(mild_run, tmp_path, monkeypatch, capsys):
+    _, config, _, _ = mild_run
+    finished = evaluate(_quick(config, tmp_path))
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in ("results.json", "per_text.csv", "summary.md")}
+
+    def broken_summary(results):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "evaluation_summary_markdown", broken_summary)
+    with pytest.raises(RuntimeError, match="disk full"):
+        evaluate(_quick(config, tmp_path, n_runs=30))  # fails after results.json and per_text.csv are written
+    for name, content in before.items():
+        assert (tmp_path / "out" / name).read_bytes() == content, name
+    monkeypatch.undo()
+    console.setup()
+    capsys.readouterr()
+    assert evaluate(_quick(config, tmp_path)) == finished  # the finished output is still this setting's
+    assert "up to date, skipped" in capsys.readouterr().out
+    rerun = evaluate(_quick(config, tmp_path, n_runs=30))
+    assert (
+        rerun["monte_carlo"]["n_runs"]
+        == 30
+        == files.read_json(tmp_path / "out" / "results.json")["monte_carlo"]["n_runs"]
+    )
+    done = [line for line in capsys.readouterr().out.splitlines() if "evaluate mild: done in" in line]
+    assert len(done) == 1 and "reduction" in done[0] and "pass rate" in done[0]
+
+
+# ---- surprises are reported, not silent -----------------------------------------------------
+
+
+def _with_bad_log_probs(source, target, text_ids):
+    """A copy of a scores CSV whose rows `text_ids` hold a NaN log-prob."""
+    table = pd.read_csv(source, keep_default_na=False)
+    for row in np.flatnonzero(table["text_id"].isin(text_ids)):
+        pairs = json.loads(table.at[row, "word_probabilities"])
+        pairs[0][1] = float("nan")
+        table.at[row, "word_probabilities"] = json.dumps(pairs)
+    files.write_csv(target, table)
+    return target
+
+
+def test_texts_with_a_nan_log_prob_are_left_out_and_counted(mild_run, tmp_path, capsys):
+    _, config, _, _ = mild_run
+    real = _with_bad_log_probs(config.real_scores_csv, tmp_path / "real_nan.csv", {10, 11})
+    console.setup()
+    capsys.readouterr()
+    results = evaluate(_quick(config, tmp_path, real_scores_csv=str(real), score="sum"))
+    assert results["excluded_nonfinite"] == {"general_test": 2, "heldout": 0}
+    assert results["counts"]["evaluated"] == 297 - 2
+    assert isinstance(results["filters"]["semcal"]["kl_mean"], float)
+    assert not {10, 11} & set(pd.read_csv(tmp_path / "out" / "per_text.csv")["text_id"])
+    [warning] = [w for w in results["warnings"] if "NaN" in w]
+    assert "2 of 297 general_test texts" in warning and "[10, 11]" in warning
+    assert warning in (tmp_path / "out" / "summary.md").read_text()
+    assert capsys.readouterr().out.count("warning: 2 of 297 general_test texts") == 1
+
+
+def test_every_text_with_a_nan_log_prob_is_an_error(mild_run, tmp_path):
+    _, config, _, _ = mild_run
+    real = _with_bad_log_probs(config.real_scores_csv, tmp_path / "real_nan.csv", set(range(300)))
+    with pytest.raises(UserError, match="every text of general_test .* NaN or infinite log-prob"):
+        evaluate(_quick(config, tmp_path, real_scores_csv=str(real)))
+
+
+def test_rows_a_scores_file_lacks_are_named(mild_run, tmp_path, capsys):
+    results, config, _, output_dir = mild_run
+    expected = [
+        "general_scores_csv lacks 1 of 300 general_test rows (first ids [7])",
+        "real_scores_csv lacks 2 of 300 general_test rows (first ids [3, 4])",
+    ]
+    assert [w for w in results["warnings"] if "lacks" in w] == expected
+    assert all(warning in (output_dir / "summary.md").read_text() for warning in expected)
+    console.setup()
+    capsys.readouterr()
+    evaluate(_quick(config, tmp_path))
+    out = capsys.readouterr().out
+    assert all(out.count(f"warning: {warning}") == 1 for warning in expected)
+
+
+def test_a_real_label_general_train_lacks_is_named(mild_run, tmp_path):
+    _, config, splits, _ = mild_run
+    mild = splits["real_train_mild"]
+    labels = ["alien" if i % 10 == 0 else label for i, label in enumerate(mild["label"])]
+    with_alien = dict(splits) | {
+        "real_train_alien": datasets.Dataset.from_dict({"text": mild["text"], "label": labels})
+    }
+    files.save_dataset_dict(datasets.DatasetDict(with_alien), tmp_path / "data")
+    results = evaluate(_quick(config, tmp_path, dataset_name=str(tmp_path / "data"), distortion="alien"))
+    [warning] = [w for w in results["warnings"] if "general_train lacks" in w]
+    assert "real_train_alien" in warning and "'alien' (31 texts)" in warning
+    assert results["distortion"] == "alien" and results["real_split"] == "real_train_alien"
+
+
+@pytest.mark.parametrize(
+    ("cell", "what"),
+    [
+        ("[" * 200_000 + "]" * 200_000, "nested 200k deep"),
+        ("[1, 2, 3]", "numbers, not pairs"),
+        ('[["a"]]', "no log-prob"),
+    ],
+)
+def test_malformed_word_probabilities_name_the_file_row_and_form(tmp_path, cell, what):
+    good = json.dumps([["a", -1.0], ["cat", -2.0]])
+    table = pd.DataFrame([[0, -3.0, -1.5, good], [1, -3.0, -1.5, cell]], columns=files.TOKEN_LOG_PROB_COLUMNS)
+    path = files.write_csv(tmp_path / "scores.csv", table)
+    with pytest.raises(UserError, match=r"scores\.csv, row 2 \(text_id 1\).*\[\[token, log_prob\], \.\.\.\]"):
+        files.read_token_log_probs(path)
+
+
+def test_a_negative_seed_is_refused(mild_run, tmp_path):
+    _, config, _, _ = mild_run
+    with pytest.raises(UserError, match="seed must be 0 or a positive integer"):
+        evaluate(_quick(config, tmp_path, seed=-1))
+    assert main(["evaluate", "--seed=-1", f"--general_scores_csv={config.general_scores_csv}"]) == 2

@@ -1,0 +1,211 @@
+"""The evaluation's inputs, read and checked: labels and texts of the data set's splits, and
+the two models' per-token log-probs of general_test (and of held-out general_train texts)
+joined into per-token differences.
+
+Surprises are not silent: rows a score file lacks, texts with a NaN or infinite log-prob
+(left out of the evaluation), and real_train labels that general_train lacks each become a
+warning in results.json and summary.md and one log line. Problems no evaluation can
+survive (duplicate or foreign text ids, different tokens in the two files, every text
+broken) are UserErrors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from semcal import calibration, files
+from semcal.config import UserError
+from semcal.data import (
+    GENERAL_TEST,
+    GENERAL_TRAIN,
+    general_rows_of,
+    get_split,
+    labels_of,
+    load_dataset_dict,
+    real_split_name,
+    texts_of,
+)
+from semcal.filters import EvaluationInputs
+from semcal.scoring import check_same_tokens
+
+if TYPE_CHECKING:
+    from semcal.evaluation import EvaluationConfig
+
+log = logging.getLogger(__name__)
+
+SCORE_FILES = ("general_scores_csv", "real_scores_csv", "general_heldout_csv", "real_heldout_csv")
+
+
+def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, Any]]:
+    """Read the data set and the score files, join and check them. Returns the filters' inputs
+    and the facts results.json reports (join, counts, warnings, fingerprints)."""
+    real_split = real_split_name(config.distortion)
+    dataset = load_dataset_dict(config.dataset_name)
+    splits = {split: _read_split(dataset, split, config) for split in (GENERAL_TRAIN, GENERAL_TEST, real_split)}
+    (train_texts, train_labels), (test_texts, test_labels), (real_texts, real_labels) = splits.values()
+    real_rows = general_rows_of(get_split(dataset, real_split), real_split, len(train_texts))
+    warnings: list[str] = []
+    test = _joined(config, ("general_scores_csv", "real_scores_csv"), GENERAL_TEST, len(test_texts), warnings)
+    heldout = None
+    if config.general_heldout_csv and config.real_heldout_csv:
+        heldout = _joined(
+            config, ("general_heldout_csv", "real_heldout_csv"), GENERAL_TRAIN, len(train_texts), warnings
+        )
+    labels = sorted(set(train_labels) | set(test_labels) | set(real_labels))
+    code_of = {label: code for code, label in enumerate(labels)}
+    warnings += _labels_general_train_lacks(real_labels, train_labels, real_split)
+    for warning in warnings:
+        log.warning("%s", warning)
+    inputs = EvaluationInputs(
+        labels=labels,
+        text_ids=test["ids"],
+        test_codes=np.array([code_of[label] for label in test_labels[test["ids"]]], dtype=np.int64),
+        test_texts=[test_texts[i] for i in test["ids"]],
+        tokens=test["tokens"],
+        diffs=test["diffs"],
+        real=calibration.label_distribution([code_of[y] for y in real_labels], len(labels)),
+        general=calibration.label_distribution([code_of[y] for y in train_labels], len(labels)),
+        m=calibration.ratio_m(len(train_texts), len(real_texts)),
+        general_train_texts=train_texts,
+        real_train_texts=real_texts,
+        real_general_rows=real_rows,
+        heldout_ids=None if heldout is None else heldout["ids"],
+        heldout_diffs=None if heldout is None else heldout["diffs"],
+        heldout_is_real=None if heldout is None or real_rows is None else np.isin(heldout["ids"], real_rows),
+    )
+    counts = {"general_train": len(train_texts), "general_test": len(test_texts), "real_train": len(real_texts)}
+    counts |= {"evaluated": len(test["ids"]), "heldout": 0 if heldout is None else len(heldout["ids"])}
+    facts = {
+        "join": {"general_test": test["join"], **({"heldout": heldout["join"]} if heldout else {})},
+        "excluded_nonfinite": {"general_test": test["nonfinite"], "heldout": heldout["nonfinite"] if heldout else 0},
+        "counts": counts,
+        "general_test_distribution": calibration.label_distribution([code_of[y] for y in test_labels], len(labels)),
+        "warnings": warnings,
+        **_fingerprints(config, splits, real_rows),
+    }
+    return inputs, facts
+
+
+def _read_split(dataset: Any, split: str, config: EvaluationConfig) -> tuple[list[str], np.ndarray]:
+    part = get_split(dataset, split)
+    return texts_of(part, split, config.text_column), labels_of(part, split, config.label_column, config.label_map)
+
+
+def _joined(config: EvaluationConfig, names: tuple[str, str], split: str, n_rows: int, warnings: list[str]):
+    """Both models' scores of the texts of `split` (general_test: all its rows; general_train: the
+    held-out rows), joined. Rows lacking from either file and texts with a non-finite log-prob
+    are reported in `warnings` and left out."""
+    general, real = (_read_scores(getattr(config, name), name) for name in names)
+    ids, diffs, tokens, join = join_scores(general, real, n_rows, split)
+    if split == GENERAL_TEST:
+        expected, which = np.arange(n_rows), f"{split} rows"
+    else:  # which rows are held out is the models' choice: each file should have the other's
+        expected, which = np.union1d(general["text_id"], real["text_id"]), "held-out rows the two files list"
+    for name, table in zip(names, (general, real), strict=True):
+        lacking = np.setdiff1d(expected, table["text_id"])
+        if lacking.size:
+            warnings.append(
+                f"{name} lacks {lacking.size} of {expected.size} {which} (first ids {lacking[:5].tolist()})"
+            )
+    finite = np.array([np.isfinite(d).all() for d in diffs], dtype=bool)
+    if not finite.any():
+        raise UserError(
+            f"every text of {split} joined from {names[0]} and {names[1]} has a NaN or infinite log-prob: the scores "
+            "are broken (a diverged model?). Re-run token_sequence_probs with working models."
+        )
+    if not finite.all():
+        warnings.append(
+            f"{int((~finite).sum())} of {finite.size} {split} texts have a NaN or infinite log-prob in {names[0]} or "
+            f"{names[1]} (first ids {ids[~finite][:5].tolist()}); they are left out of the evaluation"
+        )
+    keep = np.flatnonzero(finite)
+    return {
+        "ids": ids[keep],
+        "diffs": [diffs[i] for i in keep],
+        "tokens": [tokens[i] for i in keep],
+        "join": join,
+        "nonfinite": int((~finite).sum()),
+    }
+
+
+def _read_scores(path: str, name: str) -> pd.DataFrame:
+    try:
+        return files.read_token_log_probs(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"{name}: {err}") from None
+
+
+def join_scores(
+    general: pd.DataFrame, real: pd.DataFrame, n_rows: int, split: str
+) -> tuple[np.ndarray, list[np.ndarray], list[list[str]], dict[str, int]]:
+    """Join the general and real model's per-token tables on text_id.
+
+    Returns the joined text ids (sorted), per-text differences d = log p_real - log p_general,
+    the tokens, and a report of how many rows each side lost. Refuses duplicate ids, ids that
+    are not rows of `split` (0..n_rows-1), and rows whose token sequences differ
+    (scoring.check_same_tokens).
+    """
+    for side, table in (("general", general), ("real", real)):
+        duplicated = table["text_id"][table["text_id"].duplicated()]
+        if len(duplicated):
+            raise UserError(
+                f"the {side} model's scores of {split} list text_id {int(duplicated.iloc[0])} more than once "
+                f"({len(duplicated)} duplicates): was the file written twice into? Re-run token_sequence_probs."
+            )
+        outside = table["text_id"][(table["text_id"] < 0) | (table["text_id"] >= n_rows)]
+        if len(outside):
+            raise UserError(
+                f"the {side} model's scores hold text_id {int(outside.iloc[0])}, but {split} has rows 0..{n_rows - 1}: "
+                "the scores belong to another split or data set."
+            )
+    try:
+        check_same_tokens(general, real)
+    except UserError as err:  # name the split: "text_id 5" -> "text_id 5 of general_test"
+        named = re.sub(r"^text_id (\d+)", rf"text_id \1 of {split}", str(err), count=1)
+        raise UserError(named if named != str(err) else f"{split}: {err}") from None
+    merged = general.merge(real, on="text_id", how="inner", suffixes=("_general", "_real")).sort_values("text_id")
+    diffs = [
+        calibration.token_differences(real_lp, general_lp)
+        for real_lp, general_lp in zip(merged["log_probs_real"], merged["log_probs_general"], strict=True)
+    ]
+    report_ = {
+        "general_rows": len(general),
+        "real_rows": len(real),
+        "joined_rows": len(merged),
+        "general_lost": len(general) - len(merged),
+        "real_lost": len(real) - len(merged),
+        "split_rows_not_scored": n_rows - len(merged),
+    }
+    return merged["text_id"].to_numpy(dtype=np.int64), diffs, list(merged["tokens_general"]), report_
+
+
+def _labels_general_train_lacks(real_labels: np.ndarray, train_labels: np.ndarray, real_split: str) -> list[str]:
+    counts = pd.Series(real_labels).value_counts()
+    absent = sorted(set(counts.index) - set(train_labels))
+    if not absent:
+        return []
+    named = ", ".join(f"{label!r} ({counts[label]} texts)" for label in absent[:10])
+    return [
+        f"{real_split} has labels that general_train lacks: {named}. A real set should be drawn from general_train's "
+        "distribution; the oracle accepts no text of these labels, so no filter can reach real_train's distribution"
+    ]
+
+
+def _fingerprints(config: EvaluationConfig, splits: dict[str, Any], real_rows: np.ndarray | None) -> dict[str, Any]:
+    """What was read: each score file's hash and path (results.json) and the hashes alone (identity)."""
+    score_files = {name: getattr(config, name) for name in SCORE_FILES if getattr(config, name)}
+    hashes = {name: files.fingerprint_file(path) for name, path in score_files.items()}
+    data = {
+        split: files.fingerprint_texts(f"{text}\t{label}" for text, label in zip(texts, labels, strict=True))
+        for split, (texts, labels) in splits.items()
+    }
+    data["real_general_rows"] = None if real_rows is None else files.fingerprint_texts(map(str, real_rows))
+    return {
+        "inputs": {name: {"path": score_files[name], "sha256_16": sha} for name, sha in hashes.items()} | data,
+        "fingerprints": {name: hashes.get(name) for name in SCORE_FILES} | data,
+    }
