@@ -81,7 +81,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_settings(config)
     output = StageOutput(
-        "evaluate", config.output_dir, what=f"evaluate {config.distortion}", overwrite=config.overwrite
+        "evaluate", config.output_dir, what=f"evaluate {config.distortion}", overwrite=config.overwrite, resumable=False
     )
     inputs, facts = load_inputs(config)
     chosen = chosen_variant(inputs, config)

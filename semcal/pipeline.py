@@ -171,7 +171,7 @@ def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
         _with_settings(
             EvaluationConfig(
                 dataset_name=str(run_dir / "data"),
-                split_name=split,
+                distortion=split,
                 text_column=config.text_column,
                 label_column=config.label_column,
                 label_map=config.label_map,

@@ -14,7 +14,8 @@ the pipeline, which simply runs each stage and lets it decide:
   finished folder as it was; the partial folder is where the next run with the same
   identity resumes (its chunks, its checkpoints).
 - Conflicts. A partial folder of other settings is refused (finish it, or overwrite=true);
-  one whose only difference is its inputs is stale and discarded. A finished output of
+  one whose only difference is its inputs is stale and discarded. A stage with nothing to
+  resume (`resumable=False`, the evaluation) removes its partial folder when it fails. A finished output of
   other settings is replaced at `finish` unless the stage protects finished work (models,
   distorted data), which then needs overwrite=true.
 - Folders that are not this stage's are refused before any work: a file, another stage's
@@ -114,6 +115,7 @@ class StageOutput:
         overwrite: bool = False,
         protect: bool = False,
         keep_files: bool = False,
+        resumable: bool = True,
         noun: str = "output",
     ):
         if not str(output_dir).strip():
@@ -124,6 +126,7 @@ class StageOutput:
         self.overwrite = overwrite
         self.protect = protect
         self.keep_files = keep_files
+        self.resumable = resumable
         self.noun = noun
         self.staging = self.path.with_name(f".{self.path.name}.partial")
         self.resumed = False
@@ -191,7 +194,12 @@ class StageOutput:
         self._identity = identity
         with hold_lock(self.path):
             self._prepare_staging(identity)
-            yield self.staging
+            try:
+                yield self.staging
+            except BaseException:
+                if not self.resumable:  # nothing in it a rerun could continue from
+                    shutil.rmtree(self.staging, ignore_errors=True)
+                raise
 
     def _prepare_staging(self, identity: dict[str, Any]) -> None:
         state_path = self.staging / UNFINISHED_NAME

@@ -68,7 +68,7 @@ def test_run_restarts_after_a_crash_without_redoing_finished_stages(tmp_path, ti
 
     for split in ("baseline", "severe"):
         results = json.loads((run_dir / "evaluation" / split / "results.json").read_text())
-        assert results["split_name"] == split and results["monte_carlo"]["n_runs"] == 50
+        assert results["distortion"] == split and results["monte_carlo"]["n_runs"] == 50
         assert (run_dir / "evaluation" / split / "label_distributions.png").exists()
     table = pd.read_csv(run_dir / "results_table.csv")
     assert list(table["split"]) == ["baseline", "severe"]

@@ -109,3 +109,11 @@ def test_kill_point_kills_at_the_nth_call(tmp_path):
     env = {**os.environ, runstate.KILL_ENV: "chunk:3"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == -9 and result.stdout.split() == ["0", "1", "2"]
+
+
+def test_a_stage_with_nothing_to_resume_leaves_no_partial_folder(tmp_path):
+    folder = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        _build(folder, _identity(value=1), fail=True, resumable=False)
+    assert not folder.with_name(".out.partial").exists()
+    assert _build(folder, _identity(value=2), resumable=False) == "built"
