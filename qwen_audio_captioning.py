@@ -25,6 +25,7 @@ max_items = None  # caption only the first N rows of each split (to try it on a 
 keep_media_column = False  # keep the audio column in the output data set (audio is large; False: text and labels)
 device = None  # "cuda", "cpu", ...; None: cuda when available, else cpu
 dtype = "auto"  # "auto" (float16 on CUDA, float32 otherwise), "float32", "float16" or "bfloat16"
+overwrite = False  # discard an unfinished run of other settings in output_dir instead of refusing
 # ------------------------------------------------------
 
 if __name__ == "__main__":

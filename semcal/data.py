@@ -7,50 +7,62 @@
 - `split=path,split=path` naming one file per split,
 - a Hugging Face Hub id such as `BeyondDeepFakeDetection/CIFAR-100`.
 
+A name is a local path when it cannot be a Hub id (`looks_like_local_path`); a name that
+could be either is tried as a local path first, then on the Hub, and an error says both.
+
 The pipeline's split names are those of the paper: `general_train`, `general_test`,
 `real_train_<distortion>`. A data set whose splits are called `train` and `test` (and
 that has no `general_*` splits) is read with train as general_train and test as
 general_test.
+
+Data files are read with pandas, not `datasets.load_dataset("csv", ...)`: that reads CSV
+in 10,000-row chunks and fails on a column that is empty in the first chunk, refuses a
+file with a header and no rows, and writes a copy of every file into the Hub cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from semcal import console
 from semcal.config import UserError
+from semcal.labelmap import apply_label_map, load_label_map
 
 GENERAL_TRAIN = "general_train"
 GENERAL_TEST = "general_test"
 SPLIT_ALIASES = {"train": GENERAL_TRAIN, "test": GENERAL_TEST}
 DATA_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json")
-LABEL_MAPS_DIR = Path(__file__).resolve().parent.parent / "label_maps"
 
 
 def real_split_name(distortion: str) -> str:
     return f"real_train_{distortion}"
 
 
-def load_dataset_dict(dataset_name: str, split_column: str = "split"):
-    """Load every split of `dataset_name` as a `datasets.DatasetDict`."""
+def _datasets() -> Any:
+    """The datasets module, its progress bars and logging switched like the other libraries'."""
     import datasets
 
+    console.quiet_libraries(not console.is_verbose())  # imported after console.setup: switch it now
+    return datasets
+
+
+def load_dataset_dict(dataset_name: str, split_column: str = "split"):
+    """Load every split of `dataset_name` as a `datasets.DatasetDict`."""
+    datasets = _datasets()
     path = Path(dataset_name).expanduser()
     if "=" in dataset_name and not path.exists():
         files = {}
         for part in dataset_name.split(","):
             split, _, file = part.partition("=")
             files[split.strip()] = Path(file.strip()).expanduser()
-        dataset_dict = datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_pandas(_read_table(file), preserve_index=False)
-                for split, file in files.items()
-            }
-        )
+        dataset_dict = datasets.DatasetDict({split: _dataset_of(_read_table(file)) for split, file in files.items()})
     elif path.is_dir() and (path / "dataset_dict.json").exists():
         dataset_dict = datasets.load_from_disk(str(path))
         if not isinstance(dataset_dict, datasets.DatasetDict):
@@ -67,50 +79,77 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
                 f"{path} is a folder with neither a saved data set (dataset_dict.json) nor data files "
                 f"({', '.join(DATA_FILE_SUFFIXES)}). Found: {sorted(p.name for p in path.iterdir())[:20]}"
             )
-        dataset_dict = datasets.DatasetDict(
-            {file.stem: datasets.Dataset.from_pandas(_read_table(file), preserve_index=False) for file in files}
-        )
+        dataset_dict = datasets.DatasetDict({file.stem: _dataset_of(_read_table(file)) for file in files})
     elif path.is_file():
-        table = _read_table(path)
-        if split_column not in table.columns:
-            raise UserError(
-                f"{path} has no split column {split_column!r} (columns: {list(table.columns)}). "
-                "Set split_column to the column that names each row's split, or give one file per split "
-                "(dataset_name='general_train=train.csv,general_test=test.csv')."
-            )
-        dataset_dict = datasets.DatasetDict(
-            {
-                str(split): datasets.Dataset.from_pandas(
-                    rows.drop(columns=[split_column]).reset_index(drop=True), preserve_index=False
-                )
-                for split, rows in table.groupby(split_column, sort=False)
-            }
-        )
-    elif _looks_like_path(dataset_name):
+        dataset_dict = _split_by_column(_read_table(path), path, split_column)
+    elif looks_like_local_path(dataset_name):
         raise UserError(f"{dataset_name} does not exist (looked for a file or folder at {path.resolve()}).")
     else:
         dataset_dict = _load_from_hub(dataset_name)
     return _alias_splits(dataset_dict)
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(DATA_FILE_SUFFIXES) or name.count("/") > 1
+def _dataset_of(table: pd.DataFrame):
+    return _datasets().Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False)
+
+
+def _split_by_column(table: pd.DataFrame, path: Path, split_column: str):
+    """One split per value of the split column, in order of first appearance."""
+    if split_column not in table.columns:
+        raise UserError(
+            f"{path} has no split column {split_column!r} (columns: {list(table.columns)}). "
+            "Set split_column to the column that names each row's split, or give one file per split "
+            "(dataset_name='general_train=train.csv,general_test=test.csv')."
+        )
+    groups = table.groupby(split_column, sort=False)
+    return _datasets().DatasetDict(
+        {str(split): _dataset_of(rows.drop(columns=[split_column])) for split, rows in groups}
+    )
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when `name` can only be a local path: a data file's name, or no valid Hub id.
+
+    Hub ids are "name" or "owner/name" (huggingface_hub's own rule); "./x", "/x", "~/x",
+    "a/b/c" are paths. A name like "runs/data" could be either: look locally, then on the Hub.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.endswith(DATA_FILE_SUFFIXES):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def hub_or_path_error(name: str, err: BaseException, what: str, local: str, fix: str) -> UserError:
+    """The error for a name found neither locally nor on the Hub: it says both, with the absolute path.
+
+    `what` names the thing ("model " or ""), `local` what the path would be ("folder").
+    """
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    absolute = Path(name).expanduser().resolve()
+    return UserError(
+        f"could not load {what}{name!r} from the Hugging Face Hub ({reason}), and it is no local {local} either "
+        f"({absolute} does not exist). If it is a local path, correct it; {fix}"
+    )
 
 
 def _load_from_hub(dataset_id: str):
-    import datasets
-
     try:
-        loaded = datasets.load_dataset(dataset_id)
+        return _datasets().load_dataset(dataset_id)
     except Exception as err:  # the hub client raises many types for "no network"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"could not load {dataset_id!r} from the Hugging Face Hub ({reason}). If this machine has no "
-            "network, save a copy where there is one with "
+        raise hub_or_path_error(
+            dataset_id,
+            err,
+            what="",
+            local="file or folder",
+            fix="if this machine has no network, save a copy where there is one with "
             f"`datasets.load_dataset({dataset_id!r}).save_to_disk('FOLDER')`, copy FOLDER here and set "
-            "dataset_name to its path. (HF_HUB_OFFLINE=1 skips the network retries.)"
+            "dataset_name to its path. (HF_HUB_OFFLINE=1 skips the network retries.)",
         ) from None
-    return loaded
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -126,6 +165,22 @@ def _read_table(path: Path) -> pd.DataFrame:
     except Exception as err:  # pandas raises parser-specific types
         raise UserError(f"could not parse {path} as {path.suffix[1:].upper()}: {err}") from None
     raise UserError(f"{path} is not a CSV, Parquet or JSONL file.")
+
+
+def fingerprint_dataset(dataset) -> str:
+    """Short sha256 of a Dataset's column names and values, as stored (media: bytes or paths, never decoded).
+
+    The same rows give the same fingerprint however they were read (CSV or saved folder, any
+    chunking), so it can stand for "the data this stage read" in a run's identity.
+    """
+    digest = hashlib.sha256(json.dumps(dataset.column_names).encode())
+    for batch in dataset.with_format("arrow").iter(batch_size=1000):
+        digest.update(json.dumps(batch.to_pydict(), default=_json_value).encode())
+    return digest.hexdigest()[:16]
+
+
+def _json_value(value: Any) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 def _alias_splits(dataset_dict):
@@ -191,33 +246,6 @@ def _label_str(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def load_label_map(name_or_path: str) -> dict[str, str]:
-    """A fine-to-coarse label map from a JSON file, or by the name of one in label_maps/."""
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        path = LABEL_MAPS_DIR / f"{name_or_path}.json"
-    if not path.exists():
-        shipped = sorted(p.stem for p in LABEL_MAPS_DIR.glob("*.json"))
-        raise UserError(f"label map {name_or_path!r} not found: give a JSON file path or one of {shipped}.")
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"could not parse label map {path}: {err}") from None
-    if not isinstance(mapping, dict):
-        raise UserError(f"label map {path} must be a JSON object from fine label to coarse label.")
-    return {str(k): str(v) for k, v in mapping.items()}
-
-
-def apply_label_map(labels: np.ndarray, mapping: dict[str, str]) -> np.ndarray:
-    unmapped = sorted({label for label in labels if label not in mapping})
-    if unmapped:
-        shown = ", ".join(map(repr, unmapped[:20])) + (" ..." if len(unmapped) > 20 else "")
-        raise UserError(
-            f"{len(unmapped)} labels are not in the label map: {shown}. Add them to the map or clear label_map."
-        )
-    return np.array([mapping[label] for label in labels], dtype=object)
 
 
 def label_counts(labels: Sequence[str], order: Sequence[str] | None = None) -> pd.Series:
@@ -287,8 +315,6 @@ def load_media_folder(
     media column (`media_column`, default `kind`) holding the absolute file path, and the
     labels CSV's columns; rows are in file-name order.
     """
-    import datasets
-
     from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
     suffixes = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(kind)
@@ -307,31 +333,7 @@ def load_media_folder(
     )
     if not files:
         raise UserError(f"{root} holds no {kind} files (looked for {', '.join(suffixes)} in it and its subfolders).")
-
-    if labels_csv is None:
-        table = pd.DataFrame({"file_name": files})
-    else:
-        table = _read_table(Path(labels_csv).expanduser())
-        if "file_name" not in table.columns:
-            raise UserError(
-                f"labels CSV {labels_csv} has no file_name column (columns: {list(table.columns)}); add one with "
-                f"each file's path relative to {root}."
-            )
-        table["file_name"] = [Path(str(name)).as_posix() for name in table["file_name"]]
-        listed = set(table["file_name"])
-        missing = sorted(listed - set(files))
-        unlisted = [f for f in files if f not in listed]
-        if missing or unlisted:
-            raise UserError(
-                f"labels CSV {labels_csv} and folder {root} disagree: "
-                + (f"{len(missing)} listed files are not in the folder (first: {missing[:5]}); " if missing else "")
-                + (f"{len(unlisted)} files have no row in the CSV (first: {unlisted[:5]}); " if unlisted else "")
-                + "give every file exactly one row, with its path relative to the folder."
-            )
-        if table["file_name"].duplicated().any():
-            duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
-            raise UserError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
-        table = table.sort_values("file_name", kind="stable").reset_index(drop=True)
+    table = pd.DataFrame({"file_name": files}) if labels_csv is None else _labels_table(labels_csv, root, files)
     if media_column in table.columns:
         raise UserError(f"labels CSV {labels_csv} has a column {media_column!r}, the name given to the file paths.")
     table.insert(1, media_column, [str(root / name) for name in table["file_name"]])
@@ -342,12 +344,32 @@ def load_media_folder(
         top = [name.split("/", 1)[0] if "/" in name else "" for name in table["file_name"]]
         is_split = [t in MEDIA_SPLIT_FOLDERS or t.startswith("real_train_") for t in top]
         splits = pd.Series(top if all(is_split) else [GENERAL_TRAIN] * len(table))
-    dataset_dict = datasets.DatasetDict(
-        {
-            str(split): datasets.Dataset.from_pandas(
-                table[splits.values == split].reset_index(drop=True), preserve_index=False
-            )
-            for split in dict.fromkeys(splits)
-        }
+    dataset_dict = _datasets().DatasetDict(
+        {str(split): _dataset_of(table[splits.values == split]) for split in dict.fromkeys(splits)}
     )
     return _alias_splits(dataset_dict)
+
+
+def _labels_table(labels_csv: str | Path, root: Path, files: list[str]) -> pd.DataFrame:
+    """The labels CSV, one row per file of the folder, in file-name order."""
+    table = _read_table(Path(labels_csv).expanduser())
+    if "file_name" not in table.columns:
+        raise UserError(
+            f"labels CSV {labels_csv} has no file_name column (columns: {list(table.columns)}); add one with "
+            f"each file's path relative to {root}."
+        )
+    table["file_name"] = [Path(str(name)).as_posix() for name in table["file_name"]]
+    listed = set(table["file_name"])
+    missing = sorted(listed - set(files))
+    unlisted = [f for f in files if f not in listed]
+    if missing or unlisted:
+        raise UserError(
+            f"labels CSV {labels_csv} and folder {root} disagree: "
+            + (f"{len(missing)} listed files are not in the folder (first: {missing[:5]}); " if missing else "")
+            + (f"{len(unlisted)} files have no row in the CSV (first: {unlisted[:5]}); " if unlisted else "")
+            + "give every file exactly one row, with its path relative to the folder."
+        )
+    if table["file_name"].duplicated().any():
+        duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
+        raise UserError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
+    return table.sort_values("file_name", kind="stable").reset_index(drop=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from semcal.config import UserError
+
 # Unequal shares, roughly like the top categories of AudioSet-labelled captions.
 CATEGORY_SHARES = {
     "animals": 0.26,
@@ -273,6 +275,8 @@ CROSSTALK = 0.12
 
 def generate_demo_rows(n_rows: int, seed: int) -> tuple[list[str], list[str]]:
     """`n_rows` synthetic captions and their category labels."""
+    if seed < 0:
+        raise UserError(f"seed must be 0 or more (got {seed}); numpy's random generator takes no negative seeds.")
     rng = np.random.default_rng(seed)
     categories = list(CATEGORY_SHARES)
     shares = np.array([CATEGORY_SHARES[c] for c in categories])

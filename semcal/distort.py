@@ -5,7 +5,8 @@ distribution q has KL(p_general || q) equal to a target. The paper's code shuffl
 frequency list and retried, often failing; here the search is deterministic:
 
 - strategy `tilt` (default): q(y) is proportional to p(y) * exp(lam * r_y), with one seeded
-  random score r_y per label; KL grows monotonically with lam, so lam is found by bisection.
+  random score r_y per label; KL grows monotonically with lam, so lam is found by root finding
+  (scipy's brentq).
 - strategy `max_subset`: among distributions at the target KL, the one that keeps the
   most rows. Its optimum keeps every row of some labels and the same share w of the
   others (the Lagrange conditions force one common w), so it searches over which labels
@@ -14,20 +15,28 @@ frequency list and retried, often failing; here the search is deterministic:
 For a given q, the subset is as large as the per-label counts allow: N = min_y n_y / q_y.
 The KL that is checked against the target is the one of the integer counts drawn.
 The baseline split (target 0) is a uniform random subset of `baseline_fraction`.
+
+The output folder is a distort output (semcal.runstate): a second run with other settings
+is refused unless overwrite=true, since it would drop the real splits of the first.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 
-from semcal import calibration, data, files, report
-from semcal.config import UserError, config_to_dict
+from semcal import calibration, data, files, report, runstate
+from semcal.config import UserError
+from semcal.runstate import StageOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +55,7 @@ class DistortConfig:
     strategy: str = "tilt"  # tilt: towards labels of a seeded random score; max_subset: keep the most rows
     tolerance: float = 0.02  # accepted relative error of the achieved KL
     seed: int = 0  # makes the label scores and the drawn rows reproducible
+    overwrite: bool = False  # replace an earlier distort output of other settings in output_dir
 
 
 STRATEGIES = ("tilt", "max_subset")
@@ -101,21 +111,21 @@ def _polish(general_counts: np.ndarray, counts: np.ndarray, target: float, max_m
     return counts
 
 
-def _bisect(kl_at, low: float, high: float, target: float, tolerance: float, steps: int = 200) -> float:
-    """Parameter where kl_at (increasing) reaches target; kl_at(high) >= target is assumed."""
-    for _ in range(steps):
-        middle = 0.5 * (low + high)
-        if kl_at(middle) < target:
-            low = middle
-        else:
-            high = middle
-        if high - low < 1e-12:
-            break
-    # Integer counts make kl_at a step function: take whichever end lands closer.
-    return min((low, high), key=lambda value: abs(kl_at(value) - target))
+# Precision of the tilt or share where KL reaches the target (brentq's xtol).
+_XTOL = 1e-12
 
 
-def plan_tilt(general_counts: np.ndarray, target: float, scores: np.ndarray, tolerance: float) -> np.ndarray:
+def _solve(kl_at, low: float, high: float, target: float) -> float:
+    """Parameter where kl_at (increasing) reaches target; kl_at(low) < target <= kl_at(high) is assumed."""
+    root = optimize.brentq(lambda value: kl_at(value) - target, low, high, xtol=_XTOL)
+    # Integer counts make kl_at a step function and root its step: take whichever side lands closer.
+    step = 2 * (_XTOL + 4 * np.finfo(float).eps * abs(root))
+    sides = (max(low, root - step), min(high, root + step))
+    return min(sides, key=lambda value: abs(kl_at(value) - target))
+
+
+def plan_tilt(general_counts: np.ndarray, target: float, scores: np.ndarray) -> np.ndarray:
+    """Counts per label of the tilt towards `scores` that reaches KL `target`."""
     p = general_counts / general_counts.sum()
 
     def counts_at(lam: float) -> np.ndarray:
@@ -135,7 +145,7 @@ def plan_tilt(general_counts: np.ndarray, target: float, scores: np.ndarray, tol
                 f"the strongest tilt that keeps at least one row of every label reaches KL {limit:.3f}; "
                 "lower the target, or change seed (which labels are favoured) or use strategy=max_subset"
             )
-    return _polish(general_counts, counts_at(_bisect(kl_at, 0.0, high, target, tolerance)), target)
+    return _polish(general_counts, counts_at(_solve(kl_at, 0.0, high, target)), target)
 
 
 def plan_max_subset(general_counts: np.ndarray, target: float, tolerance: float) -> np.ndarray:
@@ -159,13 +169,13 @@ def plan_max_subset(general_counts: np.ndarray, target: float, tolerance: float)
             counts[thinned] = np.clip(np.round(general_counts[thinned] * keep_share), 1, None)
             return counts.astype(int)
 
-        # KL falls as the kept share w rises: bisect on -w so the searched function rises.
+        # KL falls as the kept share w rises: solve on -w so the searched function rises.
         def kl_at(minus_share: float, counts_at=counts_at) -> float:
             return _realised_kl(general_counts, counts_at(-minus_share))
 
         if kl_at(-1e-9) < target:
             continue
-        counts = _polish(general_counts, counts_at(-_bisect(kl_at, -1.0, -1e-9, target, tolerance)), target)
+        counts = _polish(general_counts, counts_at(-_solve(kl_at, -1.0, -1e-9, target)), target)
         if _within(_realised_kl(general_counts, counts), target, tolerance) and counts.sum() > best_size:
             best_counts, best_size = counts, int(counts.sum())
     if best_counts is None:
@@ -195,7 +205,7 @@ def plan_split(
     if len(general_counts) < 2:
         raise _Infeasible("general_train has a single label, so every subset has its distribution (KL 0)")
     if config.strategy == "tilt":
-        counts = plan_tilt(general_counts, target, scores, config.tolerance)
+        counts = plan_tilt(general_counts, target, scores)
     else:
         counts = plan_max_subset(general_counts, target, config.tolerance)
     achieved = _realised_kl(general_counts, counts)
@@ -229,12 +239,16 @@ def _validate(config: DistortConfig) -> None:
         raise UserError(f"baseline_fraction must be in (0, 1] (got {config.baseline_fraction}).")
     if config.tolerance <= 0:
         raise UserError(f"tolerance must be positive (got {config.tolerance}).")
+    if config.seed < 0:
+        raise UserError(
+            f"seed must be 0 or more (got {config.seed}); numpy's random generator takes no negative seeds."
+        )
 
 
 def _output_dir(config: DistortConfig) -> Path:
     if config.output_dir:
-        return Path(config.output_dir)
-    source = Path(config.dataset_name)
+        return Path(config.output_dir).expanduser()
+    source = Path(config.dataset_name).expanduser()
     if source.is_dir() and (source / "dataset_dict.json").exists():
         return source
     raise UserError(
@@ -243,28 +257,44 @@ def _output_dir(config: DistortConfig) -> Path:
     )
 
 
+# Settings that say where things are: what dataset_name and label_map hold is fingerprinted instead.
+_NOT_IDENTITY = ("dataset_name", "output_dir", "label_map", "split_column", "overwrite")
+
+
+def _inputs(config: DistortConfig, dataset_dict) -> dict[str, str]:
+    """Fingerprints of the data read: every split but those this run makes, and the label map."""
+    made = {data.real_split_name(name) for name in config.targets}
+    inputs = {split: data.fingerprint_dataset(dataset_dict[split]) for split in dataset_dict if split not in made}
+    if config.label_map:
+        mapping = data.load_label_map(config.label_map)
+        inputs["label_map"] = files.fingerprint_texts(f"{fine}\t{coarse}" for fine, coarse in sorted(mapping.items()))
+    return inputs
+
+
 def distort(config: DistortConfig) -> Path:
     """Add real_train_<name> splits to the data set; write counts, summary and chart beside them."""
     _validate(config)
     output_dir = _output_dir(config)
-    import datasets
-
-    # Selecting and saving a few thousand rows takes a second: its progress bars are noise.
-    datasets.disable_progress_bars()
-    try:
-        return _distort(config, output_dir)
-    finally:
-        datasets.enable_progress_bars()
-
-
-def _distort(config: DistortConfig, output_dir: Path) -> Path:
+    source = Path(config.dataset_name).expanduser()
+    in_place = source.is_dir() and source.resolve() == output_dir.resolve()
+    output = StageOutput(
+        "distort",
+        output_dir,
+        what="distort",
+        protect=True,
+        keep_files=in_place,  # the source's own files stay beside the splits
+        overwrite=config.overwrite,
+        noun="distorted data set",
+    )
     dataset_dict = data.load_dataset_dict(config.dataset_name, split_column=config.split_column)
     general = data.get_split(dataset_dict, data.GENERAL_TRAIN)
     labels = data.labels_of(general, data.GENERAL_TRAIN, config.label_column, config.label_map)
+    identity = runstate.identity("distort", config, _inputs(config, dataset_dict), ignore=_NOT_IDENTITY)
+    if output.up_to_date(identity):
+        return output.path
     label_order = sorted(set(labels))
     general_counts = data.label_counts(labels, label_order).to_numpy()
     scores = label_scores(len(label_order), config.seed)
-
     plans, problems = [], []
     for name, target in config.targets.items():
         try:
@@ -274,6 +304,25 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
     if problems:
         raise UserError("cannot make every real split; nothing was written.\n  " + "\n  ".join(problems))
 
+    with output.building(identity) as staging:
+        counts_table, summary = _draw_splits(config, dataset_dict, labels, label_order, plans)
+        _write(staging, config, dataset_dict, counts_table, summary)
+        made = ", ".join(f"{row.split} {row.rows} rows (KL {row.achieved_kl:.3f})" for row in summary.itertuples())
+        output.finish(
+            config,
+            summary=f"{len(plans)} real splits in {output.path}: {made}",
+            label_scores=dict(zip(label_order, scores.tolist(), strict=True)),
+            splits=summary.to_dict(orient="records"),
+        )
+    return output.path
+
+
+def _draw_splits(
+    config: DistortConfig, dataset_dict, labels: np.ndarray, label_order: list[str], plans: list[SplitPlan]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add each planned split to `dataset_dict`; returns the label counts and the per-split summary."""
+    general = dataset_dict[data.GENERAL_TRAIN]
+    general_counts = data.label_counts(labels, label_order).to_numpy()
     counts_table = pd.DataFrame({"label": label_order, "general_train_count": general_counts})
     counts_table["general_train_freq"] = general_counts / general_counts.sum()
     summary_rows = []
@@ -294,11 +343,14 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
                 "strategy": "uniform" if plan.target_kl == 0 else config.strategy,
             }
         )
-    summary = pd.DataFrame(summary_rows)
+    return counts_table, pd.DataFrame(summary_rows)
 
-    files.save_dataset_dict(dataset_dict, output_dir)
-    files.write_csv(output_dir / "distortion_counts.csv", counts_table)
-    files.write_csv(output_dir / "distortion_summary.csv", summary)
+
+def _write(folder: Path, config: DistortConfig, dataset_dict, counts_table: pd.DataFrame, summary: pd.DataFrame):
+    """The data set with its new splits, the counts and summary tables and the chart, into `folder`."""
+    files.save_dataset_dict(dataset_dict, folder)
+    files.write_csv(folder / "distortion_counts.csv", counts_table)
+    files.write_csv(folder / "distortion_summary.csv", summary)
     frequencies = counts_table.set_index("label")[[c for c in counts_table.columns if c.endswith("_freq")]]
     frequencies.columns = [c.removesuffix("_freq") for c in frequencies.columns]
     figure = report.plot_label_distributions(
@@ -306,14 +358,6 @@ def _distort(config: DistortConfig, output_dir: Path) -> Path:
         f"Label distributions of general_train and the real splits ({config.label_column})",
         "general_train",
     )
-    files.save_figure(figure, output_dir / "label_distributions")
-    files.write_record(
-        output_dir,
-        "distort",
-        config_to_dict(config),
-        label_scores=dict(zip(label_order, scores.tolist(), strict=True)),
-        summary=summary_rows,
-    )
-    print(f"distort: wrote {len(plans)} real splits to {output_dir}")
-    print(summary.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
-    return output_dir
+    files.save_figure(figure, folder / "label_distributions")
+    for line in summary.to_string(index=False, float_format=lambda value: f"{value:.4f}").splitlines():
+        log.debug("distort: %s", line)

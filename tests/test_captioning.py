@@ -9,6 +9,7 @@ batching, chunked output, resume and error handling.
 
 import io
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from tokenizers import AddedToken, pre_tokenizers
 
-from semcal import captioning
+from semcal import captioners, runstate
 from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
 from semcal.config import UserError
 from semcal.files import read_record, write_json
@@ -305,7 +306,7 @@ def as_overrides(config) -> list[str]:
 
 
 def run_killed(script: str, config, after_chunks: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, captioning.CRASH_AFTER_CHUNKS_ENV: str(after_chunks)}
+    env = {**os.environ, runstate.KILL_ENV: f"chunk:{after_chunks}"}
     return subprocess.run(
         [sys.executable, script, *as_overrides(config)],
         cwd=REPO_ROOT,
@@ -397,9 +398,9 @@ def test_florence_kill_and_resume_gives_the_same_output(florence_run, models, im
     output_dir = tmp_path / "resumed"
     config = image_config(models, image_folder, output_dir)
     killed = run_killed("florence_captioning.py", config, after_chunks=2)
-    assert killed.returncode == 75, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (output_dir / "captions.csv").exists()
-    parts = sorted(output_dir.glob("captions_general_*.csv.parts/part-*.csv"))
+    parts = sorted(output_dir.parent.glob(".resumed.partial/captions_general_*.csv.parts/part-*.csv"))
     assert len(parts) == 2
 
     # Other settings cannot continue the unfinished run.
@@ -419,7 +420,7 @@ def test_florence_kill_and_resume_gives_the_same_output(florence_run, models, im
 def test_florence_answers_padded_in_a_batch_lose_their_padding(models):
     """Beam search and batching pad short answers with <pad>, which Florence-2's post-processing keeps."""
     config = ImageCaptionConfig(model_name=str(models["florence"]))
-    captioner = captioning.FlorenceCaptioner(config, "cpu", torch.float32)
+    captioner = captioners.FlorenceCaptioner(config, "cpu", torch.float32)
     tokenizer = captioner.processor.tokenizer
     dog, cat = tokenizer.convert_tokens_to_ids(["Ġdog", "Ġcat"])
     bos, pad, eos = tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -520,8 +521,8 @@ def test_qwen_audio_kill_and_resume_gives_the_same_output(qwen_run, models, audi
     output_dir = tmp_path / "resumed"
     config = audio_config(models, audio_folder, output_dir)
     killed = run_killed("qwen_audio_captioning.py", config, after_chunks=1)
-    assert killed.returncode == 75, killed.stderr[-3000:]
-    assert len(list(output_dir.glob("captions_general_train.csv.parts/part-*.csv"))) == 1
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(list(output_dir.parent.glob(".resumed.partial/captions_general_train.csv.parts/part-*.csv"))) == 1
     caption_audio(config)
     assert output_files(output_dir) == output_files(reference_dir)
     assert read_record(output_dir)["splits"]["general_train"]["resumed_with"] == 3  # the first window of 3 clips
@@ -640,6 +641,19 @@ def test_image_stage_refuses_bad_input_before_any_work(case, message, models, im
         assert datasets.load_from_disk(str(output_dir))["general_train"]["text"] == ["x"]
     else:
         assert not output_dir.exists()
+
+
+def test_a_missing_relative_model_folder_is_named_as_a_path_and_as_a_hub_id(
+    models, image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    config = image_config(models, image_folder, tmp_path / "out", model_name="evalin/x")
+    with pytest.raises(UserError) as caught:
+        caption_images(config)
+    message = str(caught.value)
+    assert f"{tmp_path / 'evalin' / 'x'} does not exist" in message
+    assert "could not load model 'evalin/x' from the Hugging Face Hub" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_audio_stage_refuses_a_model_that_is_not_qwen2_audio(models, audio_folder, tmp_path):

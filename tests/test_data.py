@@ -104,6 +104,22 @@ def test_hub_id_offline_is_one_clear_sentence():
         data.load_dataset_dict("BeyondDeepFakeDetection/CIFAR-100")
 
 
+def test_missing_relative_folder_is_named_as_a_path_and_as_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as caught:
+        data.load_dataset_dict("evalin/x")  # could be a Hub id: looked for here, then on the Hub
+    message = str(caught.value)
+    assert f"{tmp_path / 'evalin' / 'x'} does not exist" in message
+    assert "could not load 'evalin/x' from the Hugging Face Hub" in message
+
+
+def test_names_that_can_only_be_paths():
+    for name in ("./x", "/data/x", "~/x", "runs/demo/data", "train.csv", "data.jsonl", "a\\b"):
+        assert data.looks_like_local_path(name), name
+    for name in ("gpt2", "BeyondDeepFakeDetection/CIFAR-100", "evalin/x", "florence-community/Florence-2-large"):
+        assert not data.looks_like_local_path(name), name
+
+
 def test_missing_split_and_column_list_what_exists(tmp_path, table):
     path = tmp_path / "captions.csv"
     table.to_csv(path, index=False)

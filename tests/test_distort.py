@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import data
+from semcal import console, data, files
 from semcal.calibration import kl_divergence
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
@@ -150,3 +150,52 @@ def test_label_map_is_applied_before_distorting(tmp_path):
     )
     counts = pd.read_csv(tmp_path / "out" / "distortion_counts.csv")
     assert sorted(counts["label"]) == ["Animals", "Exterior/urban noises", "Natural soundscapes & water sounds"]
+
+
+def test_distorting_twice_into_one_folder_with_other_targets_needs_overwrite(demo_folder, tmp_path):
+    output = tmp_path / "out"
+    distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(output), targets={"mild": 0.25}))
+    with pytest.raises(UserError, match=r"other settings \(targets: .*overwrite=true"):
+        distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(output), targets={"severe": 0.8}))
+    assert "real_train_mild" in data.load_dataset_dict(str(output))  # the first run's split is still there
+    distort(
+        DistortConfig(dataset_name=str(demo_folder), output_dir=str(output), targets={"severe": 0.8}, overwrite=True)
+    )
+    assert set(data.load_dataset_dict(str(output))) == {"general_train", "general_test", "real_train_severe"}
+
+
+def test_one_line_per_run_and_a_second_run_is_up_to_date(demo_folder, tmp_path, capsys):
+    console.setup()
+    config = DistortConfig(dataset_name=str(demo_folder), output_dir=str(tmp_path / "out"), targets={"mild": 0.25})
+    distort(config)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distort: done in") and "real_train_mild" in lines[0]
+    written = files.read_record(tmp_path / "out")["written_at"]
+    distort(DistortConfig(**{**vars(config), "output_dir": f"{tmp_path}/./out"}))  # another spelling, same folder
+    assert capsys.readouterr().out.splitlines() == [
+        f"distort: up to date, skipped ({tmp_path}/out already holds this distorted data set)"
+    ]
+    assert files.read_record(tmp_path / "out")["written_at"] == written
+
+
+def test_output_dir_that_is_a_file_is_refused_and_nothing_is_left_behind(demo_folder, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(a_file), targets={"mild": 0.25}))
+    assert a_file.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no .tmp or .partial folder left
+
+
+def test_output_dir_holding_another_stages_output_is_refused(demo_folder, tmp_path):
+    model = tmp_path / "model"
+    files.write_record(model, "finetune", {})
+    with pytest.raises(UserError, match="holds the output of the 'finetune' stage"):
+        distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(model), targets={"mild": 0.25}))
+    assert [p.name for p in model.iterdir()] == [files.RECORD_NAME]
+
+
+def test_negative_seed_is_a_user_error(demo_folder, tmp_path):
+    with pytest.raises(UserError, match="seed must be 0 or more"):
+        distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(tmp_path / "out"), seed=-1))
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import pytest
 
 from semcal import data
 from semcal.cli import STAGES, main
+from semcal.config import UserError
 from semcal.demo_data import CATEGORY_SHARES, generate_demo, generate_demo_rows
 from semcal.labelmap import build_audioset_map, read_ontology
 
@@ -70,6 +71,11 @@ def test_demo_generator_is_seeded_labelled_and_caption_length():
     assert len(set(texts)) > 0.9 * len(texts), "captions vary"
     demo = generate_demo(n_train=200, n_test=50, seed=0)
     assert demo["general_train"].num_rows == 200 and demo["general_test"].column_names == ["text", "label"]
+
+
+def test_demo_generator_refuses_a_negative_seed():
+    with pytest.raises(UserError, match="seed must be 0 or more"):
+        generate_demo(n_train=10, n_test=5, seed=-1)
 
 
 def _script_settings(script):
