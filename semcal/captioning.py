@@ -135,12 +135,6 @@ def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
     output_dir, dataset_path = Path(config.output_dir).expanduser(), Path(config.dataset_name).expanduser()
     if dataset_path.exists() and output_dir.resolve() == dataset_path.resolve():
         raise UserError(f"output_dir {output_dir} is the input data set: write the captioned copy to a new folder.")
-    # semcal.runstate refuses this folder too; this says why it matters here.
-    if output_dir.is_dir() and not (output_dir / files.RECORD_NAME).exists() and any(output_dir.iterdir()):
-        raise UserError(
-            f"output_dir {output_dir} exists and holds other files ({sorted(e.name for e in output_dir.iterdir())[:5]}); "
-            "it would be replaced by the captioned data set. Choose a new folder."
-        )
 
 
 # ---------------------------------------------------------------- the run

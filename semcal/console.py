@@ -63,8 +63,19 @@ def setup(verbose: bool = False) -> None:
 
 
 def quiet_libraries(quiet: bool = True) -> None:
-    """Turn the libraries' logging, progress bars and harmless warnings off (or back on)."""
+    """Turn the libraries' logging, progress bars and harmless warnings off (or back on).
+
+    Environment switches cover libraries imported later; those already imported are switched
+    through their own calls. Safe to call again after a heavy import.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    switches = {
+        "TRANSFORMERS_VERBOSITY": "error" if quiet else "info",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1" if quiet else "",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1" if quiet else "",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1" if quiet else "",
+    }
+    os.environ.update(switches)
     level = logging.ERROR if quiet else logging.INFO
     for name in ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "matplotlib"):
         logging.getLogger(name).setLevel(level)
@@ -75,11 +86,12 @@ def quiet_libraries(quiet: bool = True) -> None:
 
 
 def _library_verbosity(quiet: bool) -> None:
-    """transformers and datasets keep their own verbosity and progress-bar switches."""
+    """transformers and datasets keep their own verbosity and progress-bar switches once imported."""
     if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.set_verbosity_error() if quiet else transformers_logging.set_verbosity_info()
+        transformers_logging.disable_progress_bar() if quiet else transformers_logging.enable_progress_bar()
     if "datasets" in sys.modules:
         import datasets
 

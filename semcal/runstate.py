@@ -151,7 +151,7 @@ class StageOutput:
             if record is None and not self.keep_files and any(path.iterdir()):
                 shown = sorted(entry.name for entry in path.iterdir())[:5]
                 raise UserError(
-                    f"output_dir={path} already holds files that semcal did not write ({', '.join(shown)}); "
+                    f"output_dir={path} exists and holds other files, not written by semcal ({', '.join(shown)}); "
                     "choose a new or empty folder."
                 )
         check_writable(path.parent)

@@ -86,7 +86,7 @@ def test_folders_that_are_not_this_stages_are_refused_before_any_work(tmp_path):
         StageOutput("demo", tmp_path / "model")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    with pytest.raises(UserError, match="already holds files that semcal did not write"):
+    with pytest.raises(UserError, match="holds other files, not written by semcal"):
         StageOutput("demo", tmp_path / "mine")
     with pytest.raises(UserError, match="cannot write to"):
         StageOutput("demo", a_file / "below")
