@@ -6,7 +6,7 @@ The same stage runs as `semcal finetune`. A killed run resumes from its last che
 """
 
 from semcal.config import run_script
-from semcal.lm import FinetuneConfig, finetune
+from semcal.finetune import FinetuneConfig, finetune
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set with the split: save_to_disk folder, CSV/Parquet/JSONL file(s) or Hub id
@@ -16,7 +16,7 @@ text_column = "text"  # column holding the texts (captions)
 base_model = "gpt2"  # Hub id or local folder (the paper: gpt2), scratch (small GPT-2 + BPE trained here), or .gguf
 gguf_file = None  # a GGUF file inside base_model's folder, e.g. SmolLM2-135M-Instruct.Q4_1.gguf
 init_from = None  # trained model folder to start from (a real model from the general one); keeps its tokenizer
-output_dir = "runs/demo/models/general"  # gets the model, tokenizer, checkpoints and semcal_record.json
+output_dir = "runs/demo/models/general"  # gets the model, tokenizer and semcal_record.json
 tokenizer_dir = None  # scratch: the data set's shared tokenizer folder; None = tokenizer/ beside output_dir
 framing = "bos_eos"  # bos_eos: BOS + text + EOS, every text token scored; paper: the text, first token unscored
 max_length = 512  # framed texts are cut to this many tokens (scratch: the model's position table)
@@ -37,8 +37,8 @@ n_layer = 4  # scratch: transformer layers
 n_embd = 256  # scratch: embedding width
 n_head = 4  # scratch: attention heads (must divide n_embd)
 vocab_size = 4096  # scratch: BPE vocabulary size of the data set's shared tokenizer
-overwrite = False  # discard a model (finished or not) in output_dir that was made with other settings
-push_to_hub = False  # upload the finished model to the Hub; the token comes from $HF_TOKEN, never from here
+overwrite = False  # replace a model (finished or not) in output_dir that was made with other settings
+push_to_hub = False  # upload the model when trained (private repo); the token comes from $HF_TOKEN, never from here
 hub_model_id = None  # Hub repository for push_to_hub; None = the output folder's name
 # ----------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ split_seed = None  # heldout_only: held-out seed; None = the model's (its record
 batch_size = 32  # texts per forward pass (sorted by length, so padding stays small)
 max_batch_tokens = 4096  # cap on padded tokens per batch (memory: the logits are tokens x vocabulary)
 chunk_size = 1000  # texts per flushed chunk: a killed run redoes at most this many
+overwrite = False  # discard an unfinished run in output_dir that was made with other settings
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from semcal.lm import train_bpe_tokenizer
-from semcal.scoring import score_texts
+from semcal.scoring import token_log_probs_of
+from semcal.scratch import train_bpe_tokenizer
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
 SIZES = {
@@ -74,7 +74,7 @@ def paper_loop(model, tokenizer, texts):
 
 
 def batched(model, tokenizer, texts, batch_size):
-    return score_texts(model, tokenizer, texts, framing="paper", batch_size=batch_size)
+    return token_log_probs_of(model, tokenizer, texts, framing="paper", batch_size=batch_size)
 
 
 def timed_pairs(functions, runs):

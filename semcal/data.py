@@ -294,6 +294,36 @@ def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fractio
     return heldout[np.asarray(general_rows, dtype=int)]
 
 
+HELDOUT_OF_GENERAL = "general_train rows"
+HELDOUT_SHARED = f"{GENERAL_ROW_COLUMN} column (held-out rows shared with every model of the data set)"
+HELDOUT_OWN_ROWS = "own rows (no general_train_row column: held-out rows are NOT those of the general model)"
+
+
+def heldout_rows(dataset_dict, split_name: str, eval_fraction: float, split_seed: int) -> tuple[np.ndarray, str]:
+    """Boolean mask over the rows of `split_name` (True = held out) and where it came from.
+
+    general_train: `heldout_mask` over its rows. A real split: the same mask looked up
+    through its general_train_row column, so held-out rows are shared by all models. A split
+    without that column falls back to a seeded split of its own rows (HELDOUT_OWN_ROWS).
+    """
+    split = get_split(dataset_dict, split_name)
+    if split_name != GENERAL_TRAIN and GENERAL_ROW_COLUMN in split.column_names and GENERAL_TRAIN in dataset_dict:
+        n_general = len(dataset_dict[GENERAL_TRAIN])
+        rows = general_rows_of(split, split_name, n_general)
+        return heldout_mask(rows, n_general, eval_fraction, split_seed), HELDOUT_SHARED
+    source = HELDOUT_OF_GENERAL if split_name == GENERAL_TRAIN else HELDOUT_OWN_ROWS
+    return heldout_mask(np.arange(len(split)), len(split), eval_fraction, split_seed), source
+
+
+def general_fingerprint(dataset_dict, text_column: str) -> str | None:
+    """Fingerprint of the data set's general_train texts: what "the same data set" means to its models."""
+    from semcal.files import fingerprint_texts
+
+    if GENERAL_TRAIN not in dataset_dict:
+        return None
+    return fingerprint_texts(texts_of(dataset_dict[GENERAL_TRAIN], GENERAL_TRAIN, text_column))
+
+
 MEDIA_SPLIT_FOLDERS = ("train", "test", "validation", GENERAL_TRAIN, GENERAL_TEST)
 
 

@@ -9,30 +9,30 @@
     word_probabilities  JSON list of [token, log_prob] pairs (tokens as convert_ids_to_tokens gives them)
 
 Which tokens are scored is decided by the framing the model was trained with (see
-semcal.lm): with `bos_eos` every text token plus EOS, with `paper` every token but the first.
+semcal.framing): with `bos_eos` every text token plus EOS, with `paper` every token but the first.
 
 Speed: texts are framed once, sorted by length and scored in batches with attention masks
 under `torch.inference_mode`, on CUDA when there is one. Right padding leaves the real
 tokens' positions and (causal) attention untouched, so batched scores equal one-at-a-time
 scores up to float rounding.
 
-Resumable: rows are flushed in chunks (files.ChunkedTableWriter). The batches are planned
-from all texts before anything is skipped, so a rerun after a kill computes every
-remaining text in exactly the batch it had before and the final file is byte-identical
-to an uninterrupted run. For tests, SEMCAL_KILL_AFTER_CHUNKS=N makes the process SIGKILL
-itself after writing its N-th chunk.
+Run state (semcal.runstate): the output is built in `.NAME.partial/` beside output_dir and
+swapped in when complete, so a failed run leaves the previous output as it was. Rows are
+flushed there in chunks (files.ChunkedTableWriter). The batches are planned from all texts
+before anything is skipped, so a rerun after a kill computes every remaining text in
+exactly the batch it had before and the final file is byte-identical to an uninterrupted
+run. A rerun with the same settings, model and texts does nothing; other settings replace
+the output. For tests, SEMCAL_KILL_AT=chunk:N SIGKILLs the process after its N-th chunk.
 
-Mixing tokenisers is refused twice: before scoring, the records of the other score
-folders beside `output_dir` (the other models' scores of the same split) must show the
-same tokenizer fingerprint, framing and max_length; and `check_same_tokens` compares two
-score tables token by token.
+Mixing tokenisers is refused twice: before scoring, the other score folders beside
+`output_dir` (the other models' scores of the same texts) must show the same tokenizer,
+framing and max_length; and `check_same_tokens` compares two score tables token by token.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,29 +41,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import files
-from semcal.config import UserError, config_to_dict
-from semcal.data import get_split, load_dataset_dict, texts_of
-from semcal.lm import (
-    UNFINISHED_NAME,
-    check_framing,
-    check_sibling_tokenizers,
-    frame_texts,
-    heldout_rows,
+from semcal import console, files, runstate
+from semcal.config import UserError
+from semcal.data import get_split, heldout_rows, load_dataset_dict, texts_of
+from semcal.framing import check_framing, check_sibling_tokenizers, frame_and_count_cuts, report_cut, tokenisation
+from semcal.models import (
     load_model,
+    load_model_config,
     load_tokenizer,
+    model_fingerprint,
     model_positions,
+    quiet_transformers,
     tokenizer_fingerprint,
     weights_fingerprint,
 )
+from semcal.runstate import StageOutput
+
+log = logging.getLogger(__name__)
 
 SCORES_NAME = "token_log_probs.csv"
 DEFAULT_FRAMING = "bos_eos"
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_EVAL_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 42
-# Settings that do not change a single value of the output: a rerun changing only these resumes.
-NON_RESULT_SETTINGS = ("chunk_size",)
+# Settings that are not part of a score file's identity: where things are (what they hold is
+# fingerprinted instead) and how the work is chunked.
+NOT_IDENTITY = ("dataset_name", "output_dir", "model", "gguf_file", "chunk_size", "overwrite")
 
 
 @dataclass
@@ -83,81 +86,91 @@ class ScoreConfig:
     batch_size: int = 32  # texts per forward pass (sorted by length, so padding stays small)
     max_batch_tokens: int = 4096  # cap on padded tokens per batch (memory: logits are tokens x vocabulary)
     chunk_size: int = 1000  # texts per flushed chunk: a killed run redoes at most this many
+    overwrite: bool = False  # discard an unfinished run in output_dir made with other settings
 
 
 def score_split(config: ScoreConfig) -> Path:
     """Score the texts of `split_name` with `model`; returns the CSV path."""
-    started = time.perf_counter()
     _check_settings(config)
-    output_dir = Path(config.output_dir)
-    csv_path = output_dir / SCORES_NAME
+    output = StageOutput(
+        "score", config.output_dir, what=f"score {Path(config.output_dir).name}", overwrite=config.overwrite
+    )
+    quiet_transformers()
     model_record = _model_record(config.model)
     framing, max_length, eval_fraction, split_seed = _model_settings(config, model_record)
-
     dataset_dict = load_dataset_dict(config.dataset_name, config.split_column)
     texts = texts_of(get_split(dataset_dict, config.split_name), config.split_name, config.text_column)
     if config.heldout_only:
-        heldout, _ = heldout_rows(dataset_dict, config.split_name, eval_fraction, split_seed)
-        text_ids = np.flatnonzero(heldout)
+        text_ids = np.flatnonzero(heldout_rows(dataset_dict, config.split_name, eval_fraction, split_seed)[0])
     else:
         text_ids = np.arange(len(texts))
     tokenizer = load_tokenizer(config.model, config.gguf_file, setting="model")
-    identity = {
-        "split": config.split_name,
-        "split_fingerprint": files.fingerprint_texts(texts),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "framing": framing,
-        "max_length": max_length,
-        "weights_fingerprint": weights_fingerprint(config.model, config.gguf_file),
-        "text_ids_fingerprint": files.fingerprint_texts(map(str, text_ids)),
+    positions = model_positions(load_model_config(config.model, config.gguf_file, setting="model"))
+    max_length = min(max_length, positions or max_length)
+    inputs = {
+        "texts": files.fingerprint_texts(texts),
+        "text_ids": files.fingerprint_texts(map(str, text_ids)),
+        "model": model_fingerprint(config.model, config.gguf_file),
+        "tokens": tokenisation(tokenizer_fingerprint(tokenizer), framing, max_length),
     }
-    config_dict = config_to_dict(config)
-    if _up_to_date(output_dir, csv_path, config_dict, identity):
-        print(f"score: {csv_path} is up to date (same settings, model and texts in its semcal_record.json)")
-        return csv_path
-    check_sibling_tokenizers(output_dir, "score", identity, match=("split", "split_fingerprint"))
-    _check_unfinished(output_dir, csv_path, config_dict, identity)
-    # An output of other settings is superseded: drop it before the new run writes anything.
-    (output_dir / files.RECORD_NAME).unlink(missing_ok=True)
-    csv_path.unlink(missing_ok=True)
-    files.write_json(output_dir / UNFINISHED_NAME, {"stage": "score", "config": config_dict, **identity})
+    identity = runstate.identity("score", config, inputs, ignore=NOT_IDENTITY)
+    check_sibling_tokenizers(output, identity, same_data="texts")
+    if output.up_to_date(identity):
+        return output.path / SCORES_NAME
+    with output.building(identity) as staging:
+        details = _score(
+            config, output, staging, tokenizer, [texts[i] for i in text_ids], text_ids, framing, max_length
+        )
+        details.update(
+            tokenizer_fingerprint=inputs["tokens"]["tokenizer"],
+            framing=framing,
+            max_length=max_length,
+            weights_fingerprint=weights_fingerprint(config.model, config.gguf_file),
+            split=config.split_name,
+            split_fingerprint=inputs["texts"],
+            text_ids_fingerprint=inputs["text_ids"],
+            model_split=(model_record or {}).get("split"),
+            data={"split": config.split_name, "rows": len(texts), "scored_rows": len(text_ids)},
+        )
+        summary = (
+            f"{len(text_ids)} texts of {config.split_name}{' (held-out rows)' if config.heldout_only else ''} with "
+            f"{config.model}: mean avg_log_prob {details['mean_avg_log_prob'] or float('nan'):.3f}, {details['texts_per_s']:.0f} "
+            f"texts/s on {details['device']}"
+        )
+        output.finish(config, summary=summary, **details)
+    return output.path / SCORES_NAME
 
+
+def _score(
+    config: ScoreConfig,
+    output: StageOutput,
+    staging: Path,
+    tokenizer: Any,
+    texts: list[str],
+    text_ids: np.ndarray,
+    framing: str,
+    max_length: int,
+) -> dict[str, Any]:
+    """Score `texts` into chunks in `staging` (skipping those a killed run wrote), merge them; the details."""
     model = load_model(config.model, config.gguf_file, setting="model")
-    max_length = min(max_length, model_positions(model) or max_length)
     device = _device()
     model.to(device)
-    framed = frame_texts(tokenizer, [texts[i] for i in text_ids], framing, max_length)
+    framed, cut = frame_and_count_cuts(tokenizer, texts, framing, max_length)
+    report_cut(output.what, cut, max_length, f"only their first {max_length} tokens are scored")
     batches = plan_batches([len(ids) for ids in framed], config.batch_size, config.max_batch_tokens)
-    writer = files.ChunkedTableWriter(csv_path, files.TOKEN_LOG_PROB_COLUMNS, "text_id")
+    writer = files.ChunkedTableWriter(staging / SCORES_NAME, files.TOKEN_LOG_PROB_COLUMNS, "text_id")
     scored_before = len(writer.done_keys)
-    scoring_started = time.perf_counter()
+    started = time.perf_counter()
     _write_chunks(config, model, tokenizer, framed, text_ids, batches, writer, device)
-    scoring_time = time.perf_counter() - scoring_started
-    writer.finish()
-
-    scores = files.read_token_log_probs(csv_path)
-    wall_time = time.perf_counter() - started
-    rate = (len(text_ids) - scored_before) / max(scoring_time, 1e-9)
-    files.write_record(
-        output_dir,
-        "score",
-        config_dict,
-        **identity,
-        model_split=(model_record or {}).get("split"),
-        data={"split": config.split_name, "rows": len(texts), "scored_rows": len(text_ids)},
-        scored_in_this_run=len(text_ids) - scored_before,
-        mean_avg_log_prob=float(scores["avg_log_prob"].mean()) if len(scores) else None,
-        device=str(device),
-        texts_per_s=round(rate, 1),
-        wall_time_s=round(wall_time, 2),
-    )
-    (output_dir / UNFINISHED_NAME).unlink(missing_ok=True)
-    print(
-        f"score: {len(text_ids)} texts of {config.split_name}{' (held-out rows)' if config.heldout_only else ''} "
-        f"with {config.model}: mean avg_log_prob {scores['avg_log_prob'].mean():.3f}, {rate:.0f} texts/s on "
-        f"{device} ({wall_time:.0f}s in all) -> {csv_path}"
-    )
-    return csv_path
+    seconds = time.perf_counter() - started
+    scores = files.read_token_log_probs(writer.finish())
+    return {
+        "scored_in_this_run": len(text_ids) - scored_before,
+        "truncated_texts": cut,
+        "mean_avg_log_prob": float(scores["avg_log_prob"].mean()) if len(scores) else None,
+        "device": str(device),
+        "texts_per_s": round((len(text_ids) - scored_before) / max(seconds, 1e-9), 1),
+    }
 
 
 def _check_settings(config: ScoreConfig) -> None:
@@ -169,6 +182,8 @@ def _check_settings(config: ScoreConfig) -> None:
             problems.append(f"{name} must be at least 1 (got {getattr(config, name)})")
     if config.max_length is not None and config.max_length < 2:
         problems.append(f"max_length must be at least 2 tokens (got {config.max_length})")
+    if config.split_seed is not None and not 0 <= config.split_seed < 2**32:
+        problems.append(f"split_seed must be an integer from 0 to 2**32 - 1 (got {config.split_seed})")
     if problems:
         raise UserError("; ".join(problems) + ".")
 
@@ -183,44 +198,11 @@ def _model_settings(config: ScoreConfig, record: dict[str, Any] | None) -> tuple
     trained = (record or {}).get("config", {})
     framing = config.framing or record and record.get("framing") or DEFAULT_FRAMING
     if record and config.framing and config.framing != record.get("framing"):
-        print(f"warning: {config.model} was trained with framing={record.get('framing')}, scored with {framing}.")
+        log.warning("%s was trained with framing=%s, scored with %s.", config.model, record.get("framing"), framing)
     max_length = config.max_length or record and record.get("max_length") or DEFAULT_MAX_LENGTH
     eval_fraction = config.eval_fraction or trained.get("eval_fraction") or DEFAULT_EVAL_FRACTION
     split_seed = config.split_seed if config.split_seed is not None else trained.get("split_seed", DEFAULT_SPLIT_SEED)
     return framing, int(max_length), float(eval_fraction), int(split_seed)
-
-
-def _result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config_dict.items() if key not in NON_RESULT_SETTINGS}
-
-
-def _up_to_date(output_dir: Path, csv_path: Path, config_dict: dict[str, Any], identity: dict[str, Any]) -> bool:
-    """True if csv_path was finished with these settings, model and texts."""
-    record = files.read_record(output_dir)
-    if record is None or record.get("stage") != "score" or not csv_path.exists():
-        return False
-    return _result_settings(record.get("config", {})) == _result_settings(config_dict) and all(
-        record.get(key) == value for key, value in identity.items()
-    )
-
-
-def _check_unfinished(output_dir: Path, csv_path: Path, config_dict: dict[str, Any], identity: dict[str, Any]) -> None:
-    """Refuse to add rows to the chunks of an interrupted run of another model or settings."""
-    parts_dir = csv_path.with_name(csv_path.name + ".parts")
-    if not any(parts_dir.glob("part-*.csv")):
-        return
-    path = output_dir / UNFINISHED_NAME
-    unfinished = files.read_json(path) if path.exists() else {}
-    differs = [
-        key for key, value in _result_settings(config_dict).items() if unfinished.get("config", {}).get(key) != value
-    ]
-    differs += [key for key, value in identity.items() if unfinished.get(key) != value]
-    if differs:
-        raise UserError(
-            f"{parts_dir} holds rows of an interrupted run with another model, texts or settings (differs in: "
-            f"{', '.join(differs)}); mixing them would corrupt the file. Rerun with the earlier settings to finish "
-            "it, or delete that folder to start over."
-        )
 
 
 def _device() -> Any:
@@ -251,17 +233,12 @@ def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> 
     return batches
 
 
-def score_batch(model: Any, sequences: list[list[int]], pad_id: int, device: Any = "cpu") -> list[np.ndarray]:
+def score_batch(model: Any, tokenizer: Any, sequences: list[list[int]], device: Any = "cpu") -> list[np.ndarray]:
     """Log-probability of tokens 1..n-1 of each framed sequence, each given the tokens before it."""
     import torch
 
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    batch = tokenizer.pad({"input_ids": sequences}, padding="longest", padding_side="right", return_tensors="pt")
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     with torch.inference_mode():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         targets = input_ids[:, 1:].unsqueeze(-1)
@@ -270,7 +247,7 @@ def score_batch(model: Any, sequences: list[list[int]], pad_id: int, device: Any
     return [log_probs[row, : len(ids) - 1].astype(np.float64) for row, ids in enumerate(sequences)]
 
 
-def score_texts(
+def token_log_probs_of(
     model: Any,
     tokenizer: Any,
     texts: list[str],
@@ -281,13 +258,13 @@ def score_texts(
 ) -> list[tuple[list[str], np.ndarray]]:
     """(scored tokens, their log-probs) of each text, in input order: the library entry point."""
     device = next(model.parameters()).device
-    framed = frame_texts(tokenizer, texts, framing, min(max_length, model_positions(model) or max_length))
+    max_length = min(max_length, model_positions(model) or max_length)
+    framed, cut = frame_and_count_cuts(tokenizer, texts, framing, max_length)
+    report_cut("scoring", cut, max_length, f"only their first {max_length} tokens are scored")
     results: list[Any] = [None] * len(texts)
     for batch in plan_batches([len(ids) for ids in framed], batch_size, max_batch_tokens):
         sequences = [framed[position] for position in batch]
-        for position, log_probs in zip(
-            batch, score_batch(model, sequences, tokenizer.pad_token_id, device), strict=True
-        ):
+        for position, log_probs in zip(batch, score_batch(model, tokenizer, sequences, device), strict=True):
             results[position] = (tokenizer.convert_ids_to_tokens(framed[position][1:]), log_probs)
     return results
 
@@ -311,28 +288,21 @@ def _write_chunks(
     writer: files.ChunkedTableWriter,
     device: Any,
 ) -> None:
-    from tqdm.auto import tqdm
-
-    kill_after = int(os.environ.get("SEMCAL_KILL_AFTER_CHUNKS", "0") or 0)
     pending = [batch for batch in batches if any(str(text_ids[p]) not in writer.done_keys for p in batch)]
     remaining = sum(len(batch) for batch in pending)
     rows: list[list[Any]] = []
-    chunks = 0
-    with tqdm(total=len(text_ids), initial=len(text_ids) - remaining, unit="text", desc="scoring") as bar:
+    with console.progress(total=len(text_ids), initial=len(text_ids) - remaining, unit="text", desc="scoring") as bar:
         for batch in pending:
             sequences = [framed[position] for position in batch]
-            for position, log_probs in zip(
-                batch, score_batch(model, sequences, tokenizer.pad_token_id, device), strict=True
-            ):
+            for position, log_probs in zip(batch, score_batch(model, tokenizer, sequences, device), strict=True):
                 if str(text_ids[position]) not in writer.done_keys:
                     tokens = tokenizer.convert_ids_to_tokens(framed[position][1:])
                     rows.append(score_row(text_ids[position], tokens, log_probs))
             bar.update(len(batch))
             if len(rows) >= config.chunk_size:
                 writer.write_chunk(rows)
-                rows, chunks = [], chunks + 1
-                if kill_after and chunks >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                rows = []
+                runstate.kill_point("chunk")
         writer.write_chunk(rows)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from semcal import files
 from semcal.data import GENERAL_ROW_COLUMN
 from semcal.demo_data import generate_demo
-from semcal.lm import train_bpe_tokenizer
+from semcal.scratch import train_bpe_tokenizer
 
 REAL_SPLIT = "real_train_animals"
 

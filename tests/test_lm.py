@@ -1,4 +1,5 @@
-"""finetune_gpt2 / semcal.lm: scratch training, held-out rows, resume, tokenizer sharing, framing, GGUF."""
+"""finetune_gpt2 / semcal.finetune, models, framing: scratch training, held-out rows, resume, tokenizer sharing,
+framing, GGUF."""
 
 import dataclasses
 import importlib.util
@@ -13,18 +14,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from semcal import files
+from semcal import console, files
 from semcal.config import UserError, run_script
 from semcal.data import GENERAL_ROW_COLUMN, heldout_mask, load_dataset_dict
-from semcal.lm import (
-    UNFINISHED_NAME,
-    FinetuneConfig,
-    finetune,
-    frame_texts,
-    load_model_and_tokenizer,
-    tokenizer_fingerprint,
-)
-from semcal.scoring import score_texts
+from semcal.finetune import FinetuneConfig, finetune
+from semcal.framing import frame_texts
+from semcal.models import load_model_and_tokenizer, tokenizer_fingerprint
+from semcal.runstate import UNFINISHED_NAME
+from semcal.scoring import token_log_probs_of
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import REAL_SPLIT, tiny_model_folder, write_demo_dataset
 
@@ -37,6 +34,12 @@ def _scratch(data, output, **settings):
     tiny.update(base_model="scratch", num_epochs=3, learning_rate=3e-3, seed=0)
     tiny.update(settings)
     return FinetuneConfig(dataset_name=str(data), output_dir=str(output), **tiny)
+
+
+@pytest.fixture(autouse=True)
+def log_lines():
+    """The stages' log lines go to the captured stdout."""
+    console.setup()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_saved_model_scores_exactly_as_it_was_evaluated(trained):
     texts = load_dataset_dict(str(trained["data"]))["general_train"]["text"]
     heldout = [texts[i] for i in record["data"]["heldout_row_ids"]]
     model, tokenizer = load_model_and_tokenizer(str(trained["general"]))
-    log_probs = np.concatenate([lp for _, lp in score_texts(model, tokenizer, heldout, max_length=48)])
+    log_probs = np.concatenate([lp for _, lp in token_log_probs_of(model, tokenizer, heldout, max_length=48)])
     best = min(entry["eval_loss"] for entry in record["eval_loss_per_epoch"])
     assert -log_probs.mean() == pytest.approx(best, rel=1e-4)
 
@@ -115,12 +118,13 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(trained, tmp_path):
     killed = tmp_path / "killed"
     config = _scratch(trained["data"], killed, **settings)
     argv = [f"--{name}={'none' if value is None else value}" for name, value in dataclasses.asdict(config).items()]
-    env = {**os.environ, "SEMCAL_KILL_AFTER_CHECKPOINTS": "1"}
+    env = {**os.environ, "SEMCAL_KILL_AT": "checkpoint:1"}
     result = subprocess.run(
         [sys.executable, "finetune_gpt2.py", *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    assert list(killed.glob("checkpoint-*")) and (killed / UNFINISHED_NAME).exists()
+    partial = killed.with_name(f".{killed.name}.partial")  # the run is built beside its output folder
+    assert list(partial.glob("checkpoint-*")) and (partial / UNFINISHED_NAME).exists()
     assert files.read_record(killed) is None
 
     resumed = finetune(config)
@@ -143,7 +147,7 @@ def test_framing_decides_what_is_scored(trained):
     assert frame_texts(tokenizer, [text], "bos_eos", 4) == [[tokenizer.bos_token_id, *ids[:3]]]  # cut: no EOS
 
     (bos_tokens, bos_lp), (paper_tokens, paper_lp) = (
-        score_texts(model, tokenizer, [text], framing=framing)[0] for framing in ("bos_eos", "paper")
+        token_log_probs_of(model, tokenizer, [text], framing=framing)[0] for framing in ("bos_eos", "paper")
     )
     words = tokenizer.convert_ids_to_tokens(ids)
     assert bos_tokens == [*words, "<|endoftext|>"]  # every word, given BOS, and the end
@@ -183,7 +187,7 @@ def test_gguf_model_loads_scores_and_saves_as_an_ordinary_model(tmp_path):
     gguf = Path(spec.origin).parent / GGUF_NAME
     texts = ["A dog barks while cars pass by", "Rain falls on a metal roof"]
     model, tokenizer = load_model_and_tokenizer(str(gguf))
-    scored = score_texts(model, tokenizer, texts)
+    scored = token_log_probs_of(model, tokenizer, texts)
     for text, (tokens, log_probs) in zip(texts, scored, strict=True):
         assert (
             tokens[-1] == tokenizer.eos_token
@@ -191,7 +195,7 @@ def test_gguf_model_loads_scores_and_saves_as_an_ordinary_model(tmp_path):
         )
         assert np.all(np.isfinite(log_probs)) and np.all(log_probs <= 0)
     # A real language model finds a caption likelier than its words shuffled.
-    shuffled = score_texts(model, tokenizer, ["pass dog A while cars by barks"])[0][1]
+    shuffled = token_log_probs_of(model, tokenizer, ["pass dog A while cars by barks"])[0][1]
     assert scored[0][1].sum() > shuffled.sum() + 5
 
     folder = files.save_pretrained(tmp_path / "smollm2", model, tokenizer)  # needs the GGUF quantizer gone
@@ -199,7 +203,32 @@ def test_gguf_model_loads_scores_and_saves_as_an_ordinary_model(tmp_path):
     reloaded, reloaded_tokenizer = load_model_and_tokenizer(str(folder))
     assert tokenizer_fingerprint(reloaded_tokenizer) == tokenizer_fingerprint(tokenizer)
     for (tokens, log_probs), (tokens_again, log_probs_again) in zip(
-        scored, score_texts(reloaded, reloaded_tokenizer, texts), strict=True
+        scored, token_log_probs_of(reloaded, reloaded_tokenizer, texts), strict=True
     ):
         assert tokens == tokens_again
         np.testing.assert_allclose(log_probs, log_probs_again, atol=1e-5)
+
+
+def test_another_spelling_of_the_same_folders_is_up_to_date(trained, monkeypatch, capsys):
+    weights = trained["general"] / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    monkeypatch.chdir(trained["root"])
+    config = _scratch("data", "models/general")  # relative paths, where the model was trained with absolute ones
+    assert finetune(config).resolve() == trained["general"].resolve()
+    assert "already holds this model" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_cut_texts_are_counted_in_the_record(trained):
+    record = files.read_record(trained["general"])
+    texts = list(load_dataset_dict(str(trained["data"]))["general_train"]["text"])
+    _, tokenizer = load_model_and_tokenizer(str(trained["general"]))
+    lengths = [len(ids) + 2 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # BOS, EOS
+    assert record["truncated_texts"] == sum(length > 48 for length in lengths) > 0
+
+
+def test_a_negative_seed_is_a_clear_error(trained, tmp_path):
+    for name in ("seed", "split_seed"):
+        with pytest.raises(UserError, match=rf"{name} must be an integer from 0 to 2\*\*32 - 1 \(got -1\)"):
+            finetune(_scratch(trained["data"], tmp_path / "x", **{name: -1}))
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,7 @@
 """token_sequence_probs / semcal.scoring: batched scores, resumable output, tokenizer checks."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,13 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files
+from semcal import console, files, runstate
 from semcal.config import UserError
 from semcal.data import heldout_mask, load_dataset_dict
-from semcal.lm import load_model_and_tokenizer
-from semcal.scoring import SCORES_NAME, ScoreConfig, check_same_tokens, score_split, score_texts
+from semcal.models import load_model_and_tokenizer
+from semcal.scoring import SCORES_NAME, ScoreConfig, check_same_tokens, score_split, token_log_probs_of
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
+
+
+@pytest.fixture(autouse=True)
+def log_lines():
+    """The stages' log lines go to the captured stdout."""
+    console.setup()
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,8 @@ def test_batched_scores_equal_one_at_a_time(workspace):
     model, tokenizer = load_model_and_tokenizer(workspace["model"])
     texts = load_dataset_dict(workspace["data"])["general_test"]["text"][:30]
     texts += ["Dogs.", "a " * 60 + "very long caption about an engine", "Rain falls on a tin roof"]
-    batched = score_texts(model, tokenizer, texts, batch_size=16)
-    single = score_texts(model, tokenizer, texts, batch_size=1)
+    batched = token_log_probs_of(model, tokenizer, texts, batch_size=16)
+    single = token_log_probs_of(model, tokenizer, texts, batch_size=1)
     assert len({len(log_probs) for _, log_probs in batched}) > 5, "texts of many lengths share batches"
     for (tokens_b, log_probs_b), (tokens_s, log_probs_s) in zip(batched, single, strict=True):
         assert tokens_b == tokens_s
@@ -68,10 +75,11 @@ def test_kill_and_resume_gives_an_identical_file(workspace, tmp_path):
     resumed_dir = tmp_path / "resumed"
     command = [sys.executable, "-m", "semcal", "score", f"--dataset_name={workspace['data']}"]
     command += [f"--model={workspace['model']}", f"--output_dir={resumed_dir}", "--batch_size=4", "--chunk_size=8"]
-    env = {**os.environ, "SEMCAL_KILL_AFTER_CHUNKS": "3"}
+    env = {**os.environ, "SEMCAL_KILL_AT": "chunk:3"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    parts = sorted((resumed_dir / f"{SCORES_NAME}.parts").glob("part-*.csv"))
+    partial = resumed_dir.with_name(f".{resumed_dir.name}.partial")  # the run is built beside its output folder
+    parts = sorted((partial / f"{SCORES_NAME}.parts").glob("part-*.csv"))
     assert len(parts) == 3 and not (resumed_dir / SCORES_NAME).exists()
 
     # The interrupted chunks were made by one model; another model must not add rows to them.
@@ -123,4 +131,46 @@ def test_bad_settings_are_clear_errors(workspace, tmp_path):
     with pytest.raises(Exception, match="framing='bos' is not one of bos_eos, paper"):
         score_split(_config(workspace, tmp_path / "x", framing="bos"))
     with pytest.raises(Exception, match="no such model folder"):
-        score_split(ScoreConfig(dataset_name=workspace["data"], model=str(tmp_path / "missing")))
+        score_split(
+            ScoreConfig(dataset_name=workspace["data"], model=str(tmp_path / "missing"), output_dir=str(tmp_path / "y"))
+        )
+
+
+def test_a_failed_run_leaves_the_finished_output_as_it_was(workspace, tmp_path):
+    model = shutil.copytree(workspace["model"], tmp_path / "models" / "general")
+    config = ScoreConfig(dataset_name=workspace["data"], model=str(model), output_dir=str(tmp_path / "scores" / "g"))
+    csv_path = score_split(config)
+    finished_csv, finished_record = csv_path.read_bytes(), (csv_path.parent / files.RECORD_NAME).read_bytes()
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")  # new weights, and unreadable
+    with pytest.raises(UserError, match="cannot load model="):
+        score_split(config)
+    assert csv_path.read_bytes() == finished_csv
+    assert (csv_path.parent / files.RECORD_NAME).read_bytes() == finished_record
+
+
+def test_a_model_folder_is_not_a_score_folder(workspace, tmp_path):
+    model = shutil.copytree(workspace["model"], tmp_path / "model")
+    files.write_record(model, "finetune", {"framing": "bos_eos"})
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    with pytest.raises(UserError, match="holds the output of the 'finetune' stage"):
+        score_split(ScoreConfig(dataset_name=workspace["data"], model=str(model), output_dir=str(model)))
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before
+
+
+def test_cut_texts_are_counted_in_the_record_and_said_once(workspace, tmp_path, capsys):
+    csv_path = score_split(_config(workspace, tmp_path / "short", max_length=48))
+    _, tokenizer = load_model_and_tokenizer(workspace["model"])
+    texts = list(load_dataset_dict(workspace["data"])["general_test"]["text"])
+    longer = sum(len(ids) + 2 > 48 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])  # BOS, EOS
+    assert 0 < longer < len(texts)
+    assert files.read_record(csv_path.parent)["truncated_texts"] == longer
+    out = capsys.readouterr().out
+    assert out.count("longer than max_length") == 1 and f"{longer} texts longer than max_length=48 tokens" in out
+    assert max(len(tokens) for tokens in files.read_token_log_probs(csv_path)["tokens"]) == 47
+
+
+def test_a_second_writer_of_the_same_folder_is_refused(workspace, tmp_path):
+    output = tmp_path / "scores" / "general_test.general"
+    with runstate.hold_lock(output), pytest.raises(UserError, match="is being written by"):
+        score_split(_config(workspace, output))
+    assert not output.exists()
