@@ -6,3 +6,7 @@ rejection sampling on their log-probability ratio.
 """
 
 __version__ = "0.1.0"
+
+from semcal import console as _console  # noqa: E402
+
+_console.install_handler()

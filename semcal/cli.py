@@ -23,7 +23,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "distort": ("semcal.distort", "distort", "DistortConfig", "distort.py"),
     "caption-images": ("semcal.captioning", "caption_images", "ImageCaptionConfig", "florence_captioning.py"),
     "caption-audio": ("semcal.captioning", "caption_audio", "AudioCaptionConfig", "qwen_audio_captioning.py"),
-    "finetune": ("semcal.lm", "finetune", "FinetuneConfig", "finetune_gpt2.py"),
+    "finetune": ("semcal.finetune", "finetune", "FinetuneConfig", "finetune_gpt2.py"),
     "score": ("semcal.scoring", "score_split", "ScoreConfig", "token_sequence_probs.py"),
     "evaluate": ("semcal.evaluation", "evaluate", "EvaluationConfig", "semantic_calibration_evaluation.py"),
     "run": ("semcal.pipeline", "run_pipeline", "PipelineConfig", ""),

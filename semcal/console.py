@@ -21,12 +21,9 @@ from typing import Any
 _prefix: contextvars.ContextVar[str] = contextvars.ContextVar("semcal_prefix", default="")
 _verbose = False
 
-# Messages of the libraries that are harmless in this project and alarm users (see `setup`).
-_HARMLESS_WARNINGS = (
-    r".*loss_type=None.*",  # transformers 5: GPT-2 configs name no loss type; the default is the right one
-    r".*missing keys.*lm_head.*",  # tied output weights are rebuilt from the input embedding
-    r".*`resume_download` is deprecated.*",
-)
+# Python warnings of the libraries that are harmless here and alarm users. (transformers'
+# loss_type and tied-weights messages come through logging and are handled where they arise.)
+_HARMLESS_WARNINGS = (r".*`resume_download` is deprecated.*",)
 
 
 class _Handler(logging.Handler):
@@ -52,14 +49,22 @@ def setup(verbose: bool = False) -> None:
     """Console logging for the `semcal` loggers; libraries quiet unless `verbose`."""
     global _verbose
     _verbose = verbose
+    install_handler()
+    logging.getLogger("semcal").setLevel(logging.DEBUG if verbose else logging.INFO)
+    quiet_libraries(not verbose)
+
+
+def install_handler() -> None:
+    """The package logger's own console handler, as transformers and datasets have theirs: a
+    stage called from Python or a notebook shows its lines without any set-up."""
     logger = logging.getLogger("semcal")
     if not any(isinstance(handler, _Handler) for handler in logger.handlers):
         handler = _Handler()
         handler.setFormatter(_Formatter())
         logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     logger.propagate = False
-    quiet_libraries(not verbose)
 
 
 def quiet_libraries(quiet: bool = True) -> None:

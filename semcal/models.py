@@ -90,16 +90,10 @@ def load_model_config(name: str, gguf_file: str | None = None, setting: str = "b
 
 
 def quiet_transformers() -> None:
-    """Import transformers and turn its logging and bars off unless verbose: console.setup ran
-    before the stage imported it."""
-    from transformers.utils import logging as transformers_logging
+    """Import transformers and switch its logging and bars (console.setup ran before the import)."""
+    import transformers  # noqa: F401
 
     console.quiet_libraries(not console.is_verbose())
-    # Its own bars (loading weights, writing model shards) have a switch of their own.
-    if console.is_verbose():
-        transformers_logging.enable_progress_bar()
-    else:
-        transformers_logging.disable_progress_bar()
 
 
 def name_default_loss(model: Any) -> None:

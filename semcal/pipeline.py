@@ -32,7 +32,7 @@ from semcal import console, data, files, report, runstate
 from semcal.config import UserError, apply_overrides, config_to_dict
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.lm import FinetuneConfig, finetune
+from semcal.finetune import FinetuneConfig, finetune
 from semcal.runstate import StageOutput
 from semcal.scoring import ScoreConfig, score_split
 
@@ -194,16 +194,17 @@ def run_pipeline(config: PipelineConfig) -> Path:
     distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
     run_dir = Path(config.run_dir)
     runstate.check_writable(run_dir)
-    steps: list[tuple[Callable[[Any], Any], Any]] = [(distort, distort_config)]
-    steps += [(finetune, c) for c in finetune_configs] + [(score_split, c) for c in score_configs]
-    steps += [(evaluate, c) for c in evaluation_configs]
+    # Each stage is looked up by its module-level name when called, so a test can replace one.
+    steps: list[tuple[Callable[[Any], Any], Any]] = [(lambda c: distort(c), distort_config)]
+    steps += [(lambda c: finetune(c), c) for c in finetune_configs]
+    steps += [(lambda c: score_split(c), c) for c in score_configs]
+    steps += [(lambda c: evaluate(c), c) for c in evaluation_configs]
     started = time.perf_counter()
     with runstate.hold_lock(run_dir):
         files.write_record(run_dir, "run", config_to_dict(config))
         for number, (stage, stage_config) in enumerate(steps, 1):
-            # Looked up by name at call time, so tests can replace a stage (e.g. to inject a crash).
             with console.stage_prefix(f"[{number}/{len(steps)}] "):
-                globals()[stage.__name__](stage_config)
+                stage(stage_config)
         table = write_table([run_dir], run_dir / "results_table")
     figures = ", ".join(str(Path(c.output_dir) / "label_distributions.png") for c in evaluation_configs)
     log.info(

@@ -216,7 +216,7 @@ class StageOutput:
             if state is not None and settings and not self.overwrite:
                 raise UserError(
                     f"{self.staging} holds an unfinished {self.stage} run with other settings "
-                    f"({_describe(settings, inputs)}). Run with those settings to finish it, set overwrite=true to "
+                    f"({_describe(settings, inputs)}). Run with those settings to finish the interrupted run, set overwrite=true to "
                     f"discard it, or choose another output_dir."
                 )
             log.info("%s: discarding an unfinished run of %s", self.what, _describe(settings, inputs))
