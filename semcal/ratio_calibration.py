@@ -141,6 +141,8 @@ def calibrate_stream(
 
     fixed: the given temperature. likelihood: needs held-out log-ratios and membership.
     moments: also needs the held-out rows' instruments (n_heldout x k, or n_heldout).
+    Given instruments and membership, fixed and moments become flat (temperature 0) when
+    `shift_test` finds no difference between members and the rest; likelihood tests itself.
     """
     statistic = threshold = float("nan")
     if criterion not in TEMPERATURE_CRITERIA:
@@ -166,10 +168,10 @@ def calibrate_stream(
             # Likelihood ratio against the flat filter (t = 0: P(real | x) = 1/M for every x).
             statistic = 2 * len(is_real) * (loss(0.0) - loss(temperature))
             threshold = float(chi2.ppf(1 - significance, df=1))
-        else:
-            statistic, threshold = shift_test(is_real, instruments, significance)
-        if not statistic > threshold:
-            temperature = 0.0
+    if criterion != "likelihood" and instruments is not None and is_real is not None:
+        statistic, threshold = shift_test(is_real, instruments, significance)
+    if statistic <= threshold:  # False for NaN: no test, no flattening
+        temperature = 0.0
     shift = stream_shift(stream_log_ratio, m, temperature)
     pass_rate = float(np.mean(calibrated_accept(stream_log_ratio, m, temperature, shift)))
     return RatioCalibration(
