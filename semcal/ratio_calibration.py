@@ -1,0 +1,278 @@
+"""Calibrating a log density ratio into an acceptance probability, from the run's own data.
+
+Any estimate l(x) of log p_real(x) / p_general(x) (the language models' score, a
+classifier's log-odds) becomes the filter
+
+    a(x) = min(1, exp(t * l(x) + c) / M),      M = |general_train| / |real_train|,
+
+with two parameters fitted per run, never tuned to a data set:
+
+- the shift c by STREAM SELF-NORMALISATION (`stream_shift`): the mean of a(x) over the
+  unlabeled general_test stream is exactly 1/M. A true ratio r = p_real / p_general with
+  r <= M (real_train is a subset of general_train) passes exactly 1/M of general texts:
+  E_general[r / M] = 1/M. An estimate with an offset (a real model that simply trained
+  longer) would otherwise saturate at a = 1 and under-filter.
+- the temperature t, by one of two label-free criteria on held-out general_train rows,
+  whose membership in real_train is known without labels:
+  * `likelihood`: the membership log-likelihood of P(real | x) = a(x) (over general_train,
+    P(real | x) = r(x) / M exactly), with c tied to the stream normalisation. It gives the
+    best calibrated per-text probability, which is flat when l is noisy.
+  * `moments`: the held-out general rows, weighted by a(x), must have the held-out real
+    members' means of INSTRUMENTS: features from another estimator, whose errors are not
+    those of l. The true ratio reweights general into real, so it matches every statistic;
+    matching l's own mean would reward its noise (the tilt also selects the noise), an
+    independent view does not.
+
+`fit_stacked` combines several features (the LM ratio, its length-normalised form, a
+classifier's logit) by logistic regression on held-out membership. numpy / scipy /
+scikit-learn only; no torch, no file I/O. Fitted parameters are plain floats.
+
+Both criteria first test whether the held-out members differ from the other rows at all
+(`shift_test`, a chi-square test at `significance`). If they do not, the temperature is 0:
+every text passes with 1/M. Fitting a temperature to pure noise (a baseline split, where
+real_train is a uniform subset) would only add sampling noise to the label distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+from scipy.stats import chi2
+
+TEMPERATURE_CRITERIA = ("fixed", "likelihood", "moments")
+# Probabilities are kept within [EPS, 1 - EPS] in the log-likelihood: a saturated a(x) = 1
+# on one non-member would otherwise make the whole likelihood -inf.
+_EPS = 1e-4
+# Temperatures are searched in these multiples of 1 / std(l) on the stream.
+_TEMPERATURE_RANGE = (0.02, 20.0)
+
+
+@dataclass
+class RatioCalibration:
+    """a(x) = min(1, exp(temperature * l(x) + shift) / m); plain floats, JSON-ready."""
+
+    temperature: float
+    shift: float
+    m: float
+    criterion: str
+    stream_pass_rate: float  # mean a(x) over the stream: 1/m by construction
+    shift_statistic: float = float("nan")  # chi-square statistic of "the held-out members differ at all"
+    shift_threshold: float = float("nan")  # its critical value; below it the temperature is 0 (flat, 1/M)
+
+    def to_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def calibrated_accept(log_ratio: np.ndarray, m: float, temperature: float = 1.0, shift: float = 0.0) -> np.ndarray:
+    """min(1, exp(temperature * log_ratio + shift) / m), in log space so nothing overflows."""
+    logits = temperature * np.asarray(log_ratio, dtype=np.float64) + shift - np.log(m)
+    return np.exp(np.minimum(0.0, logits))
+
+
+def stream_shift(stream_log_ratio: np.ndarray, m: float, temperature: float = 1.0) -> float:
+    """The shift c for which min(1, exp(temperature * l + c) / m) averages exactly 1/m over the stream.
+
+    The mean acceptance rises monotonically with c from 0 to 1, so the root is unique. At
+    c0 = -log mean exp(t l) the unclipped values average 1/m, so the clipped mean is at most
+    1/m there; at c = log m - min(t l) every text passes (mean 1 >= 1/m). brentq between.
+    """
+    if m <= 1.0:
+        raise ValueError(f"M must exceed 1 for a subset to be selected (got {m})")
+    scaled = temperature * np.asarray(stream_log_ratio, dtype=np.float64)
+    if scaled.size == 0:
+        raise ValueError("the stream holds no texts")
+    target = 1.0 / m
+
+    def excess(shift: float) -> float:
+        return float(np.mean(calibrated_accept(scaled, m, 1.0, shift))) - target
+
+    peak = float(scaled.max())
+    low = -(peak + np.log(np.mean(np.exp(scaled - peak))))
+    high = float(np.log(m) - scaled.min())
+    if excess(low) >= 0.0 or high <= low:  # nothing is clipped: exact already
+        return low
+    return float(brentq(excess, low, high, xtol=1e-12, rtol=1e-12, maxiter=200))
+
+
+def membership_log_likelihood(
+    heldout_log_ratio: np.ndarray, is_real: np.ndarray, m: float, temperature: float, shift: float
+) -> float:
+    """Mean log-likelihood of held-out membership under P(real | x) = calibrated_accept(...)."""
+    p_real = np.clip(calibrated_accept(heldout_log_ratio, m, temperature, shift), _EPS, 1.0 - _EPS)
+    is_real = np.asarray(is_real, dtype=bool)
+    return float(np.mean(np.where(is_real, np.log(p_real), np.log1p(-p_real))))
+
+
+def moment_discrepancy(
+    heldout_log_ratio: np.ndarray,
+    is_real: np.ndarray,
+    instruments: np.ndarray,
+    m: float,
+    temperature: float,
+    shift: float,
+) -> float:
+    """Sum over instruments of ((a-weighted held-out mean - real members' mean) / std)^2."""
+    instruments = _as_matrix(instruments, len(heldout_log_ratio))
+    is_real = np.asarray(is_real, dtype=bool)
+    weights = calibrated_accept(heldout_log_ratio, m, temperature, shift)
+    if weights.sum() <= 0:
+        return float("inf")
+    weighted = weights @ instruments / weights.sum()
+    target = instruments[is_real].mean(axis=0)
+    spread = instruments.std(axis=0)
+    spread[spread == 0] = 1.0
+    return float(np.sum(((weighted - target) / spread) ** 2))
+
+
+def calibrate_stream(
+    stream_log_ratio: np.ndarray,
+    m: float,
+    criterion: str = "likelihood",
+    heldout_log_ratio: np.ndarray | None = None,
+    is_real: np.ndarray | None = None,
+    instruments: np.ndarray | None = None,
+    temperature: float = 1.0,
+    significance: float = 0.01,
+) -> RatioCalibration:
+    """Choose the temperature by `criterion` and the shift by stream self-normalisation.
+
+    fixed: the given temperature. likelihood: needs held-out log-ratios and membership.
+    moments: also needs the held-out rows' instruments (n_heldout x k, or n_heldout).
+    Given instruments and membership, fixed and moments become flat (temperature 0) when
+    `shift_test` finds no difference between members and the rest; likelihood tests itself.
+    """
+    statistic = threshold = float("nan")
+    if criterion not in TEMPERATURE_CRITERIA:
+        raise ValueError(f"criterion must be one of {TEMPERATURE_CRITERIA} (got {criterion!r})")
+    stream_log_ratio = np.asarray(stream_log_ratio, dtype=np.float64)
+    if criterion != "fixed":
+        if heldout_log_ratio is None or is_real is None:
+            raise ValueError(f"criterion={criterion} needs heldout_log_ratio and is_real")
+        is_real = np.asarray(is_real, dtype=bool)
+        if is_real.all() or not is_real.any():
+            raise ValueError("the held-out rows must include real_train members and non-members")
+        if criterion == "moments" and instruments is None:
+            raise ValueError("criterion=moments needs instruments for the held-out rows")
+
+        def loss(t: float) -> float:
+            shift = stream_shift(stream_log_ratio, m, t)
+            if criterion == "likelihood":
+                return -membership_log_likelihood(heldout_log_ratio, is_real, m, t, shift)
+            return moment_discrepancy(heldout_log_ratio, is_real, instruments, m, t, shift)
+
+        temperature = _minimise_temperature(loss, float(np.std(stream_log_ratio)) or 1.0)
+        if criterion == "likelihood":
+            # Likelihood ratio against the flat filter (t = 0: P(real | x) = 1/M for every x).
+            statistic = 2 * len(is_real) * (loss(0.0) - loss(temperature))
+            threshold = float(chi2.ppf(1 - significance, df=1))
+    if criterion != "likelihood" and instruments is not None and is_real is not None:
+        statistic, threshold = shift_test(is_real, instruments, significance)
+    if statistic <= threshold:  # False for NaN: no test, no flattening
+        temperature = 0.0
+    shift = stream_shift(stream_log_ratio, m, temperature)
+    pass_rate = float(np.mean(calibrated_accept(stream_log_ratio, m, temperature, shift)))
+    return RatioCalibration(
+        float(temperature), float(shift), float(m), criterion, pass_rate, float(statistic), float(threshold)
+    )
+
+
+def shift_test(is_real: np.ndarray, instruments: np.ndarray, significance: float = 0.01) -> tuple[float, float]:
+    """Hotelling-type chi-square statistic of "the members' instrument means equal all held-out
+    rows' means", and its critical value at `significance` (k instruments: k degrees of freedom).
+
+    The members are part of the held-out rows, so their mean differs from the whole's with
+    covariance Sigma * (1/n_real - 1/n).
+    """
+    is_real = np.asarray(is_real, dtype=bool)
+    instruments = _as_matrix(instruments, len(is_real))
+    n, n_real = len(is_real), int(is_real.sum())
+    difference = instruments[is_real].mean(axis=0) - instruments.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(instruments, rowvar=False)) * (1.0 / n_real - 1.0 / n)
+    statistic = float(difference @ np.linalg.pinv(covariance) @ difference)
+    return statistic, float(chi2.ppf(1 - significance, df=instruments.shape[1]))
+
+
+def _minimise_temperature(loss, spread: float) -> float:
+    """A log-spaced grid over the temperature range (the loss need not be unimodal), then a
+    bounded refinement between the grid neighbours of the best point."""
+    low, high = (bound / spread for bound in _TEMPERATURE_RANGE)
+    grid = np.geomspace(low, high, 41)
+    values = np.array([loss(t) for t in grid])
+    best = int(np.nanargmin(values))
+    left, right = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    refined = minimize_scalar(loss, bounds=(left, right), method="bounded", options={"xatol": 1e-4 * left})
+    return float(refined.x) if refined.fun <= values[best] else float(grid[best])
+
+
+def _as_matrix(values: np.ndarray, n_rows: int) -> np.ndarray:
+    matrix = np.asarray(values, dtype=np.float64)
+    matrix = matrix.reshape(n_rows, -1) if matrix.ndim == 1 else matrix
+    if matrix.shape[0] != n_rows:
+        raise ValueError(f"instruments have {matrix.shape[0]} rows but the held-out set has {n_rows}")
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------
+# stacking several features into one ratio
+
+
+def lm_ratio_features(diffs_per_text: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per text: the LM log-ratio (sum of d), its length-normalised form and the token count."""
+    sums = np.array([float(np.sum(d)) for d in diffs_per_text])
+    lengths = np.array([max(len(d), 1) for d in diffs_per_text], dtype=np.float64)
+    return {"lm_sum": sums, "lm_mean": sums / lengths, "n_tokens": lengths}
+
+
+@dataclass
+class StackedCalibrator:
+    """P(real | x) = sigmoid(intercept + sum_k weight_k * (feature_k - center_k) / scale_k),
+    fitted on held-out membership; prior = the members' share there. Plain floats."""
+
+    feature_names: list[str]
+    center: list[float]
+    scale: list[float]
+    weights: list[float]
+    intercept: float
+    prior: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def fit_stacked(
+    heldout_features: np.ndarray, is_real: np.ndarray, feature_names: Sequence[str], c: float = 1.0
+) -> StackedCalibrator:
+    """Logistic regression of held-out membership on standardised features (scikit-learn).
+
+    Unweighted: the members' share is what makes P(real | x) = prior * p_real / p_general.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    features = _as_matrix(heldout_features, len(is_real))
+    if features.shape[1] != len(feature_names):
+        raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} names")
+    is_real = np.asarray(is_real, dtype=bool)
+    if is_real.all() or not is_real.any():
+        raise ValueError("the held-out rows must include real_train members and non-members")
+    center, scale = features.mean(axis=0), features.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=c, max_iter=1000).fit((features - center) / scale, is_real)
+    return StackedCalibrator(
+        feature_names=list(feature_names),
+        center=center.tolist(),
+        scale=scale.tolist(),
+        weights=model.coef_[0].tolist(),
+        intercept=float(model.intercept_[0]),
+        prior=float(is_real.mean()),
+    )
+
+
+def stacked_log_ratio(calibrator: StackedCalibrator, features: np.ndarray) -> np.ndarray:
+    """log r(x) = log(P(real | x) / prior) under the stacked calibrator."""
+    features = _as_matrix(features, len(features))
+    standardised = (features - np.array(calibrator.center)) / np.array(calibrator.scale)
+    logits = calibrator.intercept + standardised @ np.array(calibrator.weights)
+    return -np.logaddexp(0.0, -logits) - np.log(calibrator.prior)
