@@ -39,7 +39,7 @@ import numpy as np
 
 from semcal import files
 from semcal.data import GENERAL_ROW_COLUMN, GENERAL_TEST, GENERAL_TRAIN, load_dataset_dict, real_split_name
-from semcal.lm import FinetuneConfig, finetune
+from semcal.finetune import FinetuneConfig, finetune
 from semcal.pipeline import DemoConfig, PipelineConfig, demo, run_pipeline
 from semcal.scoring import ScoreConfig, score_split
 
@@ -183,7 +183,7 @@ STACK_FEATURES = {
 
 
 def _lm_diffs(run_dir: Path, scored: str, real: str, base: str, n_rows: int, split: str):
-    from semcal.evaluation import join_scores
+    from semcal.evaluation_inputs import join_scores
 
     def read(model: str):
         return files.read_token_log_probs(run_dir / "scores" / f"{scored}.{model}" / "token_log_probs.csv")
