@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_quality  # bench/ is on sys.path when this script runs
 import numpy as np
 
 from semcal import files
@@ -43,30 +44,11 @@ from semcal.finetune import FinetuneConfig, finetune
 from semcal.pipeline import DemoConfig, PipelineConfig, demo, run_pipeline
 from semcal.scoring import ScoreConfig, score_split
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DATASETS = {
-    "audiocaps": dict(
-        dataset_name=str(SHARED / "audiocaps_labeled" / "audiocaps_labeled.csv"),
-        text_column="caption",
-        label_column="top_category",
-    ),
-    "ag_news": dict(
-        dataset_name=f"general_train={SHARED / 'ag_news' / 'train_8k.csv'},general_test={SHARED / 'ag_news' / 'test.csv'}",
-        text_column="text",
-        label_column="label_name",
-    ),
-}
-SPLITS = ["baseline", "mild", "moderate", "severe"]
-# The benchmark's model sizes (bench/bench_quality.py).
-FINETUNE_SETTINGS = {
-    "n_layer": "2",
-    "n_embd": "128",
-    "n_head": "4",
-    "vocab_size": "2048",
-    "max_length": "96",
-    "num_epochs": "3",
-    "batch_size": "32",
-}
+# The benchmark's data sets and model sizes; AG News by its label names here.
+DATASETS = {name: dict(spec) for name, spec in bench_quality.DATASETS.items()}
+DATASETS["ag_news"]["label_column"] = "label_name"
+SPLITS = bench_quality.SPLITS
+FINETUNE_SETTINGS = bench_quality.FINETUNE_SETTINGS
 
 
 def run_dir_of(root: Path, name: str, seed: int) -> Path:
