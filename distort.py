@@ -18,6 +18,7 @@ baseline_fraction = 0.4  # size of a target-0 split (uniform random subset) as a
 strategy = "tilt"  # tilt: favour labels of a seeded random score; max_subset: keep the most rows at the target
 tolerance = 0.02  # accepted relative error of the achieved KL
 seed = 0  # makes the favoured labels and the drawn rows reproducible
+controls = False  # also write control_train_<name>: uniform rows of general_train, as many as each real split
 overwrite = False  # replace an earlier distort output of other settings in output_dir
 # ----------------------------------------------------------------------------------------
 

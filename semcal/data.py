@@ -45,6 +45,11 @@ def real_split_name(distortion: str) -> str:
     return f"real_train_{distortion}"
 
 
+def control_split_name(distortion: str) -> str:
+    """A uniform random subset of general_train as large as real_train_<distortion> (matched control)."""
+    return f"control_train_{distortion}"
+
+
 def _datasets() -> Any:
     """The datasets module, its progress bars and logging switched like the other libraries'."""
     import datasets

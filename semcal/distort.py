@@ -55,6 +55,7 @@ class DistortConfig:
     strategy: str = "tilt"  # tilt: towards labels of a seeded random score; max_subset: keep the most rows
     tolerance: float = 0.02  # accepted relative error of the achieved KL
     seed: int = 0  # makes the label scores and the drawn rows reproducible
+    controls: bool = False  # also write control_train_<name>: uniform rows of general_train, as many as each real split
     overwrite: bool = False  # replace an earlier distort output of other settings in output_dir
 
 
@@ -330,6 +331,11 @@ def _draw_splits(
         split = data.real_split_name(plan.name)
         rows = draw_rows(plan, labels, label_order, config)
         dataset_dict[split] = general.select(rows).add_column(data.GENERAL_ROW_COLUMN, rows.tolist())
+        if config.controls:
+            control_rows = _control_rows(len(general), len(rows), config.seed, plan.name)
+            dataset_dict[data.control_split_name(plan.name)] = general.select(control_rows).add_column(
+                data.GENERAL_ROW_COLUMN, control_rows.tolist()
+            )
         drawn = data.label_counts(labels[rows], label_order).to_numpy()
         counts_table[f"{split}_count"] = drawn
         counts_table[f"{split}_freq"] = drawn / drawn.sum()
@@ -344,6 +350,15 @@ def _draw_splits(
             }
         )
     return counts_table, pd.DataFrame(summary_rows)
+
+
+def _control_rows(n_general: int, n_rows: int, seed: int, name: str) -> np.ndarray:
+    """Uniform random general_train rows, sorted: the matched control of a real split of n_rows.
+
+    Seeded by the distortion seed and the split's name, so each split's control is fixed.
+    """
+    rng = np.random.default_rng([seed, *name.encode("utf-8")])
+    return np.sort(rng.choice(n_general, size=n_rows, replace=False))
 
 
 def _write(folder: Path, config: DistortConfig, dataset_dict, counts_table: pd.DataFrame, summary: pd.DataFrame):

@@ -39,6 +39,9 @@ from semcal.scoring import ScoreConfig, score_split
 log = logging.getLogger(__name__)
 
 
+CONTROLS = ("none", "matched")
+
+
 @dataclass
 class PipelineConfig:
     dataset_name: str = (
@@ -56,6 +59,7 @@ class PipelineConfig:
     distort_strategy: str = "tilt"  # tilt or max_subset (see distort.py)
     base_model: str = "scratch"  # every model's base: scratch (GPT-2 trained from nothing), a Hub id/folder, or .gguf
     init_real_from_general: bool = True  # start each real model from the trained general model (false: the paper)
+    control: str = "none"  # matched: also a control model per split, on uniform general_train rows as many as real's
     seed: int = 0  # training seed of every model (the distortion and the evaluation keep their own seeds)
     distort_settings: dict[str, str] = field(default_factory=dict)  # other distort settings, name=value
     finetune_settings: dict[str, str] = field(default_factory=dict)  # other finetune settings, name=value
@@ -87,6 +91,8 @@ def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], l
             f"splits {unknown or '(none)'} have no target KL: give each split a target, e.g. "
             f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets})."
         )
+    if config.control not in CONTROLS:
+        raise UserError(f"control={config.control!r} is not one of {', '.join(CONTROLS)}.")
     finetune_configs = _finetune_configs(config)
     return (
         _distort_config(config),
@@ -106,6 +112,7 @@ def _distort_config(config: PipelineConfig) -> DistortConfig:
             split_column=config.split_column,
             targets={split: config.targets[split] for split in config.splits},
             strategy=config.distort_strategy,
+            controls=config.control == "matched",
             overwrite=config.overwrite,
         ),
         config.distort_settings,
@@ -114,11 +121,14 @@ def _distort_config(config: PipelineConfig) -> DistortConfig:
 
 
 def _finetune_configs(config: PipelineConfig) -> list[FinetuneConfig]:
-    """The general model first, then one real model per split (started from the general one by default)."""
+    """The general model first, then one real model per split (started from the general one by default),
+    and with control=matched one control model per split, trained the same way on its control split."""
     models = Path(config.run_dir) / "models"
     general_dir = str(models / "general")
     targets = [(data.GENERAL_TRAIN, general_dir)]
     targets += [(data.real_split_name(split), str(models / f"real_{split}")) for split in config.splits]
+    if config.control == "matched":
+        targets += [(data.control_split_name(split), str(models / f"control_{split}")) for split in config.splits]
     return [
         _with_settings(
             FinetuneConfig(
@@ -179,6 +189,14 @@ def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
                 real_scores_csv=scores("general_test", f"real_{split}"),
                 general_heldout_csv=scores("heldout", "general"),
                 real_heldout_csv=scores("heldout", f"real_{split}"),
+                **(
+                    {
+                        "control_scores_csv": scores("general_test", f"control_{split}"),
+                        "control_heldout_csv": scores("heldout", f"control_{split}"),
+                    }
+                    if config.control == "matched"
+                    else {}
+                ),
                 output_dir=str(run_dir / "evaluation" / split),
                 overwrite=config.overwrite,
             ),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import datasets
 import numpy as np
 import pandas as pd
@@ -199,3 +201,27 @@ def test_negative_seed_is_a_user_error(demo_folder, tmp_path):
     with pytest.raises(UserError, match="seed must be 0 or more"):
         distort(DistortConfig(dataset_name=str(demo_folder), output_dir=str(tmp_path / "out"), seed=-1))
     assert not (tmp_path / "out").exists()
+
+
+def test_controls_are_uniform_subsets_as_large_as_each_real_split(tmp_path):
+    source = tmp_path / "source"
+    files.save_dataset_dict(generate_demo(n_train=600, n_test=50, seed=0), source)
+    config = DistortConfig(
+        dataset_name=str(source), output_dir=str(tmp_path / "out"), targets={"mild": 0.25, "severe": 0.8}, controls=True
+    )
+    dataset = data.load_dataset_dict(str(distort(config)))
+    for name in ("mild", "severe"):
+        real, control = dataset[data.real_split_name(name)], dataset[data.control_split_name(name)]
+        rows = np.asarray(control[data.GENERAL_ROW_COLUMN])
+        assert control.num_rows == real.num_rows and len(set(rows)) == len(rows) and rows.max() < 600
+        assert control["text"] == [dataset["general_train"]["text"][row] for row in rows]
+    # Uniform, not tilted: its labels stay close to general_train's (severe's real split is far from it).
+    general = data.label_counts(dataset["general_train"]["label"]).to_numpy()
+    control_counts = data.label_counts(
+        dataset["control_train_severe"]["label"], data.label_counts(dataset["general_train"]["label"]).index
+    ).to_numpy()
+    assert kl_divergence(control_counts / control_counts.sum(), general / general.sum()) < 0.1
+    again = data.load_dataset_dict(str(distort(dataclasses.replace(config, output_dir=str(tmp_path / "again")))))
+    assert (
+        again["control_train_mild"][data.GENERAL_ROW_COLUMN] == dataset["control_train_mild"][data.GENERAL_ROW_COLUMN]
+    )
