@@ -1,18 +1,21 @@
-"""Quality of the filters on real captions: the paper-style table, mean ± std over training seeds.
+"""Quality of every filter on real captions and the demo: mean ± std over training seeds.
 
-Runs `semcal run` on AudioCaps (label top_category) and AG News (label label) at baseline,
-mild, moderate and severe, once per training seed, then aggregates every score variant
-that the evaluation measures with the oracle and the classifier references. The paper's
-exact method (real models trained separately, clipped score, no normalisation) runs once
-per data set, on the first seed, beside the default (real models fine-tuned from the
-general model).
+Runs `semcal run` with `control=matched` on AudioCaps (label top_category), AG News (label
+label_name) and the synthetic demo, at baseline, mild, moderate and severe, once per
+training seed, with the same model sizes and defaults for every data set. Every filter the
+evaluation measures (references, the language models' score variants, the matched-control
+variants, the density-ratio estimators) is aggregated as its share of the oracle's
+deception reduction, its pass rate against 1/M and, on the baseline split, its KL ratio.
+The paper's exact method (real models trained separately, clipped score, no normalisation)
+runs once per data set, on the first seed.
 
-    .venv/bin/python bench/bench_quality.py                       # both data sets, seeds 0 1 2
+    .venv/bin/python bench/bench_quality.py                       # all data sets, seeds 0 1 2
     .venv/bin/python bench/bench_quality.py --datasets=audiocaps --seeds=0
 
-Each (data set, seed) is one run folder under runs/quality/; finished stages are skipped,
-so an interrupted benchmark continues where it stopped. The distortion seed stays 0: the
-seeds vary the language models' training only.
+Each (data set, seed) is one run folder under --root; finished stages are skipped, so an
+interrupted benchmark continues where it stopped. The distortion seed stays 0: the seeds
+vary the language models' training only. Wall time per run is reported with the control
+models' share (their fine-tuning and scoring) separately, since the default needs none.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semcal import files
+from semcal.demo_data import generate_demo
 from semcal.pipeline import PipelineConfig, run_pipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,11 +41,12 @@ DATASETS = {
     "ag_news": dict(
         dataset_name=f"general_train={SHARED / 'ag_news' / 'train_8k.csv'},general_test={SHARED / 'ag_news' / 'test.csv'}",
         text_column="text",
-        label_column="label",
+        label_column="label_name",
     ),
+    "demo": dict(dataset_name="", text_column="text", label_column="label"),  # generated under --root
 }
 SPLITS = ["baseline", "mild", "moderate", "severe"]
-# Small enough for 2 CPU cores: 30 trainings (2 data sets x 3 seeds x 5 models) in under an hour.
+# Small enough for 2 CPU cores; the same for every data set.
 FINETUNE_SETTINGS = {
     "n_layer": "2",
     "n_embd": "128",
@@ -52,112 +58,109 @@ FINETUNE_SETTINGS = {
 }
 
 
-def run_one(name: str, seed: int, run_dir: Path, init_real_from_general: bool) -> Path:
+def run_one(name: str, seed: int, root: Path, paper: bool = False) -> dict:
+    """One `semcal run`; returns its folder and wall times (all, and the control models' part)."""
+    spec = dict(DATASETS[name])
+    if name == "demo":
+        source = root / "demo-source"
+        if not source.exists():
+            files.save_dataset_dict(generate_demo(3000, 1000, seed=0), source)
+        spec["dataset_name"] = str(source)
+    run_dir = root / f"{name}-{'paper-' if paper else ''}seed{seed}"
     started = time.perf_counter()
     run_pipeline(
         PipelineConfig(
-            **DATASETS[name],
+            **spec,
             run_dir=str(run_dir),
             splits=SPLITS,
             seed=seed,
-            init_real_from_general=init_real_from_general,
+            init_real_from_general=not paper,
+            control="none" if paper else "matched",
             finetune_settings=dict(FINETUNE_SETTINGS),
+            evaluation_settings={"filter": "variant", "score": "clipped", "normalize": "none"} if paper else {},
         )
     )
-    print(f"bench_quality: {run_dir.name} in {time.perf_counter() - started:.0f}s", flush=True)
-    return run_dir
+    wall = time.perf_counter() - started
+    control = sum(
+        files.read_record(folder).get("wall_time_s", 0.0)
+        for folder in [*run_dir.glob("models/control_*"), *run_dir.glob("scores/*.control_*")]
+    )
+    print(f"bench_quality: {run_dir.name} in {wall:.0f}s ({control:.0f}s of it control models)", flush=True)
+    return {"run_dir": run_dir, "wall_s": wall, "control_s": control}
 
 
-def run_all(datasets: list[str], seeds: list[int], root: Path) -> tuple[dict[str, dict[int, Path]], dict[str, Path]]:
-    """The default pipeline for every seed, and the paper's exact method (real models trained
-    separately, not from the general model) for the first seed."""
-    run_dirs: dict[str, dict[int, Path]] = {}
-    paper_dirs: dict[str, Path] = {}
-    for name in datasets:
-        for seed in seeds:
-            run_dirs.setdefault(name, {})[seed] = run_one(name, seed, root / f"{name}-seed{seed}", True)
-        paper_dirs[name] = run_one(name, seeds[0], root / f"{name}-paper-seed{seeds[0]}", False)
-    return run_dirs, paper_dirs
-
-
-def _mean_std(values: list[float]) -> str:
-    finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+def _mean_std(values: list[float | None], scale: float = 1.0) -> str:
+    finite = np.array([scale * v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if not finite.size:
         return "n/a"
     std = finite.std(ddof=1) if finite.size > 1 else 0.0
     return f"{finite.mean():.3g} ± {std:.2g}"
 
 
-def _pct(values: list[float | None]) -> str:
-    finite = [100 * v for v in values if v is not None and np.isfinite(v)]
-    return _mean_std(finite) if finite else "n/a"
+def _blocks(results: dict) -> dict[str, dict]:
+    """Every measured filter's results block by name: the chosen one as "default", then the rest."""
+    blocks = {"default": results["filters"]["semcal"]}
+    blocks |= {name: block for name, block in results["filters"].items() if name != "semcal"}
+    blocks |= {name: block for name, block in results["variants"].items() if name not in blocks}
+    return blocks
 
 
-def summarise(run_dirs: dict[str, dict[int, Path]], paper_dirs: dict[str, Path]) -> str:
-    """Markdown: the main table (default vs paper vs references) and the levers table."""
-    lines = [
-        "| data set | split | KL(general‖real) | KL(filtered‖real), default | deception reduction, default (%) "
-        "| paper's method, seed 0 (%) | oracle (%) | classifier (%) | default / oracle | pass rate default (%) | 1/M (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    levers: dict[str, dict[str, list[float]]] = {}
-    baseline_ratios: dict[str, dict[str, list[float]]] = {}
-    for name, by_seed in run_dirs.items():
+def summarise(runs: dict[str, list[dict]], paper_runs: dict[str, dict]) -> str:
+    """Markdown: share of the oracle per filter and split, pass rate / (1/M), baseline KL ratio, times."""
+    share: dict[str, dict[str, list[float]]] = {}
+    pass_ratio: dict[str, dict[str, list[float]]] = {}
+    for name, seed_runs in [*runs.items(), *((f"{n} (paper)", [r]) for n, r in paper_runs.items())]:
         for split in SPLITS:
-            results = [json.loads((d / "evaluation" / split / "results.json").read_text()) for d in by_seed.values()]
-            default = [r["filters"]["semcal"] for r in results]
-            paper_results = json.loads((paper_dirs[name] / "evaluation" / split / "results.json").read_text())
-            paper = [paper_results["variants"][paper_results["paper_variant"]]]
-            oracle = [r["filters"]["oracle"] for r in results]
-            classifier = [r["filters"].get("classifier", {}) for r in results]
-            if split == "baseline":
-                reduction = lambda block: _mean_std([b.get("kl_ratio") for b in block]) + " (KL ×)"  # noqa: E731
-                for r in results:
-                    for variant, block in r["variants"].items():
-                        baseline_ratios.setdefault(name, {}).setdefault(variant, []).append(block["kl_ratio"])
-                share = "–"
-            else:
-                reduction = lambda block: _pct([b.get("deception_reduction") for b in block])  # noqa: E731
-                share = _mean_std(
-                    [d["deception_reduction"] / o["deception_reduction"] for d, o in zip(default, oracle, strict=True)]
-                )
-                for r in results:
-                    for variant, block in r["variants"].items():
-                        ratio = block["deception_reduction"] / r["filters"]["oracle"]["deception_reduction"]
-                        levers.setdefault(variant, {}).setdefault(f"{name} {split}", []).append(ratio)
-            lines.append(
-                f"| {name} | {split} | {_mean_std([r['kl_general'] for r in results])} "
-                f"| {_mean_std([d['kl_mean'] for d in default])} | {reduction(default)} | {reduction(paper)} "
-                f"| {reduction(oracle)} | {reduction(classifier)} | {share} "
-                f"| {_pct([d['pass_rate_mean'] for d in default])} | {_pct([1 / r['M'] for r in results])} |"
-            )
-    columns = sorted({key for per_variant in levers.values() for key in per_variant})
-    lines += [
+            for run in seed_runs:
+                results = json.loads((run["run_dir"] / "evaluation" / split / "results.json").read_text())
+                oracle = results["filters"]["oracle"]
+                for filter_name, block in _blocks(results).items():
+                    key = f"{name} {split}"
+                    if split == "baseline":
+                        value = block.get("kl_ratio")
+                        share.setdefault(filter_name, {}).setdefault(key, []).append(value)
+                        share.setdefault(filter_name, {}).setdefault(f"{name} oracle ×", []).append(oracle["kl_ratio"])
+                    elif block.get("deception_reduction") is not None:
+                        value = block["deception_reduction"] / oracle["deception_reduction"]
+                        share.setdefault(filter_name, {}).setdefault(key, []).append(value)
+                    pass_ratio.setdefault(filter_name, {}).setdefault(name, []).append(
+                        block["pass_rate_mean"] * results["M"]
+                    )
+    columns = [f"{name} {split}" for name in [*runs, *(f"{n} (paper)" for n in paper_runs)] for split in SPLITS]
+    lines = [
+        "Share of the oracle's deception reduction (baseline: KL(filtered‖real) / KL(general‖real)), "
+        "mean ± std over seeds; pass × M is the pass rate as a multiple of 1/M (min–max over splits and seeds).",
         "",
-        "Share of the oracle's deception reduction reached by each score variant (mean ± std over seeds):",
-        "",
-        "| variant | " + " | ".join(columns) + " | baseline KL × (" + ", ".join(run_dirs) + ") |",
+        "| filter | " + " | ".join(columns) + " | pass × M |",
         "|---|" + "---|" * (len(columns) + 1),
     ]
-    for variant, per_split in sorted(levers.items()):
-        baseline = ", ".join(_mean_std(baseline_ratios[name].get(variant, [])) for name in run_dirs)
+    for filter_name, per_column in share.items():
+        ratios = [v for values in pass_ratio[filter_name].values() for v in values]
         lines.append(
-            f"| {variant} | " + " | ".join(_mean_std(per_split.get(c, [])) for c in columns) + f" | {baseline} |"
+            f"| {filter_name} | "
+            + " | ".join(_mean_std(per_column.get(c, [])) for c in columns)
+            + f" | {min(ratios):.2f}–{max(ratios):.2f} |"
         )
+    lines += ["", "| run | wall time (s) | of it control models (s) |", "|---|---|---|"]
+    for seed_runs in [*runs.values(), *([r] for r in paper_runs.values())]:
+        lines += [f"| {r['run_dir'].name} | {r['wall_s']:.0f} | {r['control_s']:.0f} |" for r in seed_runs]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="audiocaps,ag_news")
+    parser.add_argument("--datasets", default="demo,audiocaps,ag_news")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/quality")
+    parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True, help="the paper's method too")
     args = parser.parse_args()
+    root, seeds = Path(args.root), [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    run_dirs, paper_dirs = run_all(args.datasets.split(","), [int(s) for s in args.seeds.split(",")], Path(args.root))
-    table = summarise(run_dirs, paper_dirs)
-    Path(args.root, "quality.md").write_text(table + "\n")
-    print(f"\n{table}\n\nbench_quality: {time.perf_counter() - started:.0f}s in all; table in {args.root}/quality.md")
+    runs = {name: [run_one(name, seed, root) for seed in seeds] for name in args.datasets.split(",")}
+    paper_runs = {name: run_one(name, seeds[0], root, paper=True) for name in runs} if args.paper else {}
+    table = summarise(runs, paper_runs)
+    Path(root, "quality.md").write_text(table + "\n")
+    print(f"\n{table}\n\nbench_quality: {time.perf_counter() - started:.0f}s in all; table in {root}/quality.md")
 
 
 if __name__ == "__main__":
