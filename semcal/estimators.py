@@ -200,13 +200,21 @@ def sum_stream(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance
     return stream_normalised(inputs, config, "sum", inputs.scores("sum", config.top_p)[0])
 
 
-@register("sum_mom", kind="calibrated", label="sum, moments", needs=("membership", "heldout_rows"), enabled=_candidates)
+@register(
+    "sum_mom",
+    kind="calibrated",
+    label="sum, moments",
+    needs=("heldout", "membership", "heldout_rows"),
+    enabled=_candidates,
+)
 def sum_mom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     stream, heldout = inputs.scores("sum", config.top_p)
     return moments(inputs, config, "sum", heldout, stream, lm_source=True)
 
 
-@register("sum_labmom", kind="calibrated", label="sum, label moments", needs=("membership",), enabled=_candidates)
+@register(
+    "sum_labmom", kind="calibrated", label="sum, label moments", needs=("heldout", "membership"), enabled=_candidates
+)
 def sum_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     stream, heldout = inputs.scores("sum", config.top_p)
     return label_moments(inputs, "sum", heldout, stream)
@@ -229,7 +237,7 @@ def control_sum_stream(inputs: EvaluationInputs, config: EvaluationConfig) -> Ac
     "control_sum_labmom",
     kind="calibrated",
     label="control sum, label moments",
-    needs=("control", "membership"),
+    needs=("control", "heldout", "membership"),
     enabled=_candidates,
 )
 def control_sum_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
@@ -285,7 +293,7 @@ def embedding_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acce
     "stack_labmom",
     kind="calibrated",
     label="stacked, label moments",
-    needs=("membership", "heldout_rows"),
+    needs=("heldout", "membership", "heldout_rows"),
     in_table="measured",
     enabled=_candidates,
 )

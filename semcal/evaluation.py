@@ -179,6 +179,8 @@ def chosen_filter(inputs: EvaluationInputs, config: EvaluationConfig) -> Filter:
     """THE filter (`filter`, or `score` and `normalize`), refused before any work when its inputs are missing."""
     chosen = FILTERS[chosen_name(config)]
     missing = [need for need in chosen.needs if not inputs.has(need)]
+    if "heldout" in missing and "membership" in missing:  # membership of held-out rows that are not there
+        missing.remove("membership")
     if missing and chosen.kind == "variant":
         raise UserError(
             f"normalize={config.normalize} needs to know which held-out texts are in {real_split_name(config.distortion)}:"
