@@ -7,6 +7,7 @@ Edit the settings below, or override any of them: python semantic_calibration_ev
 
 from semcal.config import run_script
 from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.filters import DEFAULT_FILTER
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_*
@@ -18,6 +19,9 @@ general_scores_csv = "runs/demo/scores/general_test.general/token_log_probs.csv"
 real_scores_csv = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
 general_heldout_csv = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
 real_heldout_csv = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
+control_scores_csv = None  # general_test, matched CONTROL model (optional: the control_* filters)
+control_heldout_csv = None  # held-out texts, matched CONTROL model
+filter = DEFAULT_FILTER  # THE filter: a registered filter (README), or variant = the score / normalize one
 score = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
 normalize = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
 top_p = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
@@ -25,6 +29,8 @@ n_runs = 1000  # rejection-sampling runs; results are mean and population std ov
 seed = 0  # seed of the random draws (shared by all filters) and of the classifier
 kl_epsilon = 0.0  # add this to every label frequency before KL (0: none; KL may then be infinite)
 classifier = True  # also measure the TF-IDF + logistic regression filter (needs scikit-learn)
+candidates = True  # also measure every calibrated filter and the label-posterior reference
+embedding_model = None  # a sentence-encoder folder (e.g. MiniLM's): the embedding_labmom filter
 min_kl_general = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
 top_tokens = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
 output_dir = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
