@@ -7,7 +7,6 @@ Edit the settings below, or override any of them: python semantic_calibration_ev
 
 from semcal.config import run_script
 from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filters import DEFAULT_FILTER
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_*
@@ -21,7 +20,7 @@ general_heldout_csv = "runs/demo/scores/heldout.general/token_log_probs.csv"  # 
 real_heldout_csv = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
 control_scores_csv = None  # general_test, matched CONTROL model (optional: the control_* filters)
 control_heldout_csv = None  # held-out texts, matched CONTROL model
-filter = DEFAULT_FILTER  # THE filter: a registered filter (README), or variant = the score / normalize one
+filter = "tfidf_labmom"  # THE filter: a registered filter (README), or variant = the score / normalize one
 score = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
 normalize = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
 top_p = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
