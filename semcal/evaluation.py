@@ -6,8 +6,12 @@ under the general and the real model (token_sequence_probs output), and optional
 held-out general_train texts. Every filter of the registry (semcal.filters: no filter, the
 oracle, every score variant, the estimators such as the TF-IDF classifier) turns them into
 acceptance probabilities; `n_runs` seeded rejection-sampling runs measure them all on the
-same random draws. The `score` / `normalize` settings choose which variant is THE filter
-(`filters.semcal` in results.json).
+same random draws. The `filter` setting chooses THE filter (`filters.semcal` in results.json):
+any registered filter but the references, or `variant`, the `score` / `normalize` variant
+(filter=variant score=clipped normalize=none is the paper's exact method). Optional inputs
+switch more filters on: a matched control model's scores (control_scores_csv,
+control_heldout_csv) and a sentence encoder (embedding_model); `candidates=false` measures
+only THE filter, the variants and the references of before (no calibrated filters).
 
 Writes results.json, summary.md, per_text.csv and the label-distribution figure (PNG and
 PDF) into output_dir, built beside it and swapped in whole (semcal.runstate): a failed run
@@ -31,15 +35,18 @@ from semcal.config import UserError, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, load_inputs
 from semcal.filters import (
+    DEFAULT_FILTER,
     FILTERS,
+    NEEDS_HELP,
     NORMALIZATIONS,
     PAPER_VARIANT,
     SCORE_METHODS,
     Acceptance,
     EvaluationInputs,
     Filter,
+    chosen_name,
+    filter_choices,
     runnable,
-    variant_name,
 )
 from semcal.runstate import StageOutput
 
@@ -47,7 +54,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 # Settings that say where things are: what they point to is fingerprinted instead (runstate.identity).
-WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "output_dir", "overwrite")
+WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "embedding_model", "output_dir", "overwrite")
 
 
 @dataclass
@@ -61,6 +68,9 @@ class EvaluationConfig:
     real_scores_csv: str = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
     general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
+    control_scores_csv: str | None = None  # general_test, matched CONTROL model (optional: the control_* filters)
+    control_heldout_csv: str | None = None  # held-out texts, matched CONTROL model
+    filter: str = DEFAULT_FILTER  # THE filter: a registered filter (README), or variant = the score / normalize one
     score: str = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
     normalize: str = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
     top_p: float = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
@@ -68,6 +78,8 @@ class EvaluationConfig:
     seed: int = 0  # seed of the random draws (shared by all filters) and of the classifier
     kl_epsilon: float = 0.0  # add this to every label frequency before KL (0: none; KL may then be infinite)
     classifier: bool = True  # also measure the TF-IDF + logistic regression filter (needs scikit-learn)
+    candidates: bool = True  # also measure every calibrated filter and the label-posterior reference
+    embedding_model: str | None = None  # a sentence-encoder folder (e.g. MiniLM's): the embedding_labmom filter
     min_kl_general: float = (
         0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
     )
@@ -84,7 +96,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "evaluate", config.output_dir, what=f"evaluate {config.distortion}", overwrite=config.overwrite, resumable=False
     )
     inputs, facts = load_inputs(config)
-    chosen = chosen_variant(inputs, config)
+    chosen = chosen_filter(inputs, config)
     identity = runstate.identity("evaluate", config, inputs=facts["fingerprints"], ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)
@@ -111,6 +123,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 
 def check_settings(config: EvaluationConfig) -> None:
     """Every setting problem we can see before loading anything."""
+    if config.filter not in filter_choices():
+        raise UserError(f"filter={config.filter!r} is not a filter; choose one of {', '.join(filter_choices())}.")
     if config.score not in SCORE_METHODS:
         raise UserError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
     if config.normalize not in NORMALIZATIONS:
@@ -131,13 +145,27 @@ def check_settings(config: EvaluationConfig) -> None:
     if len(given) == 1:
         missing = "real_heldout_csv" if given[0] == "general_heldout_csv" else "general_heldout_csv"
         raise UserError(f"{given[0]} is set but {missing} is not: give both held-out files or neither.")
+    _check_pair(config, ("control_scores_csv", "control_heldout_csv"))
+    if config.control_heldout_csv and not given:
+        raise UserError("control_heldout_csv is joined with real_heldout_csv: give the held-out score files too.")
+    if config.embedding_model and not Path(config.embedding_model).is_dir():
+        raise UserError(
+            f"embedding_model={config.embedding_model} is not a folder (a sentence encoder's, e.g. MiniLM)."
+        )
     if config.normalize != "none" and not given:
         raise UserError(
             f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
             "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
         )
-    for name in given:
+    for name in given + [name for name in ("control_scores_csv", "control_heldout_csv") if getattr(config, name)]:
         _check_file(getattr(config, name), name)
+
+
+def _check_pair(config: EvaluationConfig, names: tuple[str, str]) -> None:
+    given = [name for name in names if getattr(config, name)]
+    if len(given) == 1:
+        missing = names[1] if given[0] == names[0] else names[0]
+        raise UserError(f"{given[0]} is set but {missing} is not: give both or neither.")
 
 
 def _check_file(path: str | None, name: str) -> None:
@@ -147,13 +175,21 @@ def _check_file(path: str | None, name: str) -> None:
         raise UserError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
 
 
-def chosen_variant(inputs: EvaluationInputs, config: EvaluationConfig) -> Filter:
-    """THE filter (`score` and `normalize`), refused before any work when its inputs are missing."""
-    chosen = FILTERS[variant_name(config.score, config.normalize)]
-    if chosen not in runnable(inputs, config):
+def chosen_filter(inputs: EvaluationInputs, config: EvaluationConfig) -> Filter:
+    """THE filter (`filter`, or `score` and `normalize`), refused before any work when its inputs are missing."""
+    chosen = FILTERS[chosen_name(config)]
+    missing = [need for need in chosen.needs if not inputs.has(need)]
+    if "heldout" in missing and "membership" in missing:  # membership of held-out rows that are not there
+        missing.remove("membership")
+    if missing and chosen.kind == "variant":
         raise UserError(
             f"normalize={config.normalize} needs to know which held-out texts are in {real_split_name(config.distortion)}:"
             f" its {GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
+        )
+    if missing:
+        raise UserError(
+            f"filter={chosen.name} needs {'; and '.join(NEEDS_HELP[need] for need in missing)}. Give them, or choose "
+            "another filter (e.g. filter=variant, the language models' score)."
         )
     return chosen
 
@@ -181,7 +217,8 @@ def collect_results(
         measured = _filter_result(accepted[name].accept, runs[name], inputs, kl_general, kl_general_is_zero, config)
         return {**accepted[name].stats, **measured}
 
-    filters = {"semcal": {"variant": chosen.name, **result(chosen.name)}}
+    variant = chosen.name if chosen.kind == "variant" else None
+    filters = {"semcal": {"filter_name": chosen.name, "variant": variant, **result(chosen.name)}}
     filters |= {f.name: result(f.name) for f in FILTERS.values() if f.kind != "variant" and f.name in accepted}
     return {
         "stage": "evaluate",
@@ -189,7 +226,7 @@ def collect_results(
         "distortion": config.distortion,
         "real_split": real_split_name(config.distortion),
         "label_column": config.label_column,
-        "filter_variant": chosen.name,
+        "filter_name": chosen.name,
         "paper_variant": PAPER_VARIANT,
         "config": config_to_dict(config),
         **reported,
@@ -301,7 +338,7 @@ def write_outputs(
     started: float,
 ) -> dict[str, Any]:
     """The figure, per_text.csv, results.json and summary.md into `folder`; returns the results as written."""
-    chosen = results["filter_variant"]
+    chosen = results["filter_name"]
     frequencies = pd.DataFrame(
         {
             "general (test)": calibration.label_distribution(inputs.test_codes, len(inputs.labels)),

@@ -1,6 +1,8 @@
 """The evaluation's inputs, read and checked: labels and texts of the data set's splits, and
-the two models' per-token log-probs of general_test (and of held-out general_train texts)
-joined into per-token differences.
+the two models' per-token log-probs of general_test (and of held-out general_train texts,
+and optionally a matched control model's of both) joined into per-token differences; the
+held-out general_train rows (those the held-out score files list, else data.heldout_mask's
+with the stages' defaults) with their labels and real_train membership.
 
 Surprises are not silent: rows a score file lacks, texts with a NaN or infinite log-prob
 (left out of the evaluation), and real_train labels that general_train lacks each become a
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,20 +28,28 @@ from semcal.data import (
     GENERAL_TRAIN,
     general_rows_of,
     get_split,
+    heldout_mask,
     labels_of,
     load_dataset_dict,
     real_split_name,
     texts_of,
 )
 from semcal.filters import EvaluationInputs
-from semcal.scoring import check_same_tokens
+from semcal.scoring import DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED, check_same_tokens
 
 if TYPE_CHECKING:
     from semcal.evaluation import EvaluationConfig
 
 log = logging.getLogger(__name__)
 
-SCORE_FILES = ("general_scores_csv", "real_scores_csv", "general_heldout_csv", "real_heldout_csv")
+SCORE_FILES = (
+    "general_scores_csv",
+    "real_scores_csv",
+    "general_heldout_csv",
+    "real_heldout_csv",
+    "control_scores_csv",
+    "control_heldout_csv",
+)
 
 
 def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, Any]]:
@@ -56,6 +67,8 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
         heldout = _joined(
             config, ("general_heldout_csv", "real_heldout_csv"), GENERAL_TRAIN, len(train_texts), warnings
         )
+    heldout_ids = heldout["ids"] if heldout else _default_heldout_rows(len(train_texts))
+    control = _control(config, test["ids"], heldout_ids if heldout else None, (len(test_texts), len(train_texts)))
     labels = sorted(set(train_labels) | set(test_labels) | set(real_labels))
     code_of = {label: code for code, label in enumerate(labels)}
     warnings += _labels_general_train_lacks(real_labels, train_labels, real_split)
@@ -74,9 +87,14 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
         general_train_texts=train_texts,
         real_train_texts=real_texts,
         real_general_rows=real_rows,
-        heldout_ids=None if heldout is None else heldout["ids"],
+        heldout_ids=heldout_ids,
         heldout_diffs=None if heldout is None else heldout["diffs"],
-        heldout_is_real=None if heldout is None or real_rows is None else np.isin(heldout["ids"], real_rows),
+        heldout_is_real=None if real_rows is None else np.isin(heldout_ids, real_rows),
+        general_train_codes=np.array([code_of[label] for label in train_labels], dtype=np.int64),
+        real_train_codes=np.array([code_of[label] for label in real_labels], dtype=np.int64),
+        control_diffs=control[0],
+        control_heldout_diffs=control[1],
+        embedding_model=config.embedding_model,
     )
     counts = {"general_train": len(train_texts), "general_test": len(test_texts), "real_train": len(real_texts)}
     counts |= {"evaluated": len(test["ids"]), "heldout": 0 if heldout is None else len(heldout["ids"])}
@@ -89,6 +107,37 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
         **_fingerprints(config, splits, real_rows),
     }
     return inputs, facts
+
+
+def _default_heldout_rows(n_general_train: int) -> np.ndarray:
+    """Without held-out score files: the rows every model of the data set holds out by default."""
+    rows = np.arange(n_general_train)
+    return rows[heldout_mask(rows, n_general_train, DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED)]
+
+
+def _control(config: EvaluationConfig, test_ids: np.ndarray, heldout_ids: np.ndarray | None, n_rows: tuple[int, int]):
+    """Per token log p_real - log p_control of the evaluated texts and of the held-out rows
+    (None, None without control files). The control files must cover every one of them."""
+    if not (config.control_scores_csv and config.control_heldout_csv) or heldout_ids is None:
+        return None, None
+    pairs = (("control_scores_csv", "real_scores_csv"), ("control_heldout_csv", "real_heldout_csv"))
+    splits = (GENERAL_TEST, GENERAL_TRAIN)
+    return tuple(
+        _control_diffs(config, names, split, n, ids)
+        for names, split, n, ids in zip(pairs, splits, n_rows, (test_ids, heldout_ids), strict=True)
+    )
+
+
+def _control_diffs(config: EvaluationConfig, names: tuple[str, str], split: str, n_rows: int, ids: np.ndarray):
+    joined = _joined(config, names, split, n_rows, warnings=[])  # the real file's gaps are reported already
+    where = {int(text_id): row for row, text_id in enumerate(joined["ids"])}
+    lacking = [int(text_id) for text_id in ids if int(text_id) not in where]
+    if lacking:
+        raise UserError(
+            f"{names[0]} lacks {len(lacking)} of the {len(ids)} {split} texts the evaluation uses (first ids "
+            f"{lacking[:5]}, or their log-probs are not finite): score the same texts with the control model."
+        )
+    return [joined["diffs"][where[int(text_id)]] for text_id in ids]
 
 
 def _read_split(dataset: Any, split: str, config: EvaluationConfig) -> tuple[list[str], np.ndarray]:
@@ -205,7 +254,15 @@ def _fingerprints(config: EvaluationConfig, splits: dict[str, Any], real_rows: n
         for split, (texts, labels) in splits.items()
     }
     data["real_general_rows"] = None if real_rows is None else files.fingerprint_texts(map(str, real_rows))
+    if config.embedding_model:
+        data["embedding_model"] = _folder_fingerprint(Path(config.embedding_model))
     return {
         "inputs": {name: {"path": score_files[name], "sha256_16": sha} for name, sha in hashes.items()} | data,
         "fingerprints": {name: hashes.get(name) for name in SCORE_FILES} | data,
     }
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """A hash of every file of a model folder (its names and contents)."""
+    paths = sorted(path for path in folder.rglob("*") if path.is_file())
+    return files.fingerprint_texts(f"{path.relative_to(folder)}\t{files.fingerprint_file(path)}" for path in paths)

@@ -13,10 +13,13 @@ them from this registry, so a new filter is one function here:
         log_ratio = ...  # fitted on inputs.general_train_texts vs inputs.real_train_texts
         return Acceptance(calibration.accept_probs(log_ratio, inputs.m), scores=log_ratio)
 
-Kinds: "reference" (no filter, the oracle: bounds, not methods), "variant" (the two
-language models' score, clipped or summed, normalised one way or another; one of them is
-THE filter, `filters.semcal` in results.json, and all are under `variants`), "estimator"
-(another way to estimate the density ratio, e.g. the TF-IDF classifier; under `filters`).
+Kinds: "reference" (no filter, the oracle, the label-posterior plug-in: bounds and
+yardsticks, not methods), "variant" (the two language models' score, clipped or summed,
+normalised one way or another; under `variants`), "estimator" (another way to estimate the
+density ratio, e.g. the TF-IDF classifier; under `filters`), "calibrated" (a log-ratio
+estimate whose temperature and shift are fitted on the run's own data; semcal.estimators;
+under `filters`). THE filter, `filters.semcal` in results.json, is the one the `filter`
+setting names (DEFAULT_FILTER), or with filter=variant the `score` / `normalize` variant.
 """
 
 from __future__ import annotations
@@ -36,18 +39,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS = ("reference", "variant", "estimator")
+KINDS = ("reference", "variant", "estimator", "calibrated")
 SCORE_METHODS = ("clipped", "sum")
 # Each normalisation of the score and what it needs: held-out texts' scores, and which of them are in real_train.
 NORMALIZATIONS = {"none": (), "heldout": ("heldout",), "logistic": ("membership",), "matched": ("membership",)}
 PAPER_VARIANT = "clipped"  # score=clipped, normalize=none: the paper's exact method
+# THE filter unless the `filter` setting names another; "variant" means the score / normalize variant.
+DEFAULT_FILTER = "tfidf_labmom"
+VARIANT_CHOICE = "variant"
+# What to give for each need when the chosen filter lacks it (EvaluationInputs.has).
+NEEDS_HELP = {
+    "heldout": "general_heldout_csv and real_heldout_csv (per-token log-probs of held-out general_train texts "
+    "under both models)",
+    "membership": "held-out texts both in and out of the real split: its general_train_row column (written by "
+    "distort) and held-out score files",
+    "heldout_rows": "the real split's general_train_row column (written by distort), with held-out and training "
+    "rows both in and out of it",
+    "control": "control_scores_csv and control_heldout_csv (a matched control model's scores: the pipeline's "
+    "control=matched)",
+    "embedding": "embedding_model (a sentence-encoder folder, e.g. MiniLM's)",
+}
 
 
 @dataclass
 class EvaluationInputs:
     """What every filter sees. Per-text arrays follow the evaluated general_test texts (sorted
     by text_id); label codes index `labels`; `real` and `general` are real_train's and
-    general_train's label distributions."""
+    general_train's label distributions. Held-out rows: the general_train rows the held-out
+    score files list, else data.heldout_mask's; the other general_train rows train the text
+    estimators. General_test labels (`test_codes`) are for the oracle and the measurement only."""
 
     labels: list[str]
     text_ids: np.ndarray
@@ -61,19 +81,42 @@ class EvaluationInputs:
     general_train_texts: list[str]
     real_train_texts: list[str]
     real_general_rows: np.ndarray | None = None  # the general_train row of each real_train row (distort's column)
-    heldout_ids: np.ndarray | None = None  # held-out general_train rows scored by both models
-    heldout_diffs: list[np.ndarray] | None = None
+    heldout_ids: np.ndarray | None = None  # held-out general_train rows (scored by both models when files are given)
+    heldout_diffs: list[np.ndarray] | None = None  # None without held-out score files
     heldout_is_real: np.ndarray | None = None  # which held-out rows are in real_train
+    general_train_codes: np.ndarray | None = None  # label code of every general_train row
+    real_train_codes: np.ndarray | None = None
+    control_diffs: list[np.ndarray] | None = None  # per token: log p_real - log p_control (matched control)
+    control_heldout_diffs: list[np.ndarray] | None = None  # the same for the held-out rows
+    embedding_model: str | None = None  # sentence-encoder folder of the embedding estimator
     _scores: dict[tuple[str, float], tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict, repr=False)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # fitted estimates shared by filters
 
     def has(self, need: str) -> bool:
-        """Whether an input a filter needs is there: "heldout" scores, or their real_train "membership"."""
+        """Whether an input a filter needs is there (NEEDS_HELP says what gives it)."""
         if need == "heldout":
             return self.heldout_diffs is not None and len(self.heldout_diffs) > 0
         if need == "membership":
-            known = self.heldout_is_real
-            return self.has("heldout") and known is not None and bool(known.any()) and not bool(known.all())
+            return self.has("heldout") and _both_classes(self.heldout_is_real)
+        if need == "heldout_rows":
+            return _both_classes(self.heldout_is_real) and _both_classes(self.train_is_real)
+        if need == "control":
+            return self.control_diffs is not None and self.control_heldout_diffs is not None
+        if need == "embedding":
+            return self.embedding_model is not None
         raise ValueError(f"unknown need {need!r}")
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        """The general_train rows that are not held out: the text estimators train on them."""
+        held_out = np.array([], dtype=np.int64) if self.heldout_ids is None else self.heldout_ids
+        return np.setdiff1d(np.arange(len(self.general_train_texts)), held_out)
+
+    @property
+    def train_is_real(self) -> np.ndarray | None:
+        if self.real_general_rows is None:
+            return None
+        return np.isin(self.train_ids, self.real_general_rows)
 
     def scores(self, method: str, top_p: float) -> tuple[np.ndarray, np.ndarray | None]:
         """The language models' scores of the test texts and of the held-out texts (None without them)."""
@@ -85,6 +128,10 @@ class EvaluationInputs:
                 None if heldout is None else calibration.log_ratio_scores(heldout, method, top_p),
             )
         return self._scores[key]
+
+
+def _both_classes(is_real: np.ndarray | None) -> bool:
+    return is_real is not None and bool(is_real.any()) and not bool(is_real.all())
 
 
 @dataclass
@@ -107,8 +154,8 @@ class Filter:
     label: str  # what tables and summaries call it
     run: FilterFunction
     needs: tuple[str, ...] = ()  # inputs it cannot run without (EvaluationInputs.has)
-    enabled: Callable[[EvaluationConfig], bool] = lambda config: True  # a setting that switches it off
-    in_table: bool = False  # a column of the paper-style results table
+    enabled: Callable[[EvaluationConfig], bool] = lambda config: True  # a setting that switches it off (unless chosen)
+    in_table: bool | str = False  # a column of the results table (True), or one when measured ("measured")
     per_text: bool = True  # an accept_prob column in per_text.csv (variants: a score column)
 
 
@@ -119,7 +166,7 @@ def register(name: str, kind: str, label: str | None = None, **options: Any) -> 
     """Decorator adding a filter function to FILTERS (options: the fields of `Filter`)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
-    if name in FILTERS or name == "semcal":  # "semcal" names the chosen variant in results.json
+    if name in FILTERS or name in ("semcal", VARIANT_CHOICE):  # "semcal" names THE filter in results.json
         raise ValueError(f"a filter named {name!r} is already registered")
 
     def add(function: FilterFunction) -> FilterFunction:
@@ -130,12 +177,28 @@ def register(name: str, kind: str, label: str | None = None, **options: Any) -> 
 
 
 def runnable(inputs: EvaluationInputs, config: EvaluationConfig) -> list[Filter]:
-    """The filters this evaluation runs: switched on, with every input they need."""
-    return [f for f in FILTERS.values() if f.enabled(config) and all(inputs.has(need) for need in f.needs)]
+    """The filters this evaluation runs: THE filter, and every other one switched on with every
+    input it needs."""
+    chosen = chosen_name(config)
+    return [
+        f
+        for f in FILTERS.values()
+        if (f.enabled(config) or f.name == chosen) and all(inputs.has(need) for need in f.needs)
+    ]
 
 
 def variant_name(score: str, normalize: str) -> str:
     return score if normalize == "none" else f"{score}_{normalize}"
+
+
+def chosen_name(config: EvaluationConfig) -> str:
+    """THE filter's name: the `filter` setting, or with filter=variant the score / normalize variant."""
+    return variant_name(config.score, config.normalize) if config.filter == VARIANT_CHOICE else config.filter
+
+
+def filter_choices() -> list[str]:
+    """What the `filter` setting accepts: every filter but the references (bounds, not methods)."""
+    return [VARIANT_CHOICE, *(name for name, f in FILTERS.items() if f.kind != "reference")]
 
 
 # ---- references ---------------------------------------------------------------------------
@@ -210,3 +273,7 @@ for _method in SCORE_METHODS:
     for _normalize, _needs in NORMALIZATIONS.items():
         _name = variant_name(_method, _normalize)
         register(_name, kind="variant", needs=_needs)(partial(score_variant, _method, _normalize))
+
+
+# The calibrated filters and their estimators register themselves (semcal.estimators imports this module).
+from semcal import estimators  # noqa: E402, F401

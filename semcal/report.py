@@ -13,9 +13,10 @@ import seaborn as sns  # noqa: E402
 from semcal.filters import FILTERS  # noqa: E402
 
 
-def _table_filters() -> list:
-    """The registry's filters that get a column in the results table (oracle, classifier, ...)."""
-    return [f for f in FILTERS.values() if f.in_table]
+def _table_filters(results: dict) -> list:
+    """The registry's filters that get a column in the results table: always (oracle, classifier),
+    or when these results measured them (the calibrated candidates, in_table="measured")."""
+    return [f for f in FILTERS.values() if f.in_table is True or (f.in_table and f.name in results["filters"])]
 
 
 def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str | None = None):
@@ -113,7 +114,7 @@ def results_table_row(
         row = {
             "dataset": dataset,
             "split": results["distortion"],
-            "filter_variant": results["filter_variant"],
+            "filter_name": results["filter_name"],
             "kl_general": _as_float(results["kl_general"]),
             "kl_filtered_mean": _as_float(semcal["kl_mean"]),
             "kl_filtered_std": _as_float(semcal["kl_std"]),
@@ -122,7 +123,7 @@ def results_table_row(
             "pass_rate_pct": pct(semcal["pass_rate_mean"]),
             "ideal_pass_rate_pct": pct(results["ideal_pass_rate"]),
         }
-        blocks = [(f.name, filters.get(f.name)) for f in _table_filters()]
+        blocks = [(f.name, filters.get(f.name)) for f in _table_filters(results)]
         for name, block in blocks + [(name, results["variants"].get(name)) for name in variants]:
             row[f"{name}_kl_mean"] = _as_float(block["kl_mean"]) if block else None
             row[f"{name}_reduction_pct"] = pct(block["deception_reduction"]) if block else None
@@ -135,7 +136,7 @@ def results_table_row(
         "deception reduction (%)": _reduction_cell(results, semcal),
         "pass rate (%)": _percent(semcal["pass_rate_mean"]),
     }
-    for f in _table_filters():
+    for f in _table_filters(results):
         row[f"{f.label} reduction (%)"] = _reduction_cell(results, filters.get(f.name))
     for name in variants:
         row[f"{name} reduction (%)"] = _reduction_cell(results, results["variants"].get(name))
@@ -152,7 +153,7 @@ def results_table_row_over_seeds(
     rows = [results_table_row(r, dataset_label, numeric=True, variants=variants) for r in results_list]
 
     def over(key: str, scale: str = "") -> str:
-        values = [row[key] for row in rows]
+        values = [row.get(key) for row in rows]
         if any(v is None or v != v for v in values):
             return "n/a"
         if any(v in (float("inf"), float("-inf")) for v in values):
@@ -181,7 +182,7 @@ def results_table_row_over_seeds(
         "deception reduction (%)": reduction("deception_reduction_pct"),
         "pass rate (%)": over("pass_rate_pct", "%"),
     }
-    for f in _table_filters():
+    for f in _table_filters(results_list[0]):
         row[f"{f.label} reduction (%)"] = reduction(f"{f.name}_reduction_pct")
     for name in variants:
         row[f"{name} reduction (%)"] = reduction(f"{name}_reduction_pct")
@@ -223,8 +224,8 @@ def _summary_header(results: dict) -> list[str]:
     lines = [
         f"# Semantic calibration: {results['dataset_name']} / {results['distortion']}",
         "",
-        f"Filter: **{results['filter_variant']}** (score={config['score']}, normalize={config['normalize']}, "
-        f"top_p={config['top_p']}); the paper's method is `{results['paper_variant']}`. "
+        f"Filter: **{results['filter_name']}** ({_filter_setting(results)}); the paper's method is "
+        f"`filter=variant score=clipped normalize=none`. "
         f"{results['monte_carlo']['n_runs']} rejection-sampling runs, seed {config['seed']}; "
         "± is the population standard deviation over runs, not the standard error.",
         "",
@@ -247,6 +248,13 @@ def _summary_header(results: dict) -> list[str]:
     return lines
 
 
+def _filter_setting(results: dict) -> str:
+    config = results["config"]
+    if results["filters"]["semcal"].get("variant"):
+        return f"filter=variant: score={config['score']}, normalize={config['normalize']}, top_p={config['top_p']}"
+    return f"filter={results['filter_name']}"
+
+
 def _summary_filters(results: dict) -> list[str]:
     """The table of every filter (registry order: THE filter, variants, references and estimators) and the scores."""
     filters, variants = results["filters"], results["variants"]
@@ -255,7 +263,7 @@ def _summary_filters(results: dict) -> list[str]:
         "| filter | KL(filtered‖real) | runs with KL = inf | TVD | pass rate (%) | expected KL | reduction (%) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    named = [(f"semcal ({results['filter_variant']})", filters["semcal"])]
+    named = [(f"semcal ({results['filter_name']})", filters["semcal"])]
     named += [(f"variant {FILTERS[name].label}", block) for name, block in variants.items()]
     named += [(f.label, filters[f.name]) for f in FILTERS.values() if f.kind != "variant" and f.name in filters]
     for name, block in named:
@@ -278,6 +286,30 @@ def _summary_filters(results: dict) -> list[str]:
         lines.append(
             f"| {name} | {format_number(block['shift'])} | {format_number(block['score_mean'])} | "
             f"{format_number(block['score_std'])} | {format_number(block['test_log_mean_exp'])} |"
+        )
+    return lines + _summary_calibrations(filters)
+
+
+def _summary_calibrations(filters: dict) -> list[str]:
+    """The calibrated filters' fitted parameters: a(x) = min(1, exp(t * l(x) + c) / M)."""
+    calibrated = {name: block for name, block in filters.items() if name != "semcal" and "calibration" in block}
+    if not calibrated:
+        return []
+    lines = [
+        "",
+        "## Calibrations",
+        "",
+        "a(x) = min(1, exp(t · l(x) + c) / M); a shift-test statistic at or below its threshold makes t = 0 (flat).",
+        "",
+        "| filter | l(x) | criterion | temperature t | shift c | shift test (threshold) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, block in calibrated.items():
+        fit = block["calibration"]
+        test = f"{format_number(fit.get('shift_statistic'))} ({format_number(fit.get('shift_threshold'))})"
+        lines.append(
+            f"| {name} | {block.get('log_ratio', '')} | {fit.get('criterion', 'none')} | "
+            f"{format_number(fit['temperature'])} | {format_number(fit['shift'])} | {test} |"
         )
     return lines
 

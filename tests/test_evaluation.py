@@ -93,8 +93,10 @@ def mild_run(tmp_path_factory):
         real_scores_csv=str(_write_scores(root / "real.csv", test_texts, ratio, drop={3, 4}, seed=1)),
         general_heldout_csv=str(_write_scores(root / "general_heldout.csv", heldout_texts, seed=2)),
         real_heldout_csv=str(_write_scores(root / "real_heldout.csv", heldout_texts, ratio, seed=2)),
-        score="clipped",  # the paper's exact method: its acceptance must equal the oracle's here
+        filter="variant",  # the paper's exact method: its acceptance must equal the oracle's here
+        score="clipped",
         normalize="none",
+        candidates=False,  # the calibrated filters are checked in test_calibrated_filters.py
         n_runs=300,
         seed=3,
         output_dir=str(root / "out"),
