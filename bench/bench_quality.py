@@ -84,6 +84,7 @@ def run_one(name: str, seed: int, root: Path, paper: bool = False) -> dict:
     control = sum(
         files.read_record(folder).get("wall_time_s", 0.0)
         for folder in [*run_dir.glob("models/control_*"), *run_dir.glob("scores/*.control_*")]
+        if folder.is_dir() and not folder.name.startswith(".")  # not the lock files beside them
     )
     print(f"bench_quality: {run_dir.name} in {wall:.0f}s ({control:.0f}s of it control models)", flush=True)
     return {"run_dir": run_dir, "wall_s": wall, "control_s": control}
