@@ -1,5 +1,6 @@
 """`semcal run` end to end on a tiny synthetic data set, a crash between stages, `table` and the demo."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -111,3 +112,17 @@ def test_bad_pipeline_settings_fail_before_any_work(tmp_path, tiny_source):
 def test_table_without_results_says_what_to_run(tmp_path):
     (tmp_path / "empty_run").mkdir()
     assert main(["table", str(tmp_path / "empty_run")]) == 2
+
+
+def test_matched_control_models_are_trained_scored_and_measured(tmp_path, tiny_source):
+    config = _config(tmp_path, tiny_source)
+    config.splits = ["severe"]
+    config.control = "matched"
+    run_dir = pipeline.run_pipeline(config)
+    record = files.read_record(run_dir / "models" / "control_severe")
+    assert record["config"]["split_name"] == "control_train_severe"
+    assert record["config"]["init_from"] == str(run_dir / "models" / "general")
+    results = json.loads((run_dir / "evaluation" / "severe" / "results.json").read_text())
+    assert {"control_sum", "control_sum_stream"} <= set(results["filters"]) | set(results["variants"])
+    with pytest.raises(UserError, match="control='both' is not one of none, matched"):
+        pipeline.run_pipeline(dataclasses.replace(config, control="both"))
