@@ -227,3 +227,29 @@ def test_what_was_written_before_an_error_is_kept(tfidf_run, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         filter_texts(config)
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [1, 2]
+
+
+def test_a_live_stream_gets_each_decision_before_the_next_line(tfidf_run):
+    """A real pipe: the decision on line 1 arrives while the writer still holds line 2 back."""
+    import select
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    command = [sys.executable, "filter.py", f"--filter={tfidf_run['filter']}", "--stream=true", "--batch_size=1"]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for number, text in enumerate(["a dog barks", "a car engine starts"], 1):
+            process.stdin.write(json.dumps({"text": text}) + "\n")
+            process.stdin.flush()
+            ready, _, _ = select.select([process.stdout], [], [], 120)
+            assert ready, f"no decision for line {number} while the stream stays open"
+            record = json.loads(process.stdout.readline())
+            assert record["id"] == number and record["text"] == text and isinstance(record["decision"], bool)
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
