@@ -97,7 +97,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     )
     inputs, facts = load_inputs(config)
     chosen = chosen_filter(inputs, config)
-    identity = runstate.identity("evaluate", config, inputs=facts["fingerprints"], ignore=WHERE_SETTINGS)
+    inputs_read = {**facts["fingerprints"], "filter_format": filtering.FORMAT_VERSION}  # older runs re-run once
+    identity = runstate.identity("evaluate", config, inputs=inputs_read, ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)
     with output.building(identity) as staging:

@@ -144,8 +144,8 @@ class Filter:
         if not (folder / SPEC_NAME).is_file():
             raise UserError(
                 f"{folder} holds no saved filter ({SPEC_NAME}): give the filter folder of an evaluation, "
-                "RUN_DIR/evaluation/<split>/filter, written by `semcal run` or `semcal evaluate` (re-run the "
-                "evaluation with overwrite=true if it was made before semcal saved filters)."
+                "RUN_DIR/evaluation/<split>/filter, written by `semcal run` or `semcal evaluate` for the filters "
+                "tfidf_labmom, tfidf_mom and the language-model score ones (the evaluation's filter setting)."
             )
         spec = files.read_json(folder / SPEC_NAME)
         if spec.get("format_version") != FORMAT_VERSION:
