@@ -164,6 +164,20 @@ def test_plain_text_lines_are_items(tfidf_run, tmp_path, capsys):
     assert code == 0 and [(r["id"], r["text"]) for r in records] == [(1, "a car engine starts"), (3, "rain falls")]
 
 
+def test_a_parquet_file_and_standard_input_text_lines_are_read(tfidf_run, tmp_path, monkeypatch, capsys):
+    texts = tfidf_run["per_text"]["text"].tolist()[:4]
+    source = tmp_path / "new.parquet"
+    pd.DataFrame({"text": texts}).to_parquet(source)
+    expected = Filter.load(tfidf_run["filter"]).decide(texts, seed=2).tolist()
+    capsys.readouterr()
+    code, out, _ = _run([f"--filter={tfidf_run['filter']}", f"--input={source}", "--seed=2"], capsys)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["id"] for r in records] == [1, 2, 3, 4] and [r["decision"] for r in records] == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts) + "\n"))
+    code, out, _ = _run([f"--filter={tfidf_run['filter']}", "--input=-", "--input_format=text", "--seed=2"], capsys)
+    assert code == 0 and [json.loads(line)["decision"] for line in out.splitlines()] == expected
+
+
 def test_a_missing_filter_folder_is_one_clear_message(tmp_path, capsys):
     code, _, err = _run([f"--filter={tmp_path / 'nope'}", "--input=-"], capsys)
     assert code == 2 and "holds no saved filter" in err and "semcal run" in err and "Traceback" not in err
@@ -253,3 +267,34 @@ def test_a_live_stream_gets_each_decision_before_the_next_line(tfidf_run):
         assert process.wait(timeout=60) == 0
     finally:
         process.kill()
+
+
+def test_semcal_run_saves_a_filter_per_split_that_filters_new_texts(tmp_path, capsys):
+    """End to end: `semcal run` on a tiny data set, then `semcal filter` on its saved filter."""
+    from semcal import pipeline
+    from semcal.demo_data import generate_demo
+    from tests.test_pipeline import TINY_FINETUNE
+
+    source = files.save_dataset_dict(generate_demo(n_train=300, n_test=80, seed=3), tmp_path / "source")
+    run_dir = tmp_path / "run"
+    config = pipeline.PipelineConfig(
+        dataset_name=str(source),
+        run_dir=str(run_dir),
+        splits=["severe"],
+        finetune_settings=dict(TINY_FINETUNE),
+        evaluation_settings={"n_runs": "20", "filter": "sum_labmom"},
+    )
+    pipeline.run_pipeline(config)
+    folder = run_dir / "evaluation" / "severe" / "filter"
+    spec = files.read_json(folder / "filter.json")
+    assert spec["filter"] == "sum_labmom" and spec["models"]["real"]["path"].endswith("real_severe")
+    per_text = pd.read_csv(folder.parent / "per_text.csv", keep_default_na=False)
+    np.testing.assert_allclose(
+        Filter.load(folder).accept_probs(per_text["text"].tolist()), per_text["accept_prob"], atol=1e-6
+    )
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"text": text}) + "\n" for text in ["a dog barks twice", "rain on a roof"]))
+    output = tmp_path / "decisions.csv"
+    capsys.readouterr()
+    assert main(["filter", f"--filter={folder}", f"--input={new}", f"--output={output}"]) == 0
+    assert len(pd.read_csv(output)) == 2 and "2 items" in capsys.readouterr().out
