@@ -13,6 +13,7 @@ probability of rejection sampling, so the classifier's P(real | x) is used as it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,6 @@ def classifier_accept_probs(
     N_real p_real / (N_general p_general) = p_real / (M p_general), and the acceptance is
     min(1, that odds ratio).
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
     general_train_texts = list(general_train_texts)
     if real_general_rows is not None:
         in_real = np.zeros(len(general_train_texts), dtype=bool)
@@ -43,20 +41,34 @@ def classifier_accept_probs(
         negatives = [text for text, real in zip(general_train_texts, in_real, strict=True) if not real]
     else:
         negatives = general_train_texts
-    positives = list(real_train_texts)
-    if not negatives or not positives:
-        raise ValueError(
-            f"the classifier needs texts of both classes (real {len(positives)}, rest of general {len(negatives)})"
-        )
-    texts = positives + negatives
-    targets = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    features = vectorizer.fit_transform(texts)
-    # Unweighted on purpose: the class prior N_real / N_rest is what makes P(real|x) the ratio.
-    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    model.fit(features, targets)
+    vectorizer, model = fit_classifier(list(real_train_texts), negatives, seed)
     p_real = model.predict_proba(vectorizer.transform(list(test_texts)))[:, 1]
     if real_general_rows is not None:
         return p_real
     with np.errstate(divide="ignore"):
         return np.minimum(1.0, p_real / (1.0 - p_real))
+
+
+def tfidf_vectorizer(**options: Any) -> Any:
+    """The classifier's TF-IDF features (options: e.g. a saved `vocabulary`)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, **options)
+
+
+def fit_classifier(positives: Sequence[str], negatives: Sequence[str], seed: int = 0) -> tuple[Any, Any]:
+    """The fitted TF-IDF vectorizer and logistic regression telling `positives` (1) from `negatives` (0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    positives, negatives = list(positives), list(negatives)
+    if not negatives or not positives:
+        raise ValueError(
+            f"the classifier needs texts of both classes (real {len(positives)}, rest of general {len(negatives)})"
+        )
+    targets = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
+    vectorizer = tfidf_vectorizer()
+    features = vectorizer.fit_transform(positives + negatives)
+    # Unweighted on purpose: the class prior N_real / N_rest is what makes P(real|x) the ratio.
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    model.fit(features, targets)
+    return vectorizer, model

@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "finetune": ("semcal.finetune", "finetune", "FinetuneConfig", "finetune_gpt2.py"),
     "score": ("semcal.scoring", "score_split", "ScoreConfig", "token_sequence_probs.py"),
     "evaluate": ("semcal.evaluation", "evaluate", "EvaluationConfig", "semantic_calibration_evaluation.py"),
+    "filter": ("semcal.filter_stream", "filter_texts", "FilterConfig", "filter.py"),
     "run": ("semcal.pipeline", "run_pipeline", "PipelineConfig", ""),
     "demo": ("semcal.pipeline", "demo", "DemoConfig", ""),
 }

@@ -68,6 +68,7 @@ class SplitEstimate:
     heldout: np.ndarray
     stream: np.ndarray
     params: dict[str, float]
+    model: Any = None  # the fitted model when the estimator keeps it (tfidf: the saved filter's)
 
 
 def text_estimate(inputs: EvaluationInputs, name: str, config: EvaluationConfig) -> SplitEstimate:
@@ -101,7 +102,9 @@ def _fit_text_estimate(inputs: EvaluationInputs, name: str, config: EvaluationCo
             seed=config.seed,
         )
     n_heldout = len(heldout_ids)
-    return SplitEstimate(estimate.log_ratio[:n_heldout], estimate.log_ratio[n_heldout:], dict(estimate.params))
+    return SplitEstimate(
+        estimate.log_ratio[:n_heldout], estimate.log_ratio[n_heldout:], dict(estimate.params), estimate.model
+    )
 
 
 def _embeddings(inputs: EvaluationInputs) -> tuple[np.ndarray, np.ndarray]:

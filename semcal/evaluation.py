@@ -13,10 +13,10 @@ switch more filters on: a matched control model's scores (control_scores_csv,
 control_heldout_csv) and a sentence encoder (embedding_model); `candidates=false` measures
 only THE filter, the variants and the references of before (no calibrated filters).
 
-Writes results.json, summary.md, per_text.csv and the label-distribution figure (PNG and
-PDF) into output_dir, built beside it and swapped in whole (semcal.runstate): a failed run
-leaves a finished evaluation as it was, and a rerun with the same settings and inputs does
-nothing.
+Writes results.json, summary.md, per_text.csv, the label-distribution figure (PNG and
+PDF) and THE filter, saved to apply to new texts (filter/, semcal.filtering), into
+output_dir, built beside it and swapped in whole (semcal.runstate): a failed run leaves a
+finished evaluation as it was, and a rerun with the same settings and inputs does nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, files, report, runstate
+from semcal import calibration, files, filtering, report, runstate
 from semcal.config import UserError, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, load_inputs
@@ -97,7 +97,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     )
     inputs, facts = load_inputs(config)
     chosen = chosen_filter(inputs, config)
-    identity = runstate.identity("evaluate", config, inputs=facts["fingerprints"], ignore=WHERE_SETTINGS)
+    inputs_read = {**facts["fingerprints"], "filter_format": filtering.FORMAT_VERSION}  # older runs re-run once
+    identity = runstate.identity("evaluate", config, inputs=inputs_read, ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)
     with output.building(identity) as staging:
@@ -113,6 +114,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         )
         results = collect_results(config, inputs, facts, chosen, accepted, runs)
         results = write_outputs(staging, config, inputs, results, accepted, runs, started)
+        filtering.save_filter(
+            staging / filtering.FOLDER_NAME, config, inputs, facts, chosen.name, accepted[chosen.name]
+        )
         output.finish(config, summary=one_line_summary(results), inputs=results["inputs"], outputs=results["outputs"])
     return results
 

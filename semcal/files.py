@@ -345,3 +345,87 @@ def save_pretrained(folder: str | Path, *objects: Any) -> Path:
             obj.save_pretrained(str(tmp))
 
     return _write_folder(folder, write, keep_files=False)
+
+
+def write_safetensors(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """Numpy arrays as a safetensors file (plain tensors, safe to load from anyone; never pickle)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    save_file({name: _contiguous(array) for name, array in arrays.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _contiguous(array: Any) -> Any:
+    import numpy as np
+
+    return np.ascontiguousarray(array)
+
+
+class RecordWriter:
+    """Write records (dicts) as JSON lines or CSV rows to a file or standard output ("-"), a
+    batch at a time, each batch flushed so a reader sees every decision as soon as it is made.
+
+    A file is written beside its target and moved into place on close, also after an error,
+    so what was written is never lost and a reader never sees a half-written line.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.to_stdout = str(path) == "-"
+        self.format = "jsonl" if self.to_stdout or Path(path).suffix.lower() != ".csv" else "csv"
+        if self.to_stdout:
+            self.path, self.handle = None, sys.stdout
+        else:
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(_tmp_path(self.path), "w", newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.handle, self.columns, extrasaction="ignore") if self.format == "csv" else None
+        if self.csv is not None:
+            self.csv.writeheader()
+        self.written = 0
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            if self.csv is not None:
+                self.csv.writerow({key: _cell(value) for key, value in record.items()})
+            else:
+                self.handle.write(json.dumps(plain_json(record), ensure_ascii=False) + "\n")
+            self.written += 1
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        self.handle.close()
+        os.replace(_tmp_path(self.path), self.path)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def iter_lines(path: str | Path) -> Iterable[str]:
+    """The lines of a text file (or of standard input for "-"), one at a time, without line ends."""
+    if str(path) == "-":
+        for line in sys.stdin:
+            yield line.rstrip("\r\n")
+        return
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield line.rstrip("\r\n")

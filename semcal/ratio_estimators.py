@@ -19,8 +19,8 @@ equals prior * r(x), which is the rejection-sampling acceptance min(1, r(x) / M)
 LABELS, r(x) = sum_y P(y | x) q(y) / p(y), with a multinomial logistic regression for
 P(y | x), q the real_train and p the general_train label distribution.
 
-Fitted parameters are plain floats in `RatioEstimate.params` (JSON-ready); the fitted
-models themselves are not kept.
+Fitted parameters are plain floats in `RatioEstimate.params` (JSON-ready); the TF-IDF
+classifier is also kept (`RatioEstimate.model`) for the saved filter (semcal.filtering).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ class RatioEstimate:
     log_ratio: np.ndarray
     prior: float
     params: dict[str, float] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)  # the fitted model when one is kept (the saved filter's)
 
     def accept(self) -> np.ndarray:
         """min(1, prior * r(x)) = min(1, r(x) / M): the uncalibrated acceptance."""
@@ -71,13 +73,17 @@ def fit_tfidf(
     train_texts: Sequence[str], is_real: Sequence[bool], predict_texts: Sequence[str], seed: int = 0
 ) -> RatioEstimate:
     """The TF-IDF + logistic regression classifier of semcal.baselines, as a ratio."""
-    from semcal.baselines import classifier_accept_probs
+    from semcal.baselines import fit_classifier
 
     train_texts = list(train_texts)
     is_real, prior = _membership(is_real, len(train_texts))
     members = [text for text, real in zip(train_texts, is_real, strict=True) if real]
-    p_real = classifier_accept_probs(train_texts, members, np.flatnonzero(is_real), predict_texts, seed=seed)
-    return _from_probability("tfidf", p_real, prior, {"n_train": float(len(train_texts))})
+    others = [text for text, real in zip(train_texts, is_real, strict=True) if not real]
+    vectorizer, classifier = fit_classifier(members, others, seed)
+    p_real = classifier.predict_proba(vectorizer.transform(list(predict_texts)))[:, 1]
+    estimate = _from_probability("tfidf", p_real, prior, {"n_train": float(len(train_texts))})
+    estimate.model = (vectorizer, classifier)
+    return estimate
 
 
 def fit_hashed_ngrams(

@@ -1,0 +1,24 @@
+"""Stage 5: apply the saved filter of an evaluation to new, unlabeled texts, or to a live stream.
+
+Edit the settings below, or override any of them: python filter.py --name=value
+(`python filter.py --help` lists them). The same stage runs as `semcal filter`.
+"""
+
+from semcal.config import run_script
+from semcal.filter_stream import FilterConfig, filter_texts
+
+# ---- settings: edit these (or pass --name=value) --------------------------------------
+filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
+input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), or - (standard input)
+output = "-"  # a .csv or .jsonl file, or - (standard output, JSON lines)
+text_column = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
+id_column = None  # the field holding each item's id; none: its row or line number (from 1)
+input_format = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
+stream = False  # read JSON lines from standard input as they come; write each batch at once
+batch_size = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
+seed = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
+# ----------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    run_script(filter_texts, FilterConfig, globals())
