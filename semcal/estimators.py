@@ -77,7 +77,7 @@ def text_estimate(inputs: EvaluationInputs, name: str, config: EvaluationConfig)
     if key not in inputs.cache:
         started = time.perf_counter()
         inputs.cache[key] = _fit_text_estimate(inputs, name, config)
-        log.info(
+        log.debug(
             "fitted the %s ratio on %d general_train rows in %.1fs",
             name,
             len(inputs.train_ids),
