@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
 COMMANDS: dict[str, tuple[str, str]] = {
     "labelmap": ("semcal.labelmap", "main"),
     "table": ("semcal.pipeline", "table_main"),
+    "animate": ("semcal.animate", "main"),
 }
 
 

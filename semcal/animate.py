@@ -1,0 +1,188 @@
+"""`semcal animate RUN_DIR --split=mild`: a GIF of the evaluated stream passing through the filter.
+
+The evaluation's per-text table holds each text's label and the chosen filter's acceptance
+probability. Replaying the texts in file order with seeded uniform draws (accept when
+u < accept_prob), each frame shows the label distribution of the items accepted so far beside
+that of all items so far (the unfiltered stream) and the real target, so the filtered bars
+visibly move from the general distribution toward the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semcal import console, files
+from semcal.calibration import kl_divergence
+from semcal.config import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stream:
+    """Running label counts after the first `seen[k]` items, one row per frame."""
+
+    seen: np.ndarray  # (frames,) items of the stream replayed by each frame
+    all_counts: np.ndarray  # (frames, labels) counts over every item seen
+    accepted_counts: np.ndarray  # (frames, labels) counts over the accepted items seen
+
+
+def replay_stream(label_codes: np.ndarray, accept_prob: np.ndarray, n_labels: int, frames: int, seed: int) -> Stream:
+    """Replay the stream in order with seeded draws and take running counts at `frames` even steps."""
+    label_codes = np.asarray(label_codes, dtype=np.int64)
+    accepted = np.random.default_rng(seed).random(len(label_codes)) < np.asarray(accept_prob, dtype=np.float64)
+    one_hot = np.eye(n_labels, dtype=np.int64)[label_codes]
+    all_running = np.cumsum(one_hot, axis=0)
+    accepted_running = np.cumsum(one_hot * accepted[:, None], axis=0)
+    # Frame k has seen ceil(N * (k + 1) / frames) items, so the last frame shows the whole stream.
+    seen = np.ceil(len(label_codes) * np.arange(1, frames + 1) / frames).astype(np.int64)
+    return Stream(seen, all_running[seen - 1], accepted_running[seen - 1])
+
+
+def normalise(counts: np.ndarray) -> np.ndarray:
+    """Counts -> distributions along the last axis; rows with no items become NaN."""
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / totals, np.nan)
+
+
+@dataclass
+class Evaluation:
+    labels: list[str]
+    real: np.ndarray
+    filter_name: str
+    label_codes: np.ndarray
+    accept_prob: np.ndarray
+
+
+def read_evaluation(run_dir: Path, split: str) -> Evaluation:
+    """Read a split's per_text.csv and results.json, refusing with the fix when either is missing."""
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; pass a folder written by `semcal run` or `semcal demo`.")
+    evaluation_dir = run_dir / "evaluation"
+    split_dir = evaluation_dir / split
+    if not split_dir.is_dir():
+        splits = sorted(p.name for p in evaluation_dir.iterdir() if p.is_dir()) if evaluation_dir.is_dir() else []
+        raise UserError(
+            f"{run_dir} has no evaluation of split {split!r}; pass --split= one of {splits or 'none (run `semcal run` first)'}."
+        )
+    for name in ("per_text.csv", "results.json"):
+        if not (split_dir / name).is_file():
+            raise UserError(f"{split_dir / name} is missing; re-run `semcal evaluate` for split {split!r} to write it.")
+    results = files.read_json(split_dir / "results.json")
+    table = files.read_csv(split_dir / "per_text.csv", usecols=["label", "accept_prob"])
+    labels = [str(label) for label in results["labels"]]
+    unknown = sorted(set(table["label"].astype(str)) - set(labels))
+    if unknown:
+        raise UserError(
+            f"{split_dir / 'per_text.csv'} has labels {unknown} not in results.json; re-run `semcal evaluate`."
+        )
+    codes = table["label"].astype(str).map({label: code for code, label in enumerate(labels)}).to_numpy()
+    real = np.array([results["distributions"]["real_train"][label] for label in labels], dtype=np.float64)
+    return Evaluation(labels, real, str(results["filter_name"]), codes, table["accept_prob"].to_numpy(np.float64))
+
+
+def render(evaluation: Evaluation, stream: Stream, title: str, output: Path, duration: float) -> list[Path]:
+    """Draw one grouped bar chart per frame and save it as a GIF (and an MP4 when ffmpeg exists)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # written to a file; no display is needed or assumed
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FFMpegWriter, FuncAnimation, PillowWriter
+
+    all_dist, accepted_dist = normalise(stream.all_counts), normalise(stream.accepted_counts)
+    x, width = np.arange(len(evaluation.labels)), 0.27
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    all_bars = axes.bar(x - width, all_dist[0], width, label="all items (unfiltered)", color="tab:gray")
+    accepted_bars = axes.bar(x, np.nan_to_num(accepted_dist[0]), width, label="accepted", color="tab:blue")
+    axes.bar(x + width, evaluation.real, width, label="real target", color="tab:green")
+    axes.set_xticks(x, evaluation.labels, rotation=30, ha="right")
+    axes.set_ylim(0, 1.05 * max(np.nanmax(all_dist), np.nanmax(accepted_dist), evaluation.real.max()))
+    axes.set_ylabel("share of items")
+    axes.legend(loc="upper left")
+
+    def draw(k: int) -> list:
+        for bar, height in zip(all_bars, all_dist[k], strict=True):
+            bar.set_height(height)
+        for bar, height in zip(accepted_bars, np.nan_to_num(accepted_dist[k]), strict=True):
+            bar.set_height(height)
+        kl_all, kl_accepted = (
+            kl_divergence(all_dist[k], evaluation.real),
+            kl_divergence(accepted_dist[k], evaluation.real),
+        )
+        axes.set_title(
+            f"{title}: {stream.seen[k]}/{stream.seen[-1]} items, {stream.accepted_counts[k].sum()} accepted\n"
+            f"KL(accepted||real) = {kl_accepted:.3f}   KL(all||real) = {kl_all:.3f}"
+        )
+        return [*all_bars, *accepted_bars]
+
+    draw(0)
+    figure.tight_layout()  # after a title is drawn, so the two-line title keeps its room
+    frames = len(stream.seen)
+    animation = FuncAnimation(figure, draw, frames=frames, blit=False)
+    fps = frames / duration
+    writers = {".gif": PillowWriter(fps=fps)}
+    if shutil.which("ffmpeg"):
+        writers[".mp4"] = FFMpegWriter(fps=fps)
+    else:
+        log.info("animate: ffmpeg is not on PATH, so no MP4 is written (install ffmpeg for one)")
+    written = []
+    for suffix, writer in writers.items():
+        path = output.with_suffix(suffix)
+        written.append(_save(animation, writer, path, frames))
+    plt.close(figure)
+    return written
+
+
+def _save(animation: object, writer: object, path: Path, frames: int) -> Path:
+    """Save atomically: the writer infers the format from the suffix, so the temporary keeps it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    with console.progress(total=frames, desc=f"rendering {path.name}", unit="frame") as bar:
+        animation.save(str(tmp), writer=writer, progress_callback=lambda i, n: bar.update(1))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str]) -> int:
+    """`semcal animate RUN_DIR --split=mild`: a GIF of the stream passing through the run's filter."""
+    parser = argparse.ArgumentParser(prog="semcal animate", description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help="run folder written by `semcal run` or `semcal demo`")
+    parser.add_argument("--split", required=True, help="evaluated split, a folder under RUN_DIR/evaluation")
+    parser.add_argument("--frames", type=int, default=60, help="frames in the animation (default 60)")
+    parser.add_argument("--duration", type=float, default=6.0, help="length of the animation in seconds (default 6)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the accept/reject draws (default 0)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="GIF path (default RUN_DIR/evaluation/SPLIT/stream.gif)"
+    )
+    args = parser.parse_args(list(argv))
+    if args.frames < 1 or args.duration <= 0:
+        raise UserError("--frames must be at least 1 and --duration above 0; pass e.g. --frames=60 --duration=6.")
+    evaluation = read_evaluation(args.run_dir, args.split)
+    if len(evaluation.label_codes) == 0:
+        raise UserError(f"the {args.split} evaluation of {args.run_dir} holds no texts; re-run `semcal evaluate`.")
+    stream = replay_stream(
+        evaluation.label_codes, evaluation.accept_prob, len(evaluation.labels), args.frames, args.seed
+    )
+    output = args.output or args.run_dir / "evaluation" / args.split / "stream.gif"
+    written = render(evaluation, stream, f"{evaluation.filter_name} on {args.split}", output, args.duration)
+    last = normalise(stream.accepted_counts[-1])
+    log.info(
+        "animate: %d frames of %d texts, %d accepted, KL(accepted||real) %.3f vs KL(all||real) %.3f; written to %s",
+        args.frames,
+        stream.seen[-1],
+        stream.accepted_counts[-1].sum(),
+        kl_divergence(last, evaluation.real),
+        kl_divergence(normalise(stream.all_counts[-1]), evaluation.real),
+        ", ".join(str(path) for path in written),
+    )
+    return 0
