@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,13 +143,9 @@ def render(evaluation: Evaluation, stream: Stream, title: str, output: Path, dur
 
 
 def _save(animation: object, writer: object, path: Path, frames: int) -> Path:
-    """Save atomically: the writer infers the format from the suffix, so the temporary keeps it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    """Save through files (atomic), one progress bar over the frames."""
     with console.progress(total=frames, desc=f"rendering {path.name}", unit="frame") as bar:
-        animation.save(str(tmp), writer=writer, progress_callback=lambda i, n: bar.update(1))
-    os.replace(tmp, path)
-    return path
+        return files.save_animation(animation, writer, path, progress_callback=lambda i, n: bar.update(1))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -158,6 +158,16 @@ def save_figure(figure: Any, path_stem: str | Path, formats: Sequence[str] = ("p
     return paths
 
 
+def save_animation(animation: Any, writer: Any, path: str | Path, progress_callback: Any = None) -> Path:
+    """Save a matplotlib animation atomically; the temporary file keeps the suffix the writer reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    animation.save(str(tmp), writer=writer, progress_callback=progress_callback)
+    os.replace(tmp, path)
+    return path
+
+
 def _write_folder(folder: str | Path, write: Any, keep_files: bool) -> Path:
     """Let `write(tmp)` fill a temporary folder beside `folder`, then swap it in (`swap_in`)."""
     folder = Path(folder)
