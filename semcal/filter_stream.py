@@ -163,7 +163,7 @@ def _json_items(config: FilterConfig, lines: Iterator[str]) -> Iterator[Item]:
             yield {"line": number, "error": f"line {number}: {problem}"}
             continue
         seen_text = True
-        yield {"line": number, "id": item.get(config.id_column) if config.id_column else number, **item}
+        yield {"line": number, "id": item.pop("id", number), **item}
 
 
 def _parse_line(line: str, config: FilterConfig) -> tuple[str | None, dict[str, Any]]:
@@ -178,7 +178,10 @@ def _parse_line(line: str, config: FilterConfig) -> tuple[str | None, dict[str, 
             return f"no {column!r} field (it has {', '.join(value) or 'none'})", {}
     if not isinstance(value[config.text_column], str):
         return f"{config.text_column!r} is not a string", {}
-    return None, {"text": value[config.text_column]}
+    item = {"text": value[config.text_column]}
+    if config.id_column:
+        item["id"] = value[config.id_column]
+    return None, item
 
 
 def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:

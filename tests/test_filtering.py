@@ -298,3 +298,13 @@ def test_semcal_run_saves_a_filter_per_split_that_filters_new_texts(tmp_path, ca
     capsys.readouterr()
     assert main(["filter", f"--filter={folder}", f"--input={new}", f"--output={output}"]) == 0
     assert len(pd.read_csv(output)) == 2 and "2 items" in capsys.readouterr().out
+
+
+def test_streaming_keeps_the_id_column_of_each_json_line(tfidf_run, monkeypatch, capsys):
+    texts = tfidf_run["per_text"]["text"].tolist()[:3]
+    lines = [json.dumps({"uid": f"clip-{i}", "text": text}) for i, text in enumerate(texts)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    argv = [f"--filter={tfidf_run['filter']}", "--input=-", "--stream=true", "--id_column=uid"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["clip-0", "clip-1", "clip-2"]
