@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = Path("/work/shared/data/audiocaps_labeled/audiocaps_labeled.csv")
-DEFAULT_FILTER = Path("/work/runs-quality/audiocaps-seed0/evaluation/mild/filter")
+DEFAULT_CSV = ROOT.parent / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
+# Written by `bench/bench_quality.py --root=runs/quality --datasets=audiocaps --seeds=0`.
+DEFAULT_FILTER = ROOT / "runs" / "quality" / "audiocaps-seed0" / "evaluation" / "mild" / "filter"
 SUMMARY = re.compile(r"filter \S+: (\d+) items.* in ([0-9.]+)s")
 
 
