@@ -25,7 +25,7 @@ from typing import Any
 from semcal import caption_inputs, captioners, console, files, runstate
 from semcal.caption_inputs import CaptionInputs
 from semcal.captioners import DTYPES, FLORENCE_CAPTION_TASKS
-from semcal.config import UserError, config_to_dict
+from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.media import MediaError
 from semcal.runstate import StageOutput
 
@@ -123,9 +123,9 @@ def caption_audio(config: AudioCaptionConfig) -> Path:
 
 
 def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
-    for name in ("batch_size", "chunk_size", "num_beams", "max_new_tokens"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name} must be at least 1 (got {getattr(config, name)}).")
+    problems = below_minimum(config, {"batch_size": 1, "chunk_size": 1, "num_beams": 1, "max_new_tokens": 1})
+    if problems:
+        raise UserError("; ".join(problems) + ".")
     if config.max_items is not None and config.max_items < 1:
         raise UserError(f"max_items must be at least 1, or none for all rows (got {config.max_items}).")
     if config.dtype not in DTYPES:

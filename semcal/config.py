@@ -176,6 +176,16 @@ def apply_overrides(config: C, argv: Sequence[str]) -> C:
     return dataclasses.replace(config, **changes)
 
 
+def below_minimum(config: Any, minimums: dict[str, int]) -> list[str]:
+    """One problem per setting below its minimum, e.g. "n_runs must be at least 1 (got 0)"; none is not checked."""
+    problems = []
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if value is not None and value < low:
+            problems.append(f"{name} must be {'0 or more' if low == 0 else f'at least {low}'} (got {value})")
+    return problems
+
+
 def config_from_script(config_cls: type[C], script_vars: dict[str, Any]) -> C:
     """Build a config from the variables a stage script defines at its top."""
     names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]

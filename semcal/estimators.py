@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -259,37 +260,21 @@ def tfidf_mom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     return acceptance
 
 
-@register(
-    "tfidf_labmom",
-    kind="calibrated",
-    label="TF-IDF, label moments",
-    needs=("heldout_rows",),
-    in_table="measured",
-    enabled=_candidates,
-)
-def tfidf_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
-    tfidf = text_estimate(inputs, "tfidf", config)
-    return label_moments(inputs, "tfidf", tfidf.heldout, tfidf.stream, estimator=tfidf.params)
+def text_labmom(source: str, inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
+    """A text estimator's log-ratio, its temperature from held-out label moments, the stream shift."""
+    estimate = text_estimate(inputs, source, config)
+    return label_moments(inputs, source, estimate.heldout, estimate.stream, estimator=estimate.params)
 
 
-@register(
-    "ngram_labmom", kind="calibrated", label="n-gram, label moments", needs=("heldout_rows",), enabled=_candidates
-)
-def ngram_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
-    ngram = text_estimate(inputs, "ngram", config)
-    return label_moments(inputs, "ngram", ngram.heldout, ngram.stream, estimator=ngram.params)
-
-
-@register(
-    "embedding_labmom",
-    kind="calibrated",
-    label="embedding, label moments",
-    needs=("heldout_rows", "embedding"),
-    enabled=_candidates,
-)
-def embedding_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
-    embedding = text_estimate(inputs, "embedding", config)
-    return label_moments(inputs, "embedding", embedding.heldout, embedding.stream, estimator=embedding.params)
+# One filter per text estimator; TF-IDF (the default) also gets its column in the results table.
+for _source, _label, _options in (
+    ("tfidf", "TF-IDF, label moments", {"needs": ("heldout_rows",), "in_table": "measured"}),
+    ("ngram", "n-gram, label moments", {"needs": ("heldout_rows",)}),
+    ("embedding", "embedding, label moments", {"needs": ("heldout_rows", "embedding")}),
+):
+    register(f"{_source}_labmom", kind="calibrated", label=_label, enabled=_candidates, **_options)(
+        partial(text_labmom, _source)
+    )
 
 
 @register(

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from semcal import calibration, files, filtering, report, runstate
-from semcal.config import UserError, config_to_dict
+from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, load_inputs
 from semcal.filters import (
@@ -135,14 +135,11 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError(f"normalize={config.normalize!r} is not one of {tuple(NORMALIZATIONS)}.")
     if not 0.0 <= config.top_p <= 1.0:
         raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
-    if config.n_runs < 1:
-        raise UserError(f"n_runs must be at least 1 (got {config.n_runs}).")
-    if config.seed < 0:
-        raise UserError(f"seed must be 0 or a positive integer (got {config.seed}).")
+    problems = below_minimum(config, {"n_runs": 1, "seed": 0, "top_tokens": 0})
+    if problems:
+        raise UserError("; ".join(problems) + ".")
     if config.kl_epsilon < 0:
         raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
-    if config.top_tokens < 0:
-        raise UserError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
     for name in ("general_scores_csv", "real_scores_csv"):
         _check_file(getattr(config, name), name)
     given = [name for name in ("general_heldout_csv", "real_heldout_csv") if getattr(config, name)]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from semcal import files
-from semcal.config import UserError
+from semcal.config import UserError, below_minimum
 from semcal.filtering import Filter, draw
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,9 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
 
 def _check_settings(config: FilterConfig) -> str:
     """The input's format; every setting problem before the filter loads."""
-    if config.batch_size < 1:
-        raise UserError(f"batch_size must be at least 1 (got {config.batch_size}).")
-    if config.top_tokens < 0:
-        raise UserError(f"top_tokens must be 0 or more (got {config.top_tokens}).")
-    if config.seed < 0:
-        raise UserError(f"seed must be 0 or a positive integer (got {config.seed}).")
+    problems = below_minimum(config, {"batch_size": 1, "top_tokens": 0, "seed": 0})
+    if problems:
+        raise UserError("; ".join(problems) + ".")
     if config.input_format is not None and config.input_format not in FORMATS:
         raise UserError(f"input_format={config.input_format!r} is not one of {FORMATS} (or none: by extension).")
     if config.stream and config.input != "-":

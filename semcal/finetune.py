@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from semcal import files, runstate
-from semcal.config import UserError
+from semcal.config import UserError, below_minimum
 from semcal.data import (
     GENERAL_ROW_COLUMN,
     HELDOUT_OWN_ROWS,
@@ -187,9 +187,7 @@ def _check_settings(config: FinetuneConfig) -> None:
         problems.append(f"eval_fraction must be between 0 and 1 (got {config.eval_fraction})")
     if not 0.0 <= config.warmup_ratio < 1.0:
         problems.append(f"warmup_ratio must be in [0, 1) (got {config.warmup_ratio})")
-    for name in ("batch_size", "eval_batch_size", "num_epochs"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1 (got {getattr(config, name)})")
+    problems += below_minimum(config, {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1})
     for name in ("seed", "split_seed"):
         if not 0 <= getattr(config, name) < 2**32:
             problems.append(f"{name} must be an integer from 0 to 2**32 - 1 (got {getattr(config, name)})")

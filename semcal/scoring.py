@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from semcal import console, files, runstate
-from semcal.config import UserError
+from semcal.config import UserError, below_minimum
 from semcal.data import get_split, heldout_rows, load_dataset_dict, texts_of
 from semcal.framing import check_framing, check_sibling_tokenizers, frame_and_count_cuts, report_cut, tokenisation
 from semcal.models import (
@@ -176,10 +176,7 @@ def _score(
 def _check_settings(config: ScoreConfig) -> None:
     if config.framing is not None:
         check_framing(config.framing)
-    problems = []
-    for name in ("batch_size", "max_batch_tokens", "chunk_size"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1 (got {getattr(config, name)})")
+    problems = below_minimum(config, {"batch_size": 1, "max_batch_tokens": 1, "chunk_size": 1})
     if config.max_length is not None and config.max_length < 2:
         problems.append(f"max_length must be at least 2 tokens (got {config.max_length})")
     if config.split_seed is not None and not 0 <= config.split_seed < 2**32:
