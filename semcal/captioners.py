@@ -105,6 +105,11 @@ def device_and_dtype(device: str | None, dtype: str) -> tuple[str, Any]:
     return device, getattr(torch, dtype)
 
 
+def _load_model(model_class: Any, model_name: str, device: str, dtype: Any) -> Any:
+    """The captioning model in eval mode on `device`, with the same clear error as its processor."""
+    return _load_pretrained(model_class.from_pretrained, model_name, "model", dtype=dtype).to(device).eval()
+
+
 def _load_pretrained(loader: Callable[..., Any], model_name: str, what: str, **kwargs: Any) -> Any:
     path = Path(model_name).expanduser()
     try:
@@ -135,10 +140,7 @@ class FlorenceCaptioner:
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
         self.processor = _load_pretrained(AutoProcessor.from_pretrained, config.model_name, "processor")
-        self.model = _load_pretrained(
-            Florence2ForConditionalGeneration.from_pretrained, config.model_name, "model", dtype=dtype
-        )
-        self.model.to(device).eval()
+        self.model = _load_model(Florence2ForConditionalGeneration, config.model_name, device, dtype)
         self.task, self.device, self.dtype = config.task_prompt, device, dtype
         self.generate_kwargs = {"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams}
 
@@ -184,10 +186,7 @@ class ImageTextToTextCaptioner:
                 f"{config.model_name} is a chat model: set text_prompt to the instruction, e.g. "
                 "'Describe this image in detail.'"
             )
-        self.model = _load_pretrained(
-            AutoModelForImageTextToText.from_pretrained, config.model_name, "model", dtype=dtype
-        )
-        self.model.to(device).eval()
+        self.model = _load_model(AutoModelForImageTextToText, config.model_name, device, dtype)
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None and not self.model.config.is_encoder_decoder:
             tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
@@ -229,10 +228,7 @@ class Qwen2AudioCaptioner:
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
         self.processor = _load_pretrained(AutoProcessor.from_pretrained, config.model_name, "processor")
-        self.model = _load_pretrained(
-            Qwen2AudioForConditionalGeneration.from_pretrained, config.model_name, "model", dtype=dtype
-        )
-        self.model.to(device).eval()
+        self.model = _load_model(Qwen2AudioForConditionalGeneration, config.model_name, device, dtype)
         self.processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
         feature_extractor = self.processor.feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)  # 16 kHz for Qwen2-Audio
