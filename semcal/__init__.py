@@ -9,4 +9,4 @@ __version__ = "0.1.0"
 
 from semcal import console as _console  # noqa: E402
 
-_console.install_handler()
+_console.setup()  # quiet libraries by default, also when a stage is called from Python

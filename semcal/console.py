@@ -122,7 +122,6 @@ def progress(iterable: Iterable[Any] | None = None, desc: str = "", **kwargs: An
     """A tqdm bar with rate and ETA that disappears when done, leaving the stage's own summary line."""
     from tqdm.auto import tqdm
 
-    quiet_libraries(not _verbose)  # libraries imported since `setup` are quieted too
     kwargs.setdefault("leave", _verbose)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)

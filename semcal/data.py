@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import console
 from semcal.config import UserError
 from semcal.labelmap import apply_label_map, load_label_map
 
@@ -50,17 +49,10 @@ def control_split_name(distortion: str) -> str:
     return f"control_train_{distortion}"
 
 
-def _datasets() -> Any:
-    """The datasets module, its progress bars and logging switched like the other libraries'."""
-    import datasets
-
-    console.quiet_libraries(not console.is_verbose())  # imported after console.setup: switch it now
-    return datasets
-
-
 def load_dataset_dict(dataset_name: str, split_column: str = "split"):
     """Load every split of `dataset_name` as a `datasets.DatasetDict`."""
-    datasets = _datasets()
+    import datasets
+
     path = Path(dataset_name).expanduser()
     if "=" in dataset_name and not path.exists():
         files = {}
@@ -95,11 +87,15 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
 
 
 def _dataset_of(table: pd.DataFrame):
-    return _datasets().Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False)
+    import datasets
+
+    return datasets.Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False)
 
 
 def _split_by_column(table: pd.DataFrame, path: Path, split_column: str):
     """One split per value of the split column, in order of first appearance."""
+    import datasets
+
     if split_column not in table.columns:
         raise UserError(
             f"{path} has no split column {split_column!r} (columns: {list(table.columns)}). "
@@ -107,9 +103,7 @@ def _split_by_column(table: pd.DataFrame, path: Path, split_column: str):
             "(dataset_name='general_train=train.csv,general_test=test.csv')."
         )
     groups = table.groupby(split_column, sort=False)
-    return _datasets().DatasetDict(
-        {str(split): _dataset_of(rows.drop(columns=[split_column])) for split, rows in groups}
-    )
+    return datasets.DatasetDict({str(split): _dataset_of(rows.drop(columns=[split_column])) for split, rows in groups})
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -143,8 +137,10 @@ def hub_or_path_error(name: str, err: BaseException, what: str, local: str, fix:
 
 
 def _load_from_hub(dataset_id: str):
+    import datasets
+
     try:
-        return _datasets().load_dataset(dataset_id)
+        return datasets.load_dataset(dataset_id)
     except Exception as err:  # the hub client raises many types for "no network"
         raise hub_or_path_error(
             dataset_id,
@@ -350,6 +346,8 @@ def load_media_folder(
     media column (`media_column`, default `kind`) holding the absolute file path, and the
     labels CSV's columns; rows are in file-name order.
     """
+    import datasets
+
     from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
     suffixes = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(kind)
@@ -379,7 +377,7 @@ def load_media_folder(
         top = [name.split("/", 1)[0] if "/" in name else "" for name in table["file_name"]]
         is_split = [t in MEDIA_SPLIT_FOLDERS or t.startswith("real_train_") for t in top]
         splits = pd.Series(top if all(is_split) else [GENERAL_TRAIN] * len(table))
-    dataset_dict = _datasets().DatasetDict(
+    dataset_dict = datasets.DatasetDict(
         {str(split): _dataset_of(table[splits.values == split]) for split in dict.fromkeys(splits)}
     )
     return _alias_splits(dataset_dict)

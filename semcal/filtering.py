@@ -234,10 +234,9 @@ class LanguageModelSource:
     """The two language models' score: per-token log p_real - log p_general, clipped or summed."""
 
     def __init__(self, spec: dict[str, Any]):
-        from semcal.models import load_model_and_tokenizer, quiet_transformers
+        from semcal.models import load_model_and_tokenizer
         from semcal.scoring import _device
 
-        quiet_transformers()
         self.spec, self.loaded = spec, {}
         device = _device()
         for role, saved in spec["models"].items():

@@ -53,7 +53,6 @@ from semcal.models import (
     model_fingerprint,
     model_positions,
     name_default_loss,
-    quiet_transformers,
     tokenizer_fingerprint,
 )
 from semcal.runstate import StageOutput
@@ -140,7 +139,6 @@ def finetune(config: FinetuneConfig) -> Path:
         protect=True,
         noun="model",
     )
-    quiet_transformers()
     dataset_dict = load_dataset_dict(config.dataset_name, config.split_column)
     split = _held_out(config, dataset_dict)
     dataset_fp = general_fingerprint(dataset_dict, config.text_column)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from semcal import console, files
+from semcal import files
 from semcal.config import UserError
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,6 @@ def load_model_config(name: str, gguf_file: str | None = None, setting: str = "b
         return AutoConfig.from_pretrained(source, **extra)
     except Exception as err:  # the hub client and the loaders raise many types
         raise UserError(_load_failure(name, setting, err)) from None
-
-
-def quiet_transformers() -> None:
-    """Import transformers and switch its logging and bars (console.setup ran before the import)."""
-    import transformers  # noqa: F401
-
-    console.quiet_libraries(not console.is_verbose())
 
 
 def name_default_loss(model: Any) -> None:

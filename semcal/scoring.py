@@ -51,7 +51,6 @@ from semcal.models import (
     load_tokenizer,
     model_fingerprint,
     model_positions,
-    quiet_transformers,
     tokenizer_fingerprint,
     weights_fingerprint,
 )
@@ -95,7 +94,6 @@ def score_split(config: ScoreConfig) -> Path:
     output = StageOutput(
         "score", config.output_dir, what=f"score {Path(config.output_dir).name}", overwrite=config.overwrite
     )
-    quiet_transformers()
     model_record = _model_record(config.model)
     framing, max_length, eval_fraction, split_seed = _model_settings(config, model_record)
     dataset_dict = load_dataset_dict(config.dataset_name, config.split_column)
