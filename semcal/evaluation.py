@@ -388,14 +388,7 @@ def per_text_table(
             table[f"{f.name}_accept_prob"] = accepted[f.name].accept
     table["n_tokens"] = [len(t) for t in inputs.tokens]
     pairs = list(zip(inputs.tokens, inputs.diffs, strict=True))
-    table["tokens_up"] = [_top_tokens(tokens, diffs, top_tokens, up=True) for tokens, diffs in pairs]
-    table["tokens_down"] = [_top_tokens(tokens, diffs, top_tokens, up=False) for tokens, diffs in pairs]
+    table["tokens_up"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=True) for tokens, diffs in pairs]
+    table["tokens_down"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=False) for tokens, diffs in pairs]
     table["text"] = inputs.test_texts
     return table
-
-
-def _top_tokens(tokens: list[str], diffs: np.ndarray, count: int, up: bool) -> str:
-    """The tokens whose log-prob difference pushed the score most up (or down), e.g. "'dog' +1.23"."""
-    signed = diffs if up else -diffs
-    order = np.argsort(-signed, kind="stable")[:count]
-    return "; ".join(f"{tokens[i]!r} {diffs[i]:+.3f}" for i in order if signed[i] > 0)

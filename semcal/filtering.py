@@ -196,9 +196,9 @@ def draw(accept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _explain(pieces: list[str], weights: np.ndarray, count: int) -> tuple[str, str]:
-    from semcal.evaluation import _top_tokens
+    from semcal.report import pushing_tokens
 
-    return _top_tokens(pieces, weights, count, up=True), _top_tokens(pieces, weights, count, up=False)
+    return pushing_tokens(pieces, weights, count, up=True), pushing_tokens(pieces, weights, count, up=False)
 
 
 class TfidfSource:

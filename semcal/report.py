@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # figures are written to files; no display is needed or assumed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from semcal.filters import FILTERS  # noqa: E402
+from semcal.filters import FILTERS
 
 
 def _table_filters(results: dict) -> list:
@@ -26,6 +21,12 @@ def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str
     ...), each column summing to 1. Labels are sorted by `sort_by` (descending), so the
     eye can follow how far each set departs from the reference.
     """
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are written to files; no display is needed or assumed
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     if sort_by is not None:
         frequencies = frequencies.sort_values(sort_by, ascending=False)
     long = frequencies.rename_axis("label").reset_index().melt(id_vars="label", var_name="set", value_name="frequency")
@@ -329,3 +330,10 @@ def _summary_distributions(results: dict) -> list[str]:
     for label in order:
         lines.append(f"| {label} | " + " | ".join(format_number(dist[label], 3) for dist in sets.values()) + " |")
     return lines
+
+
+def pushing_tokens(tokens: list[str], diffs: np.ndarray, count: int, up: bool) -> str:
+    """The tokens whose log-prob difference pushed the score most up (or down), e.g. "'dog' +1.23"."""
+    signed = diffs if up else -diffs
+    order = np.argsort(-signed, kind="stable")[:count]
+    return "; ".join(f"{tokens[i]!r} {diffs[i]:+.3f}" for i in order if signed[i] > 0)
