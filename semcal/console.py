@@ -4,7 +4,8 @@ Every module logs through `logging.getLogger(__name__)`; `setup` (called by the 
 command and the stage scripts) sends the `semcal` loggers to standard output as plain lines,
 prefixed by `stage_prefix` (the pipeline's "[3/20] "), warnings as "warning: ...". The
 libraries' own logging, progress bars and known-harmless warnings stay off unless
-`verbose`.
+`verbose`. Under a launcher only the main process prints lines and bars; the other ranks
+print warnings and errors.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def setup(verbose: bool = False) -> None:
     global _verbose
     _verbose = verbose
     install_handler()
-    logging.getLogger("semcal").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("semcal").setLevel(level if _main_process() else logging.WARNING)
     quiet_libraries(not verbose)
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def install_handler() -> None:
@@ -123,6 +129,7 @@ def progress(iterable: Iterable[Any] | None = None, desc: str = "", **kwargs: An
     from tqdm.auto import tqdm
 
     kwargs.setdefault("leave", _verbose)
+    kwargs.setdefault("disable", not _main_process())
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, desc=_prefix.get() + desc, **kwargs)

@@ -209,19 +209,21 @@ def save_dataset_dict(dataset_dict: Any, folder: str | Path) -> Path:
 class ChunkedTableWriter:
     """Append rows in chunks that survive a kill; finish into one CSV sorted by key.
 
-    Each chunk is written to `<output>.parts/part-NNNNNN.csv` atomically, so a killed
+    Each chunk is written to `<output>.parts/part-[WRITER]NNNNNN.csv` atomically, so a killed
     run loses at most the chunk it was computing. On restart, `done_keys` tells the
     stage what to skip. `finish` writes rows sorted by `key_column` into `output`, so a
     resumed run gives a byte-identical file to an uninterrupted one. Values are stored
     as the strings first written, never re-parsed and re-formatted.
     """
 
-    def __init__(self, output: str | Path, columns: Sequence[str], key_column: str):
+    def __init__(self, output: str | Path, columns: Sequence[str], key_column: str, writer: str = ""):
         self.output = Path(output)
         self.columns = list(columns)
         self.key_column = key_column
         self.parts_dir = self.output.with_name(self.output.name + ".parts")
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        # Several processes share one parts folder, each naming its chunks part-<writer>NNNNNN.csv.
+        self.writer = writer
         self._next_part = 0
         self.done_keys: set[str] = set()
         for part in sorted(self.parts_dir.glob("part-*.csv")):
@@ -234,13 +236,15 @@ class ChunkedTableWriter:
                 )
             key_index = self.columns.index(key_column)
             self.done_keys.update(row[key_index] for row in rows)
-            self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
+            name = part.stem.removeprefix("part-")
+            if name.startswith(writer) and name[len(writer) :].isdigit():
+                self._next_part = max(self._next_part, int(name[len(writer) :]) + 1)
 
     def write_chunk(self, rows: Iterable[Sequence[Any]]) -> None:
         rows = [[_cell(value) for value in row] for row in rows]
         if not rows:
             return
-        path = self.parts_dir / f"part-{self._next_part:06d}.csv"
+        path = self.parts_dir / f"part-{self.writer}{self._next_part:06d}.csv"
         tmp = _tmp_path(path)
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

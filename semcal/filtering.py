@@ -234,11 +234,11 @@ class LanguageModelSource:
     """The two language models' score: per-token log p_real - log p_general, clipped or summed."""
 
     def __init__(self, spec: dict[str, Any]):
+        from semcal import distributed
         from semcal.models import load_model_and_tokenizer
-        from semcal.scoring import _device
 
         self.spec, self.loaded = spec, {}
-        device = _device()
+        device = distributed.device()
         for role, saved in spec["models"].items():
             check_model(role, saved)
             model, tokenizer = load_model_and_tokenizer(saved["path"], saved.get("gguf_file"), setting=f"{role} model")

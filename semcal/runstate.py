@@ -20,10 +20,13 @@ the pipeline, which simply runs each stage and lets it decide:
   distorted data), which then needs overwrite=true.
 - Folders that are not this stage's are refused before any work: a file, another stage's
   output (its record), or a folder of files semcal did not write.
-- One writer: an exclusive lock beside the folder while a run builds it.
+- One writer: an exclusive lock beside the folder while a run builds it. Under a launcher
+  (semcal.distributed) the main process takes the lock, prepares the partial folder and
+  swaps it in; the other ranks write their shares into the same partial folder.
 
 Tests crash a stage on purpose with SEMCAL_KILL_AT=POINT:N, which SIGKILLs the process the
-N-th time it reaches `kill_point(POINT)` ("chunk", "checkpoint", ...).
+N-th time it reaches `kill_point(POINT)` ("chunk", "checkpoint", ...); POINT:N@R kills only
+rank R of a multi-process run.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from semcal import files
+from semcal import distributed, files
 from semcal.config import UserError, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,11 @@ _kill_counts: collections.Counter[str] = collections.Counter()
 
 
 def kill_point(point: str) -> None:
-    """Test hook: SIGKILL this process the N-th time it gets here, when SEMCAL_KILL_AT=point:N."""
+    """Test hook: SIGKILL this process the N-th time it gets here, when SEMCAL_KILL_AT=point:N
+    (or point:N@R, rank R only)."""
     wanted, _, count = os.environ.get(KILL_ENV, "").partition(":")
-    if wanted != point:
+    count, _, only_rank = count.partition("@")
+    if wanted != point or (only_rank and int(only_rank) != distributed.rank()):
         return
     _kill_counts[point] += 1
     if _kill_counts[point] >= int(count or 1):
@@ -188,12 +193,22 @@ class StageOutput:
 
     @contextlib.contextmanager
     def building(self, identity: dict[str, Any]) -> Iterator[Path]:
-        """Hold the lock and yield the partial folder to write into (resumed if it is ours)."""
+        """Hold the lock and yield the partial folder to write into (resumed if it is ours).
+
+        Several ranks: the main process locks and prepares the folder, then all ranks get it.
+        """
         if self._identity != identity and self.up_to_date(identity):
             raise RuntimeError("building() called for an output that is up to date")
         self._identity = identity
+        if not distributed.is_main():
+            distributed.barrier()  # the main process has prepared the partial folder
+            self.resumed = distributed.broadcast(None)
+            yield self.staging
+            return
         with hold_lock(self.path):
             self._prepare_staging(identity)
+            distributed.barrier()
+            distributed.broadcast(self.resumed)
             try:
                 yield self.staging
             except BaseException:
@@ -225,7 +240,13 @@ class StageOutput:
         files.write_json(state_path, {"stage": self.stage, "identity": identity})
 
     def finish(self, config: Any, summary: str = "", **details: Any) -> Path:
-        """Write the record into the partial folder, swap it in for the old output, log one line."""
+        """Write the record into the partial folder, swap it in for the old output, log one line.
+
+        Several ranks: the main process does it; the others wait until it is done.
+        """
+        if not distributed.is_main():
+            distributed.barrier()
+            return self.path
         if self._identity is None or not self.staging.is_dir():
             raise RuntimeError("finish() is called inside building()")
         seconds = time.perf_counter() - self._started
@@ -240,6 +261,7 @@ class StageOutput:
         (self.staging / UNFINISHED_NAME).unlink(missing_ok=True)
         files.swap_in(self.staging, self.path, keep_files=self.keep_files)
         log.info("%s: done in %.1fs%s", self.what, seconds, f"; {summary}" if summary else "")
+        distributed.barrier()
         return self.path
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import console, files, runstate
+from semcal import console, distributed, files, runstate
 from semcal.config import UserError, below_minimum
 from semcal.data import get_split, heldout_rows, load_dataset_dict, texts_of
 from semcal.framing import check_framing, check_sibling_tokenizers, frame_and_count_cuts, report_cut, tokenisation
@@ -132,8 +132,9 @@ def score_split(config: ScoreConfig) -> Path:
         )
         summary = (
             f"{len(text_ids)} texts of {config.split_name}{' (held-out rows)' if config.heldout_only else ''} with "
-            f"{config.model}: mean avg_log_prob {details['mean_avg_log_prob'] or float('nan'):.3f}, {details['texts_per_s']:.0f} "
-            f"texts/s on {details['device']}"
+            f"{config.model}: mean avg_log_prob {details.get('mean_avg_log_prob') or float('nan'):.3f}, "
+            f"{details['texts_per_s']:.0f} texts/s on {details['device']}"
+            + (f" x {details['processes']} processes" if details["processes"] > 1 else "")
         )
         output.finish(config, summary=summary, **details)
     return output.path / SCORES_NAME
@@ -151,24 +152,31 @@ def _score(
 ) -> dict[str, Any]:
     """Score `texts` into chunks in `staging` (skipping those a killed run wrote), merge them; the details."""
     model = load_model(config.model, config.gguf_file, setting="model")
-    device = _device()
+    device = distributed.device()
     model.to(device)
     framed, cut = frame_and_count_cuts(tokenizer, texts, framing, max_length)
     report_cut(output.what, cut, max_length, f"only their first {max_length} tokens are scored")
+    # Planned from all texts, then shared out by batch: every text is scored in the same batch
+    # whatever the number of processes, so the merged file is byte-identical.
     batches = plan_batches([len(ids) for ids in framed], config.batch_size, config.max_batch_tokens)
-    writer = files.ChunkedTableWriter(staging / SCORES_NAME, files.TOKEN_LOG_PROB_COLUMNS, "text_id")
+    writer_name = f"rank{distributed.rank()}-" if distributed.rank() else ""
+    writer = files.ChunkedTableWriter(staging / SCORES_NAME, files.TOKEN_LOG_PROB_COLUMNS, "text_id", writer_name)
     scored_before = len(writer.done_keys)
     started = time.perf_counter()
-    _write_chunks(config, model, tokenizer, framed, text_ids, batches, writer, device)
+    _write_chunks(config, model, tokenizer, framed, text_ids, distributed.shard(batches), writer, device)
+    distributed.barrier()  # every rank's chunks are written
     seconds = time.perf_counter() - started
-    scores = files.read_token_log_probs(writer.finish())
-    return {
+    details: dict[str, Any] = {
         "scored_in_this_run": len(text_ids) - scored_before,
         "truncated_texts": cut,
-        "mean_avg_log_prob": float(scores["avg_log_prob"].mean()) if len(scores) else None,
         "device": str(device),
+        "processes": distributed.world_size(),
         "texts_per_s": round((len(text_ids) - scored_before) / max(seconds, 1e-9), 1),
     }
+    if distributed.is_main():
+        scores = files.read_token_log_probs(writer.finish())
+        details["mean_avg_log_prob"] = float(scores["avg_log_prob"].mean()) if len(scores) else None
+    return details
 
 
 def _check_settings(config: ScoreConfig) -> None:
@@ -198,12 +206,6 @@ def _model_settings(config: ScoreConfig, record: dict[str, Any] | None) -> tuple
     eval_fraction = config.eval_fraction or trained.get("eval_fraction") or DEFAULT_EVAL_FRACTION
     split_seed = config.split_seed if config.split_seed is not None else trained.get("split_seed", DEFAULT_SPLIT_SEED)
     return framing, int(max_length), float(eval_fraction), int(split_seed)
-
-
-def _device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,9 +286,10 @@ def _write_chunks(
     device: Any,
 ) -> None:
     pending = [batch for batch in batches if any(str(text_ids[p]) not in writer.done_keys for p in batch)]
+    total = sum(len(batch) for batch in batches)
     remaining = sum(len(batch) for batch in pending)
     rows: list[list[Any]] = []
-    with console.progress(total=len(text_ids), initial=len(text_ids) - remaining, unit="text", desc="scoring") as bar:
+    with console.progress(total=total, initial=total - remaining, unit="text", desc="scoring") as bar:
         for batch in pending:
             sequences = [framed[position] for position in batch]
             for position, log_probs in zip(batch, score_batch(model, tokenizer, sequences, device), strict=True):

@@ -1,0 +1,113 @@
+"""Several processes on one or more machines: the launcher's environment, one rank writes.
+
+Launched by `torchrun --nproc_per_node=N` or `accelerate launch`, every process runs the same
+stage; the launcher sets RANK, WORLD_SIZE and LOCAL_RANK. The stages share the work so:
+
+- fine-tuning: the Trainer's DDP (it reads the same variables); the main process trains the
+  scratch tokenizer while the others wait (`main_first`);
+- scoring and captioning: the work is planned from all items, then each rank takes every
+  WORLD_SIZE-th batch (`shard`), writes its own chunks, and the main process merges them into
+  the file one process writes;
+- everything else (distorting, evaluating, records, swapping outputs in): the main process,
+  with the others waiting at a `barrier`.
+
+With one process (no launcher) every function here is a no-op and the same code runs.
+The process group uses NCCL when each process has a GPU, else gloo (CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+Item = TypeVar("Item")
+# A rank waits this long for the others (a long stage on the main process, e.g. distorting).
+TIMEOUT = datetime.timedelta(hours=6)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def active() -> bool:
+    """True when launched as one of several processes."""
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup() -> None:
+    """Join the launcher's process group (once; the Trainer joins the same group)."""
+    if not active():
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", local_rank()))
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if active():
+        import torch.distributed as dist
+
+        setup()
+        dist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """The main process's `value`, on every rank (any picklable value; small ones)."""
+    if not active():
+        return value
+    import torch.distributed as dist
+
+    setup()
+    holder = [value if is_main() else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def shard(batches: Sequence[Item]) -> list[Item]:
+    """This rank's share: every WORLD_SIZE-th item, from its rank on. Deterministic, disjoint,
+    and together the whole; with planned batches each text is computed in the same batch as
+    in a one-process run, so merged outputs are byte-identical."""
+    return list(batches[rank() :: world_size()])
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """The main process runs the block first (training a tokenizer, writing a cache), then the
+    others run it (and find the result)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def device() -> Any:
+    """This process's device: its GPU (LOCAL_RANK) when there are GPUs, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() if active() else torch.cuda.current_device())
+    return torch.device("cpu")
