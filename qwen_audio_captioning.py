@@ -23,8 +23,9 @@ batch_size = 4  # clips per generate call
 chunk_size = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
 max_items = None  # caption only the first N rows of each split (to try it on a sample); None: all
 keep_media_column = False  # keep the audio column in the output data set (audio is large; False: text and labels)
-device = None  # "cuda", "cpu", ...; None: cuda when available, else cpu
-dtype = "auto"  # "auto" (float16 on CUDA, float32 otherwise), "float32", "float16" or "bfloat16"
+device = None  # "cuda", "cuda:1", "cpu", ...; None: this process's GPU when there is one, else cpu
+device_map = None  # "auto": spread a model too large for one GPU over all GPUs (one process only)
+dtype = "auto"  # "auto" (bfloat16 on GPUs that support it, else float16; float32 on cpu), "float32", "float16" or "bfloat16"
 overwrite = False  # discard an unfinished run of other settings in output_dir instead of refusing
 # ------------------------------------------------------
 

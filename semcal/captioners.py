@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semcal import data, files
+from semcal import data, distributed, files
 from semcal.config import UserError
 from semcal.media import MediaError, load_audio, load_image
 
@@ -97,17 +97,30 @@ def require_image_text_to_text(model_name: str, found_type: str) -> None:
 
 
 def device_and_dtype(device: str | None, dtype: str) -> tuple[str, Any]:
+    """The device (default: this process's GPU, else the CPU) and the weights' dtype.
+
+    auto is half precision on a GPU, as the paper ran: bfloat16 where the GPU supports it
+    (Ampere and later: float16's range overflows in large models), else float16; float32 on the CPU.
+    """
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":  # the paper: half precision on the GPU, full precision on the CPU
-        return device, torch.float16 if device.startswith("cuda") else torch.float32
-    return device, getattr(torch, dtype)
+    device = device or str(distributed.device())
+    if dtype != "auto":
+        return device, getattr(torch, dtype)
+    if not device.startswith("cuda"):
+        return device, torch.float32
+    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _load_model(model_class: Any, model_name: str, device: str, dtype: Any) -> Any:
-    """The captioning model in eval mode on `device`, with the same clear error as its processor."""
-    return _load_pretrained(model_class.from_pretrained, model_name, "model", dtype=dtype).to(device).eval()
+def _load_model(model_class: Any, config: Any, device: str, dtype: Any) -> Any:
+    """The captioning model in eval mode on `device` (or spread over the GPUs by config.device_map),
+    with the same clear error as its processor."""
+    device_map = getattr(config, "device_map", None)
+    if device_map:  # accelerate places the layers; the inputs go to model.device, its first
+        return _load_pretrained(
+            model_class.from_pretrained, config.model_name, "model", dtype=dtype, device_map=device_map
+        ).eval()
+    return _load_pretrained(model_class.from_pretrained, config.model_name, "model", dtype=dtype).to(device).eval()
 
 
 def _load_pretrained(loader: Callable[..., Any], model_name: str, what: str, **kwargs: Any) -> Any:
@@ -127,7 +140,9 @@ def _describe(model: Any, device: str, dtype: Any, **settings: Any) -> dict[str,
         "class": type(model).__name__,
         "name_or_path": model.config.name_or_path,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "device": device,
+        "device": f"device_map: {sorted(set(map(str, model.hf_device_map.values())))}"
+        if getattr(model, "hf_device_map", None)
+        else device,
         "dtype": str(dtype).replace("torch.", ""),
         "generate": {"do_sample": False, **settings},
     }
@@ -140,7 +155,7 @@ class FlorenceCaptioner:
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
         self.processor = _load_pretrained(AutoProcessor.from_pretrained, config.model_name, "processor")
-        self.model = _load_model(Florence2ForConditionalGeneration, config.model_name, device, dtype)
+        self.model = _load_model(Florence2ForConditionalGeneration, config, device, dtype)
         self.task, self.device, self.dtype = config.task_prompt, device, dtype
         self.generate_kwargs = {"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams}
 
@@ -150,7 +165,9 @@ class FlorenceCaptioner:
     def caption(self, images: list) -> list[str]:
         import torch
 
-        inputs = self.processor(text=[self.task] * len(images), images=images, return_tensors="pt").to(self.device)
+        inputs = self.processor(text=[self.task] * len(images), images=images, return_tensors="pt").to(
+            self.model.device
+        )
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             generated = self.model.generate(**inputs, do_sample=False, **self.generate_kwargs)
@@ -186,7 +203,7 @@ class ImageTextToTextCaptioner:
                 f"{config.model_name} is a chat model: set text_prompt to the instruction, e.g. "
                 "'Describe this image in detail.'"
             )
-        self.model = _load_model(AutoModelForImageTextToText, config.model_name, device, dtype)
+        self.model = _load_model(AutoModelForImageTextToText, config, device, dtype)
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None and not self.model.config.is_encoder_decoder:
             tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
@@ -207,7 +224,7 @@ class ImageTextToTextCaptioner:
             inputs = self.processor(images=images, text=[self.prompt] * len(images), padding=True, return_tensors="pt")
         else:
             inputs = self.processor(images=images, return_tensors="pt")
-        inputs = inputs.to(self.device)
+        inputs = inputs.to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             generated = self.model.generate(**inputs, do_sample=False, **self.generate_kwargs)
@@ -228,7 +245,7 @@ class Qwen2AudioCaptioner:
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
         self.processor = _load_pretrained(AutoProcessor.from_pretrained, config.model_name, "processor")
-        self.model = _load_model(Qwen2AudioForConditionalGeneration, config.model_name, device, dtype)
+        self.model = _load_model(Qwen2AudioForConditionalGeneration, config, device, dtype)
         self.processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
         feature_extractor = self.processor.feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)  # 16 kHz for Qwen2-Audio
@@ -257,7 +274,7 @@ class Qwen2AudioCaptioner:
             sampling_rate=self.sampling_rate,
             padding=True,
             return_tensors="pt",
-        ).to(self.device)
+        ).to(self.model.device)
         inputs["input_features"] = inputs["input_features"].to(self.dtype)
         with torch.inference_mode():
             generated = self.model.generate(**inputs, do_sample=False, **self.generate_kwargs)

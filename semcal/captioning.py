@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semcal import caption_inputs, captioners, console, files, runstate
+from semcal import caption_inputs, captioners, console, distributed, files, runstate
 from semcal.caption_inputs import CaptionInputs
 from semcal.captioners import DTYPES, FLORENCE_CAPTION_TASKS
 from semcal.config import UserError, below_minimum, config_to_dict
@@ -57,8 +57,11 @@ class ImageCaptionConfig:
     chunk_size: int = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
     max_items: int | None = None  # caption only the first N rows of each split (to try a model on a sample); none: all
     keep_media_column: bool = True  # keep the image column in the output data set (false: smaller output)
-    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: cuda when available, else cpu
-    dtype: str = "auto"  # auto (float16 on CUDA, float32 otherwise), float32, float16 or bfloat16
+    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: this process's GPU when there is one, else cpu
+    device_map: str | None = None  # auto: spread a model too large for one GPU over all GPUs (one process only)
+    dtype: str = (
+        "auto"  # auto (bfloat16 on GPUs that support it, else float16; float32 on cpu), float32, float16, bfloat16
+    )
     overwrite: bool = False  # discard an unfinished run of other settings in output_dir instead of refusing
 
 
@@ -81,8 +84,11 @@ class AudioCaptionConfig:
     chunk_size: int = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
     max_items: int | None = None  # caption only the first N rows of each split (to try a model on a sample); none: all
     keep_media_column: bool = False  # keep the audio column in the output data set (audio is large)
-    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: cuda when available, else cpu
-    dtype: str = "auto"  # auto (float16 on CUDA, float32 otherwise), float32, float16 or bfloat16
+    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: this process's GPU when there is one, else cpu
+    device_map: str | None = None  # auto: spread a model too large for one GPU over all GPUs (one process only)
+    dtype: str = (
+        "auto"  # auto (bfloat16 on GPUs that support it, else float16; float32 on cpu), float32, float16, bfloat16
+    )
     overwrite: bool = False  # discard an unfinished run of other settings in output_dir instead of refusing
 
 
@@ -128,6 +134,11 @@ def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
         raise UserError("; ".join(problems) + ".")
     if config.max_items is not None and config.max_items < 1:
         raise UserError(f"max_items must be at least 1, or none for all rows (got {config.max_items}).")
+    if config.device_map and distributed.active():
+        raise UserError(
+            f"device_map={config.device_map} spreads one model over all GPUs, but this is one of "
+            f"{distributed.world_size()} processes that each hold a model: launch one process, or drop device_map."
+        )
     if config.dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {config.dtype!r}).")
     if not config.caption_column:
@@ -141,7 +152,16 @@ def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
 
 # Settings that say where things are or how work is cut up: they do not change a caption.
 # What dataset_name and labels_csv hold is fingerprinted instead.
-_NOT_IDENTITY = ("dataset_name", "labels_csv", "split_column", "output_dir", "chunk_size", "device", "overwrite")
+_NOT_IDENTITY = (
+    "dataset_name",
+    "labels_csv",
+    "split_column",
+    "output_dir",
+    "chunk_size",
+    "device",
+    "device_map",
+    "overwrite",
+)
 
 
 def _run(config: Any, stage: str, kind: str, media_column: str, make_captioner: Any) -> Path:
@@ -159,8 +179,11 @@ def _run(config: Any, stage: str, kind: str, media_column: str, make_captioner: 
     with output.building(identity) as staging:
         captioner = make_captioner(config, device, dtype)
         captions, errors, stats = _caption_splits(config, inputs, media_column, captioner, staging)
+        long_clips = sum(distributed.gather(getattr(captioner, "long_clips", 0)))
+        if not distributed.is_main():  # the main process merges and writes; this rank's share is written
+            output.finish(config)
+            return output.path
         _write_output(config, inputs, media_column, captions, errors, staging)
-        long_clips = getattr(captioner, "long_clips", 0)
         summary = _summary(output.path, stats, len(errors), long_clips, getattr(captioner, "max_seconds", None))
         output.finish(
             config,
@@ -178,14 +201,26 @@ def _caption_splits(
 ) -> tuple[dict[str, dict[int, str]], list[tuple[str, int, str]], dict[str, dict[str, int]]]:
     """Caption every split into chunks in `folder`; returns captions by split and id, failures, counts."""
     writers, errors, stats = {}, [], {}
+    writer_name = f"rank{distributed.rank()}-" if distributed.rank() else ""
     for split in inputs.splits:
-        writers[split] = files.ChunkedTableWriter(folder / f"captions_{split}.csv", ["id", "caption"], key_column="id")
+        writers[split] = files.ChunkedTableWriter(
+            folder / f"captions_{split}.csv", ["id", "caption"], key_column="id", writer=writer_name
+        )
         resumed = len(writers[split].done_keys)
         dataset = inputs.dataset_dict[split].select_columns([media_column])
         dataset = caption_inputs.undecoded(dataset, media_column)
         failed = _caption_split(split, dataset, inputs.rows[split], media_column, captioner, writers[split], config)
         errors.extend(failed)
-        stats[split] = {"rows": inputs.rows[split], "resumed_with": resumed, "failed": len(failed)}
+        stats[split] = {"rows": inputs.rows[split], "resumed_with": resumed}
+    # Several processes: every rank's share is written and its failures are known here.
+    errors = sorted(
+        (error for rank_errors in distributed.gather(errors) for error in rank_errors),
+        key=lambda error: (inputs.splits.index(error[0]), error[1]),
+    )
+    if not distributed.is_main():
+        return {}, errors, stats
+    for split in inputs.splits:
+        stats[split]["failed"] = sum(1 for error in errors if error[0] == split)
     # Every split is captioned: only now merge the chunks (until then a kill resumes every split).
     captions = {}
     for split, writer in writers.items():
@@ -209,13 +244,16 @@ def _caption_split(
 ) -> list[tuple[str, int, str]]:
     """Caption rows [0, rows) not yet written; returns the (split, id, reason) of items that failed."""
     done = writer.done_keys
-    todo = sum(1 for i in range(rows) if str(i) not in done)
+    # Fixed windows of batch_size rows: a resumed run forms the same batches as an uninterrupted
+    # one; several processes share the windows out (semcal.distributed), so each item is captioned
+    # in the same batch whatever the number of processes.
+    windows = distributed.shard(range(0, rows, config.batch_size))
+    todo = sum(1 for start in windows for i in range(start, min(start + config.batch_size, rows)) if str(i) not in done)
     failed: list[tuple[str, int, str]] = []
     pending: list[tuple[int, str]] = []
     progress = console.progress(total=todo, unit="item", desc=f"caption {split}")
     try:
-        # Fixed windows of batch_size rows: a resumed run forms the same batches as an uninterrupted one.
-        for start in range(0, rows, config.batch_size):
+        for start in windows:
             ids = [i for i in range(start, min(start + config.batch_size, rows)) if str(i) not in done]
             if not ids:
                 continue

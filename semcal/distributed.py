@@ -86,6 +86,18 @@ def broadcast(value: Any) -> Any:
     return holder[0]
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (small picklable values: counts, error lists)."""
+    if not active():
+        return [value]
+    import torch.distributed as dist
+
+    setup()
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def shard(batches: Sequence[Item]) -> list[Item]:
     """This rank's share: every WORLD_SIZE-th item, from its rank on. Deterministic, disjoint,
     and together the whole; with planned batches each text is computed in the same batch as
