@@ -31,7 +31,7 @@ num_epochs = 5  # training epochs; evaluated and checkpointed after each
 warmup_ratio = 0.1  # share of the steps with a linear learning-rate warm-up, in [0, 1)
 early_stopping_patience = 0  # stop after this many epochs without a lower eval loss; 0 = never
 keep_last = False  # keep the last epoch's weights instead of those with the lowest eval loss
-fp16 = True  # mixed precision on CUDA (ignored without CUDA)
+fp16 = True  # mixed precision on CUDA: bfloat16 where the GPU supports it, else float16 (ignored without CUDA)
 pad_to_max_length = False  # pad every text to max_length like the paper's code (slow; for benchmarks only)
 n_layer = 4  # scratch: transformer layers
 n_embd = 256  # scratch: embedding width

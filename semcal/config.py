@@ -216,5 +216,12 @@ def run_script(
         sys.exit(f"error: {err}")
 
 
+def to_arguments(config: Any, leave_out: Sequence[str] = ()) -> list[str]:
+    """`config` as the --name=value arguments that apply_overrides reads back."""
+    return [
+        f"--{name}={_format_default(value)}" for name, value in config_to_dict(config).items() if name not in leave_out
+    ]
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)

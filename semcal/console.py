@@ -4,8 +4,8 @@ Every module logs through `logging.getLogger(__name__)`; `setup` (called by the 
 command and the stage scripts) sends the `semcal` loggers to standard output as plain lines,
 prefixed by `stage_prefix` (the pipeline's "[3/20] "), warnings as "warning: ...". The
 libraries' own logging, progress bars and known-harmless warnings stay off unless
-`verbose`. Under a launcher only the main process prints lines and bars; the other ranks
-print warnings and errors.
+`verbose`. Under a launcher only the main process prints lines and bars; the other ranks,
+which would repeat its warnings, print only errors.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def setup(verbose: bool = False) -> None:
     _verbose = verbose
     install_handler()
     level = logging.DEBUG if verbose else logging.INFO
-    logging.getLogger("semcal").setLevel(level if _main_process() else logging.WARNING)
+    logging.getLogger("semcal").setLevel(level if _main_process() else logging.ERROR)
     quiet_libraries(not verbose)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from semcal import calibration, data, files, report, runstate
+from semcal import calibration, data, distributed, files, report, runstate
 from semcal.config import UserError
 from semcal.runstate import StageOutput
 
@@ -272,6 +272,7 @@ def _inputs(config: DistortConfig, dataset_dict) -> dict[str, str]:
     return inputs
 
 
+@distributed.main_process_only
 def distort(config: DistortConfig) -> Path:
     """Add real_train_<name> splits to the data set; write counts, summary and chart beside them."""
     _validate(config)

@@ -9,7 +9,9 @@ stage; the launcher sets RANK, WORLD_SIZE and LOCAL_RANK. The stages share the w
   WORLD_SIZE-th batch (`shard`), writes its own chunks, and the main process merges them into
   the file one process writes;
 - everything else (distorting, evaluating, records, swapping outputs in): the main process,
-  with the others waiting at a `barrier`.
+  with the others waiting at a `barrier`; a stage that does not share its work is marked
+  `@main_process_only`, so it runs once under a launcher from its script, the `semcal`
+  command or Python alike.
 
 With one process (no launcher) every function here is a no-op and the same code runs.
 The process group uses NCCL when each process has a GPU, else gloo (CPU).
@@ -18,12 +20,17 @@ The process group uses NCCL when each process has a GPU, else gloo (CPU).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
+import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
+# True while the main process runs a stage on its own (main_process_only): inside, it acts as one process.
+_alone: contextvars.ContextVar[bool] = contextvars.ContextVar("semcal_alone", default=False)
 # A rank waits this long for the others (a long stage on the main process, e.g. distorting).
 TIMEOUT = datetime.timedelta(hours=6)
 
@@ -41,8 +48,8 @@ def local_rank() -> int:
 
 
 def active() -> bool:
-    """True when launched as one of several processes."""
-    return world_size() > 1
+    """True when launched as one of several processes (and not inside a main-process-only stage)."""
+    return world_size() > 1 and not _alone.get()
 
 
 def is_main() -> bool:
@@ -123,3 +130,37 @@ def device() -> Any:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank() if active() else torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def main_process_only(stage: Callable[..., Result]) -> Callable[..., Result | None]:
+    """Run `stage` on the main process alone, as one process would; the other ranks wait for it
+    and get None. For the stages that do not share their work (distort, evaluate, filter)."""
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Result | None:
+        if not active():
+            return stage(*args, **kwargs)
+        result = None
+        if is_main():
+            token = _alone.set(True)
+            try:
+                result = stage(*args, **kwargs)
+            finally:
+                _alone.reset(token)
+        barrier()  # a failure on the main process ends the launcher's other processes
+        return result
+
+    return run
+
+
+def launch(arguments: Sequence[str]) -> int:
+    """Run `torchrun ARGUMENTS` (torch.distributed.run) from this process; its exit code."""
+    import subprocess
+    import sys
+
+    # torchrun sets OMP_NUM_THREADS=1 with a warning banner when it is unset; share the cores instead.
+    nproc = next((int(a.split("=", 1)[1]) for a in arguments if a.startswith("--nproc_per_node=")), 1)
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    environment = {"OMP_NUM_THREADS": threads, **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *arguments]
+    return subprocess.run(command, env=environment, check=False).returncode

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, files, filtering, report, runstate
+from semcal import calibration, distributed, files, filtering, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, load_inputs
@@ -88,6 +88,7 @@ class EvaluationConfig:
     overwrite: bool = False  # discard an unfinished evaluation of other settings left beside output_dir
 
 
+@distributed.main_process_only
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Run the evaluation stage; returns the results written to results.json."""
     started = time.perf_counter()

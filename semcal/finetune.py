@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import files, runstate
+from semcal import distributed, files, runstate
 from semcal.config import UserError, below_minimum
 from semcal.data import (
     GENERAL_ROW_COLUMN,
@@ -100,7 +100,9 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1  # share of the steps with a linear learning-rate warm-up, in [0, 1)
     early_stopping_patience: int = 0  # stop after this many epochs without a lower eval loss; 0 = never
     keep_last: bool = False  # keep the last epoch's weights instead of those with the lowest eval loss
-    fp16: bool = True  # mixed precision on CUDA (ignored without CUDA)
+    fp16: bool = (
+        True  # mixed precision on CUDA: bfloat16 where the GPU supports it, else float16 (ignored without CUDA)
+    )
     pad_to_max_length: bool = False  # pad every text to max_length like the paper's code (slow; for benchmarks)
     n_layer: int = 4  # scratch: transformer layers
     n_embd: int = 256  # scratch: embedding width
@@ -308,14 +310,19 @@ def _train(
     args = training.training_arguments(config, learning_rate, staging, hub_model_id)
     pad_to = max_length if config.pad_to_max_length else None
     trainer = training.make_trainer(config, model, tokenizer, train_ids, eval_ids, args, pad_to)
-    resume_from = training.last_checkpoint(staging) if output.resumed else None
+    # Every rank resumes from the checkpoint the main process found (and cleaned up).
+    resume_from = distributed.broadcast(
+        training.last_checkpoint(staging) if output.resumed and distributed.is_main() else None
+    )
     eval_loss_before = trainer.evaluate()["eval_loss"]  # of the starting weights, also when resuming
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     if config.push_to_hub:
         training.push(trainer, hub_model_id)  # saves the model into staging, then uploads it
     else:
-        trainer.save_model(str(staging))
-    training.remove_checkpoints(staging)
+        trainer.save_model(str(staging))  # the main process writes (the Trainer's should_save)
+    distributed.barrier()
+    if distributed.is_main():
+        training.remove_checkpoints(staging)
     return {
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "framing": config.framing,

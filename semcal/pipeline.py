@@ -19,6 +19,7 @@ pipeline does not set itself pass through as `finetune_settings=name=value,...` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from semcal import console, data, files, report, runstate
-from semcal.config import UserError, apply_overrides, config_to_dict
+from semcal import console, data, distributed, files, report, runstate
+from semcal.config import UserError, apply_overrides, config_to_dict, to_arguments
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
 from semcal.finetune import FinetuneConfig, finetune
@@ -66,6 +67,7 @@ class PipelineConfig:
     score_settings: dict[str, str] = field(default_factory=dict)  # other score settings, name=value
     evaluation_settings: dict[str, str] = field(default_factory=dict)  # other evaluation settings, name=value
     overwrite: bool = False  # replace finished data and models of this run made with other settings
+    nproc_per_node: int = 1  # processes (GPUs) on this machine: >1 relaunches the run under torchrun
 
 
 @dataclass
@@ -74,6 +76,7 @@ class DemoConfig:
     n_train: int = 3000  # synthetic general_train captions
     n_test: int = 1000  # synthetic general_test captions
     seed: int = 0  # seed of the synthetic data and of training
+    nproc_per_node: int = 1  # processes (GPUs) on this machine: >1 relaunches the demo under torchrun
 
 
 def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
@@ -208,18 +211,25 @@ def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
-    """Run every stage in order inside run_dir; each stage skips itself when its output is up to date."""
+    """Run every stage in order inside run_dir; each stage skips itself when its output is up to date.
+
+    Under a launcher (or with nproc_per_node > 1, which starts one) every process runs this:
+    fine-tuning and scoring share their work, the other stages run on the main process.
+    """
     distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
     run_dir = Path(config.run_dir)
     runstate.check_writable(run_dir)
+    if _relaunched("run", config):
+        return run_dir
     # Each stage is looked up by its module-level name when called, so a test can replace one.
     steps: list[tuple[Callable[[Any], Any], Any]] = [(lambda c: distort(c), distort_config)]
     steps += [(lambda c: finetune(c), c) for c in finetune_configs]
     steps += [(lambda c: score_split(c), c) for c in score_configs]
     steps += [(lambda c: evaluate(c), c) for c in evaluation_configs]
     started = time.perf_counter()
-    with runstate.hold_lock(run_dir):
-        files.write_record(run_dir, "run", config_to_dict(config))
+    with runstate.hold_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
+        if distributed.is_main():
+            files.write_record(run_dir, "run", config_to_dict(config))
         for number, (stage, stage_config) in enumerate(steps, 1):
             with console.stage_prefix(f"[{number}/{len(steps)}] "):
                 stage(stage_config)
@@ -233,6 +243,26 @@ def run_pipeline(config: PipelineConfig) -> Path:
         figures,
     )
     return run_dir
+
+
+def _relaunched(command: str, config: Any) -> bool:
+    """nproc_per_node > 1 in a single process: run `semcal COMMAND` again under torchrun, one
+    process per GPU (or CPU processes over gloo); True once that finished."""
+    if config.nproc_per_node < 1:
+        raise UserError(f"nproc_per_node must be at least 1 (got {config.nproc_per_node}).")
+    if config.nproc_per_node == 1 or distributed.world_size() > 1:
+        return False
+    arguments = [f"--nproc_per_node={config.nproc_per_node}", "-m", "semcal", command, *to_arguments(config)]
+    if console.is_verbose():
+        arguments.append("--verbose")
+    log.info("%s: starting %d processes (torchrun %s)", command, config.nproc_per_node, " ".join(arguments))
+    returncode = distributed.launch(arguments)
+    if returncode:
+        raise UserError(
+            f"the {config.nproc_per_node} processes of `semcal {command}` failed (exit code {returncode}); their "
+            "messages are above. Finished stages are kept: run the same command again to continue."
+        )
+    return True
 
 
 def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -250,6 +280,7 @@ def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return results
 
 
+@distributed.main_process_only
 def write_table(run_dirs: Sequence[Path], output_stem: Path) -> str:
     """The paper-style table of the run folders' evaluations, as Markdown and CSV."""
     results = collect_results(run_dirs)
@@ -291,15 +322,23 @@ def demo(config: DemoConfig) -> Path:
     from semcal.demo_data import generate_demo
 
     run_dir = Path(config.run_dir)
-    source = StageOutput("demo data", run_dir / "source", what="demo data")
-    identity = runstate.identity("demo data", config, inputs={}, ignore=("run_dir",))
-    if not source.up_to_date(identity):
-        with source.building(identity) as staging:
-            generate_demo(config.n_train, config.n_test, config.seed).save_to_disk(str(staging))
-            source.finish(config, summary=f"{config.n_train} + {config.n_test} SYNTHETIC captions", synthetic=True)
+    if _relaunched("demo", config):
+        return run_dir
+
+    @distributed.main_process_only
+    def write_source() -> Path:
+        source = StageOutput("demo data", run_dir / "source", what="demo data")
+        identity = runstate.identity("demo data", config, inputs={}, ignore=("run_dir", "nproc_per_node"))
+        if not source.up_to_date(identity):
+            with source.building(identity) as staging:
+                generate_demo(config.n_train, config.n_test, config.seed).save_to_disk(str(staging))
+                source.finish(config, summary=f"{config.n_train} + {config.n_test} SYNTHETIC captions", synthetic=True)
+        return source.path
+
+    write_source()
     return run_pipeline(
         PipelineConfig(
-            dataset_name=str(source.path),
+            dataset_name=str(run_dir / "source"),
             run_dir=str(run_dir),
             seed=config.seed,
             finetune_settings=dict(DEMO_FINETUNE_SETTINGS),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import files, runstate
+from semcal import distributed, files, runstate
 from semcal.config import UserError
 from semcal.data import GENERAL_TRAIN, get_split, heldout_mask, texts_of
 from semcal.models import tokenizer_fingerprint
@@ -60,7 +60,8 @@ def scratch_tokenizer(tokenizer_dir: Path, dataset_dict: Any, config: Any) -> An
         "eval_fraction": config.eval_fraction,
         "split_seed": config.split_seed,
     }
-    with runstate.hold_lock(tokenizer_dir):  # the first of two models started together trains it
+    # Several processes of one run: the main one trains it, the others then read it.
+    with distributed.main_first(), runstate.hold_lock(tokenizer_dir):  # the first of two runs trains it
         record = files.read_record(tokenizer_dir)
         if record is None:
             _train_shared_tokenizer(tokenizer_dir, general_texts, config, wanted)

@@ -112,12 +112,17 @@ def training_arguments(config: Any, learning_rate: float, staging: Path, hub_mod
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         save_total_limit=2,  # the best checkpoint and the last one
-        fp16=config.fp16 and torch.cuda.is_available(),
+        # Mixed precision on a GPU: bfloat16 where supported (no loss scaling, float32's range), else float16.
+        bf16=config.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        fp16=config.fp16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(),
         seed=config.seed,
         data_seed=config.seed,
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,  # the collator takes input_ids and ignores length
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, say so: under torchrun the Trainer then runs DDP over gloo (CPU processes).
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() else "gloo",
         report_to="none",
         disable_tqdm=not console.is_verbose(),
         push_to_hub=config.push_to_hub,
