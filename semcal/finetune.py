@@ -335,6 +335,7 @@ def _train(
         "eval_loss_before_training": eval_loss_before,
         **_training_details(config, trainer),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "processes": distributed.world_size(),
         "train_runtime_s": round(train_output.metrics.get("train_runtime", float("nan")), 2),
         "resumed_from": Path(resume_from).name if resume_from else None,
         "pushed_to": f"https://huggingface.co/{trainer.hub_model_id}" if config.push_to_hub else None,
