@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test lint install install-dev clean
+.PHONY: demo test lint browser install install-dev clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ test: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+
+# Headless Chromium from Debian's packages, for the test that opens `semcal explain`'s page
+# in a real browser (skipped without one). Installs only when missing; needs root and apt-get.
+BROWSER_PACKAGE ?= chromium-headless-shell
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGE)
+
+browser:
+	@if command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null; then \
+		echo "browser: Chromium is installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "browser: installing Chromium needs root and apt-get: run 'apt-get install $(BROWSER_PACKAGE)' as root" >&2; \
+		exit 1; \
+	else \
+		$(APT_INSTALL) >/dev/null || { apt-get update -q >/dev/null && $(APT_INSTALL) >/dev/null; } \
+		&& echo "browser: installed $(BROWSER_PACKAGE)"; \
+	fi
 
 clean:
 	rm -rf runs .pytest_cache

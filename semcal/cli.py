@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labelmap": ("semcal.labelmap", "main"),
     "table": ("semcal.pipeline", "table_main"),
     "animate": ("semcal.animate", "main"),
+    "explain": ("semcal.explain", "main"),
 }
 
 

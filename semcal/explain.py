@@ -1,0 +1,309 @@
+"""`semcal explain RUN_DIR [--split=mild]` or `semcal explain EVALUATION_DIR`: one self-contained
+HTML page per evaluation (no network, no external scripts).
+
+The page holds the evaluation's summary numbers (results.json), its label-distribution figure
+(embedded as a data URI) and a sortable table of texts: each token coloured by its
+log p_real - log p_general (the two score files the evaluation read, checked against their
+fingerprints), the filter's score and acceptance probability, and a decision drawn with the
+evaluation's seed: one uniform draw per text, the same draws as the evaluation's first
+Monte Carlo run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semcal import files, filtering
+from semcal.config import UserError
+from semcal.evaluation import RESULTS_NAME
+from semcal.evaluation_inputs import join_scores
+from semcal.report import format_number
+
+log = logging.getLogger(__name__)
+
+PAGE_NAME = "explain.html"
+COLORMAP = "RdBu"  # diverging: red where the general model likes a token more, blue where the real one does
+
+
+def evaluation_folders(path: Path, split: str | None) -> list[Path]:
+    """The evaluation folders `path` names: itself, RUN/evaluation/SPLIT, or every split of a run."""
+    if not path.is_dir():
+        raise UserError(
+            f"{path} does not exist; pass a run folder (`semcal run`, `semcal demo`) or an evaluation folder."
+        )
+    if (path / RESULTS_NAME).is_file():
+        if split is not None:
+            raise UserError(f"{path} is an evaluation folder already; drop --split={split}.")
+        return [path]
+    evaluation_dir = path / "evaluation"
+    found = sorted(p.parent for p in evaluation_dir.glob(f"*/{RESULTS_NAME}")) if evaluation_dir.is_dir() else []
+    if not found:
+        raise UserError(
+            f"{path} is not an evaluation folder (no {RESULTS_NAME}) nor a run folder with evaluation/*/{RESULTS_NAME}; "
+            "run `semcal evaluate` (or `semcal run`) first."
+        )
+    if split is None:
+        return found
+    if not (evaluation_dir / split / RESULTS_NAME).is_file():
+        raise UserError(f"{path} has no evaluation of split {split!r}; pass --split= one of {[p.name for p in found]}.")
+    return [evaluation_dir / split]
+
+
+def score_file(folder: Path, results: dict, name: str) -> Path:
+    """The score file `name` the evaluation read, found where results.json says (or in the run's scores/
+    folder when the run moved), and unchanged since: its fingerprint must match results.json's."""
+    entry = results.get("inputs", {}).get(name)
+    if not entry:
+        raise UserError(f"{folder / RESULTS_NAME} does not name {name}; re-run `semcal evaluate` to record it.")
+    written = Path(entry["path"])
+    candidates = [written, folder.parent.parent / "scores" / written.parent.name / written.name]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise UserError(
+            f"{name} {written}, which the evaluation in {folder} read, is missing (moved?); run `semcal explain` from "
+            "the folder the evaluation ran in, or restore the file."
+        )
+    actual = files.fingerprint_file(path)
+    if actual != entry["sha256_16"]:
+        raise UserError(
+            f"{name} {path} changed since the evaluation (fingerprint {actual}, results.json has {entry['sha256_16']}); "
+            "re-run `semcal evaluate` so the page explains the scores it measured."
+        )
+    return path
+
+
+def token_table(folder: Path, results: dict) -> dict[int, tuple[list[str], np.ndarray]]:
+    """text_id -> (tokens, log p_real - log p_general per token), joined as the evaluation joined them."""
+    general, real = (
+        files.read_token_log_probs(score_file(folder, results, name))
+        for name in ("general_scores_csv", "real_scores_csv")
+    )
+    ids, diffs, tokens, _ = join_scores(general, real, results["counts"]["general_test"], "general_test")
+    return {int(text_id): (pieces, d) for text_id, pieces, d in zip(ids, tokens, diffs, strict=True)}
+
+
+def readable(token: str) -> str:
+    """A byte-level BPE token as the text it stands for ('Ġdog' -> ' dog'), SentencePiece's '▁' as a space."""
+    from tokenizers import decoders
+
+    return decoders.ByteLevel().decode([token]).replace("▁", " ")
+
+
+def token_colours(diffs: np.ndarray, limit: float) -> tuple[list[str], list[bool]]:
+    """Background colour of each difference on the diverging scale [-limit, limit], and whether it is dark."""
+    import matplotlib
+    from matplotlib.colors import Normalize, to_hex
+
+    shade = np.clip(Normalize(-limit, limit, clip=True)(diffs), 0.0, 1.0)
+    colours = matplotlib.colormaps[COLORMAP](shade)
+    return [to_hex(c) for c in colours], list(np.abs(shade - 0.5) > 0.35)  # white text on the darkest ends
+
+
+def text_cell(tokens: list[str], diffs: np.ndarray, limit: float) -> str:
+    colours, dark = token_colours(diffs, limit)
+    spans = [
+        f'<span class="tok" data-d="{d:.6g}" style="background:{colour}{";color:#fff" if white else ""}" '
+        f'title="{escape(repr(token))} {d:+.3f}">{escape(readable(token))}</span>'
+        for token, d, colour, white in zip(tokens, diffs.tolist(), colours, dark, strict=True)
+    ]
+    return f'<td class="text" data-value="{escape(readable("".join(tokens)).strip())}">{"".join(spans)}</td>'
+
+
+def number_cell(value: float) -> str:
+    shown = "n/a" if value != value else format_number(float(value))
+    return f'<td class="num" data-value="{value!r}">{shown}</td>'
+
+
+def rows_html(shown: pd.DataFrame, tokens: dict, limit: float) -> str:
+    rows = []
+    for row in shown.itertuples(index=False):
+        decision = "accepted" if row.accepted else "rejected"
+        cells = [
+            f'<td class="num" data-value="{int(row.text_id)}">{int(row.text_id)}</td>',
+            f'<td data-value="{escape(str(row.label))}">{escape(str(row.label))}</td>',
+            text_cell(*tokens[int(row.text_id)], limit),
+            number_cell(float(row.score)),
+            number_cell(float(row.accept_prob)),
+            f'<td class="{decision}" data-value="{decision}">{decision}</td>',
+        ]
+        rows.append(f'<tr data-text-id="{int(row.text_id)}">{"".join(cells)}</tr>')
+    return "\n".join(rows)
+
+
+def summary_numbers(results: dict) -> list[tuple[str, str, object]]:
+    """(key, what, value) of the page's summary: every value as results.json holds it (shares as 0-1)."""
+    semcal, oracle = results["filters"]["semcal"], results["filters"].get("oracle", {})
+    return [
+        ("kl_general", "KL(general‖real)", results["kl_general"]),
+        ("kl_filtered", f"KL(filtered‖real), mean over {results['monte_carlo']['n_runs']} runs", semcal["kl_mean"]),
+        ("kl_filtered_std", "its standard deviation over runs", semcal["kl_std"]),
+        ("deception_reduction", f"deception reduction of {results['filter_name']} (%)", semcal["deception_reduction"]),
+        ("oracle_deception_reduction", "deception reduction of the oracle (%)", oracle.get("deception_reduction")),
+        ("M", "M = |general_train| / |real_train|", results["M"]),
+        ("ideal_pass_rate", "ideal pass rate 1/M (%)", results["ideal_pass_rate"]),
+        ("pass_rate", f"pass rate of {results['filter_name']}, mean over runs (%)", semcal["pass_rate_mean"]),
+    ]
+
+
+def summary_html(results: dict) -> str:
+    """The summary numbers; data-value holds each as results.json does, the cell shows shares in %."""
+    rows = []
+    for key, what, value in summary_numbers(results):
+        shown = value * 100 if what.endswith("(%)") and isinstance(value, float) else value
+        rows.append(
+            f'<tr><th>{escape(what)}</th><td class="num" data-key="{key}" data-value="{escape(json.dumps(value))}">'
+            f"{escape(format_number(shown))}</td></tr>"
+        )
+    note = f"<p>{escape(results['kl_note'])}</p>" if results.get("kl_note") else ""
+    return f'<table class="summary">{"".join(rows)}</table>{note}'
+
+
+def figure_html(folder: Path) -> str:
+    png = folder / "label_distributions.png"
+    if not png.is_file():
+        log.warning("explain: %s is missing, so the page has no figure (re-run `semcal evaluate` to draw it)", png)
+        return f'<p class="note">No figure: {escape(str(png))} is missing; re-run <code>semcal evaluate</code> to draw it.</p>'
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<img alt="label distributions" src="data:image/png;base64,{data}">'
+
+
+def legend_html(limit: float) -> str:
+    stops = ", ".join(token_colours(np.linspace(-limit, limit, 9), limit)[0])
+    return (
+        f'<div class="legend"><span>{-limit:+.2f}</span><div class="bar" style="background:linear-gradient(to right, '
+        f'{stops})"></div><span>{limit:+.2f}</span></div><p>Each token is coloured by log p<sub>real</sub> − '
+        "log p<sub>general</sub>: blue where the real model finds it likelier (it pushes the score up, toward "
+        "acceptance), red where the general model does; differences beyond ±"
+        f"{limit:.2f} (the 95th percentile of |difference| on the page) take the end colours. Hover a token for its value.</p>"
+    )
+
+
+SORT_SCRIPT = """
+function sortBy(th, descending) {
+  const body = th.closest('table').tBodies[0], column = th.cellIndex, numeric = th.dataset.sort === 'number';
+  const key = row => row.cells[column].dataset.value;
+  const number = row => { const x = parseFloat(key(row)); return isNaN(x) ? -Infinity : x; };  // n/a sorts low
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const order = numeric ? Math.sign(number(a) - number(b)) || 0 : key(a).localeCompare(key(b));
+    return descending ? -order : order;
+  });
+  rows.forEach(row => body.appendChild(row));
+  th.closest('tr').querySelectorAll('th').forEach(other => delete other.dataset.order);
+  th.dataset.order = descending ? 'desc' : 'asc';
+}
+document.querySelectorAll('table.texts th[data-sort]').forEach(th =>
+  th.addEventListener('click', () => sortBy(th, th.dataset.order === 'asc')));
+const wanted = location.hash.match(/^#sort=(-?)(\\w+)$/);  // e.g. #sort=-score: a link to a sorted table
+if (wanted) { const th = document.getElementById('col-' + wanted[2]); if (th) sortBy(th, wanted[1] === '-'); }
+document.body.dataset.sortable = 'ready';
+"""
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }
+table.texts th[data-sort] { cursor: pointer; background: #eee; } th[data-order=asc]::after { content: " ▲"; }
+th[data-order=desc]::after { content: " ▼"; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } .tok { padding: 1px 0; }
+td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
+.legend { display: flex; align-items: center; gap: 0.5em; } .legend .bar { width: 300px; height: 14px; }
+.top { display: flex; flex-wrap: wrap; gap: 2em; } .top img { width: 540px; max-width: 100%; }
+table.summary th { text-align: left; font-weight: normal; } .note { color: #b42318; }
+"""
+
+
+def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFrame, tokens: dict, seed: int) -> str:
+    title = f"semcal explain: {'/'.join(Path(results['dataset_name']).parts[-2:])} / {results['distortion']}"
+    shown_diffs = np.concatenate([tokens[int(i)][1] for i in shown["text_id"]] or [np.zeros(1)])
+    limit = float(np.percentile(np.abs(shown_diffs), 95)) or 1.0
+    which = (
+        f"all {len(table)} evaluated texts"
+        if len(shown) == len(table)
+        else f"{len(shown)} of the {len(table)} evaluated texts, a uniform random sample (numpy default_rng({seed}), "
+        "drawn after the decisions), in text_id order"
+    )
+    headers = [("text_id", "number"), ("label", "text"), ("text", "text"), ("score", "number")]
+    headers += [("accept_prob", "number"), ("decision", "text")]
+    head = "".join(f'<th id="col-{name}" data-sort="{kind}">{name}</th>' for name, kind in headers)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{escape(title)}</h1>
+<p>Evaluation folder <code>{escape(str(folder))}</code>; filter <b>{escape(results["filter_name"])}</b>.</p>
+<div class="top"><div><h2>Summary</h2>
+{summary_html(results)}</div>
+<div><h2>Label distributions</h2>
+{figure_html(folder)}</div></div>
+<h2>Texts</h2>
+<p>Showing {escape(which)}. Score and accept_prob are the filter's (per_text.csv); the decision is one uniform draw
+per text u &lt; accept_prob from numpy default_rng(seed={seed}), the evaluation's seed, over all texts in per_text.csv
+order: the same draws as the evaluation's first Monte Carlo run. Click a column header to sort.</p>
+{legend_html(limit)}
+<table class="texts"><thead><tr>{head}</tr></thead>
+<tbody>
+{rows_html(shown, tokens, limit)}
+</tbody></table>
+<script>{SORT_SCRIPT}</script>
+</body></html>
+"""
+
+
+def explain(folder: Path, output: Path, rows: int) -> Path:
+    """Write the page of the evaluation in `folder` to `output`."""
+    per_text = folder / "per_text.csv"
+    if not per_text.is_file():
+        raise UserError(f"{per_text} is missing; re-run `semcal evaluate` to write it.")
+    results = files.read_json(folder / RESULTS_NAME)
+    if results.get("stage") != "evaluate" or "filters" not in results:
+        raise UserError(
+            f"{folder / RESULTS_NAME} is not an evaluation's results; pass a folder `semcal evaluate` wrote."
+        )
+    table = files.read_csv(per_text, usecols=["text_id", "label", "score", "accept_prob"], keep_default_na=False)
+    table["score"] = pd.to_numeric(table["score"], errors="coerce")  # an empty score (a filter without one): NaN
+    tokens = token_table(folder, results)
+    lacking = sorted(set(table["text_id"].astype(int)) - set(tokens))
+    if lacking:
+        raise UserError(
+            f"the score files lack text_id {lacking[:5]} of {per_text}; re-run `semcal evaluate` on the current scores."
+        )
+    seed = int(results["config"]["seed"])
+    rng = np.random.default_rng(seed)
+    table["accepted"] = filtering.draw(table["accept_prob"].to_numpy(np.float64), rng)
+    chosen = np.arange(len(table)) if len(table) <= rows else np.sort(rng.choice(len(table), rows, replace=False))
+    shown = table.iloc[chosen]
+    files.write_text(output, page_html(folder, results, table, shown, tokens, seed))
+    log.info(
+        "explain %s: %d of %d texts shown, %d accepted; written to %s",
+        results["distortion"],
+        len(shown),
+        len(table),
+        int(table["accepted"].sum()),
+        output,
+    )
+    return output
+
+
+def main(argv: Sequence[str]) -> int:
+    """`semcal explain RUN_DIR [--split=mild]`: an HTML page explaining each evaluation's decisions."""
+    parser = argparse.ArgumentParser(prog="semcal explain", description=main.__doc__)
+    parser.add_argument("path", type=Path, help="run folder (`semcal run`, `semcal demo`) or one evaluation folder")
+    parser.add_argument("--split", default=None, help="evaluated split of a run folder (default: every split)")
+    parser.add_argument("--rows", type=int, default=500, help="most texts in the table (default 500)")
+    parser.add_argument("--output", type=Path, default=None, help=f"page path (default EVALUATION_DIR/{PAGE_NAME})")
+    args = parser.parse_args(list(argv))
+    if args.rows < 1:
+        raise UserError(f"--rows must be at least 1 (got {args.rows}); pass e.g. --rows=500.")
+    folders = evaluation_folders(args.path, args.split)
+    if args.output is not None and len(folders) > 1:
+        raise UserError(f"{args.path} holds {len(folders)} evaluations but --output names one page; add --split=.")
+    for folder in folders:
+        explain(folder, args.output or folder / PAGE_NAME, args.rows)
+    return 0
