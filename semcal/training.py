@@ -122,7 +122,6 @@ def training_arguments(config: Any, learning_rate: float, staging: Path, hub_mod
         dataloader_pin_memory=torch.cuda.is_available(),
         # Without a GPU, say so: under torchrun the Trainer then runs DDP over gloo (CPU processes).
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
         report_to="none",
         disable_tqdm=not console.is_verbose(),
         push_to_hub=config.push_to_hub,

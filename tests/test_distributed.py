@@ -130,6 +130,6 @@ def test_semcal_run_with_nproc_per_node_runs_the_whole_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "results_table.md").exists()
     assert result.stdout.count("evaluate mild: done") == 1, "the evaluation runs once, on the main process"
-    for scores in (run_dir / "scores").iterdir():
+    for scores in (run_dir / "scores").glob("[!.]*"):
         assert files.read_record(scores)["processes"] == 2
     assert files.read_record(run_dir / "models" / "general")["processes"] == 2
