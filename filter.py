@@ -9,7 +9,7 @@ from semcal.filter_stream import FilterConfig, filter_texts
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
-input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), or - (standard input)
+input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), a media folder, or - (stdin)
 output = "-"  # a .csv or .jsonl file, or - (standard output, JSON lines)
 text_column = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
 id_column = None  # the field holding each item's id; none: its row or line number (from 1)
@@ -18,6 +18,7 @@ stream = False  # read JSON lines from standard input as they come; write each b
 batch_size = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
 seed = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
 top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
+captions_from = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":

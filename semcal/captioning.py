@@ -13,12 +13,14 @@ an empty caption; every row is kept, so row ids (text_id) stay those of the inpu
 
 Output folder: the input data set with a caption column added (save_to_disk format),
 captions.csv (split, id, caption), errors.csv (split, id, reason), semcal_record.json.
+`load_captioner(record)` and `caption_batch` caption new files as a finished output was
+captioned (its record's model and settings): `semcal filter` on a folder of media.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,17 @@ class AudioCaptionConfig:
 def caption_images(config: ImageCaptionConfig) -> Path:
     """Caption every image of the chosen splits; returns the output data-set folder."""
     _check_settings(config)
+    return _run(config, "caption-images", "image", config.image_column, _image_captioner(config))
+
+
+def caption_audio(config: AudioCaptionConfig) -> Path:
+    """Caption every audio clip of the chosen splits; returns the output data-set folder."""
+    _check_settings(config)
+    return _run(config, "caption-audio", "audio", config.audio_column, _audio_captioner(config))
+
+
+def _image_captioner(config: ImageCaptionConfig) -> Any:
+    """The captioner class for `model_name`, its task or prompt checked before any weights load."""
     model_type = captioners.model_type(config.model_name)
     if model_type == "florence2":
         if config.task_prompt not in FLORENCE_CAPTION_TASKS:
@@ -105,16 +118,12 @@ def caption_images(config: ImageCaptionConfig) -> Path:
                 f"task_prompt {config.task_prompt!r} is not a Florence-2 captioning task; use one of "
                 f"{', '.join(FLORENCE_CAPTION_TASKS)} (the paper uses <MORE_DETAILED_CAPTION>)."
             )
-        make_captioner: Any = captioners.FlorenceCaptioner
-    else:
-        captioners.require_image_text_to_text(config.model_name, model_type)
-        make_captioner = captioners.ImageTextToTextCaptioner
-    return _run(config, "caption-images", "image", config.image_column, make_captioner)
+        return captioners.FlorenceCaptioner
+    captioners.require_image_text_to_text(config.model_name, model_type)
+    return captioners.ImageTextToTextCaptioner
 
 
-def caption_audio(config: AudioCaptionConfig) -> Path:
-    """Caption every audio clip of the chosen splits; returns the output data-set folder."""
-    _check_settings(config)
+def _audio_captioner(config: AudioCaptionConfig) -> Any:
     model_type = captioners.model_type(config.model_name)
     if model_type != "qwen2_audio":
         raise UserError(
@@ -125,7 +134,38 @@ def caption_audio(config: AudioCaptionConfig) -> Path:
         raise UserError(
             "prompt is empty: Qwen2-Audio needs an instruction, e.g. 'Describe the sounds in this audio clip.'"
         )
-    return _run(config, "caption-audio", "audio", config.audio_column, captioners.Qwen2AudioCaptioner)
+    return captioners.Qwen2AudioCaptioner
+
+
+# The captioning stages by their record's stage name: media kind, settings, captioner class.
+STAGES = {
+    "caption-images": ("image", ImageCaptionConfig, _image_captioner),
+    "caption-audio": ("audio", AudioCaptionConfig, _audio_captioner),
+}
+
+
+def load_captioner(record: dict[str, Any]) -> tuple[Any, str, int]:
+    """The captioner of a captioning stage's record (its model, task or prompt and generation
+    settings), its media kind and its batch size: to caption new files as the stage did."""
+    kind, config_class, captioner_class = STAGES[record["stage"]]
+    names = {setting.name for setting in fields(config_class)}
+    config = config_class(**{name: value for name, value in record["config"].items() if name in names})
+    device, dtype = captioners.device_and_dtype(config.device, config.dtype)
+    return captioner_class(config)(config, device, dtype), kind, config.batch_size
+
+
+def caption_batch(captioner: Any, values: list[Any]) -> tuple[dict[int, str], dict[int, str]]:
+    """Decode and caption one batch of media values (paths, bytes, datasets values): the
+    captions, and the reasons of the items that could not be decoded, by position in `values`."""
+    items, positions, failures = [], [], {}
+    for position, value in enumerate(values):
+        try:
+            items.append(captioner.decode(value))
+            positions.append(position)
+        except MediaError as err:
+            failures[position] = err.reason
+    captions = dict(zip(positions, captioner.caption(items), strict=True)) if items else {}
+    return captions, failures
 
 
 def _check_settings(config: ImageCaptionConfig | AudioCaptionConfig) -> None:
@@ -257,15 +297,9 @@ def _caption_split(
             ids = [i for i in range(start, min(start + config.batch_size, rows)) if str(i) not in done]
             if not ids:
                 continue
-            items, good_ids = [], []
-            for row_id, value in zip(ids, dataset[ids][media_column], strict=True):
-                try:
-                    items.append(captioner.decode(value))
-                    good_ids.append(row_id)
-                except MediaError as err:
-                    failed.append((split, row_id, err.reason))
-            if items:
-                pending.extend(zip(good_ids, captioner.caption(items), strict=True))
+            captions, failures = caption_batch(captioner, dataset[ids][media_column])
+            failed.extend((split, ids[position], reason) for position, reason in failures.items())
+            pending.extend((ids[position], caption) for position, caption in captions.items())
             progress.update(len(ids))
             if len(pending) >= config.chunk_size:
                 writer.write_chunk(pending)

