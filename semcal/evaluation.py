@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, distributed, files, filtering, report, runstate
+from semcal import calibration, distributed, files, filter_sources, filtering, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, load_inputs
@@ -98,7 +98,12 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     )
     inputs, facts = load_inputs(config)
     chosen = chosen_filter(inputs, config)
-    inputs_read = {**facts["fingerprints"], "filter_format": filtering.FORMAT_VERSION}  # older runs re-run once
+    # Older runs re-run once: to save their filter in this format, and the kinds that gained a saved form.
+    inputs_read = {
+        **facts["fingerprints"],
+        "filter_format": filtering.FORMAT_VERSION,
+        "saved_filter_sources": list(filter_sources.SOURCES),
+    }
     identity = runstate.identity("evaluate", config, inputs=inputs_read, ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)

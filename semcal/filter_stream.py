@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import files
+from semcal import distributed, files
 from semcal.config import UserError, below_minimum
 from semcal.filtering import Filter, draw
 
@@ -62,6 +62,7 @@ class FilterConfig:
     captions_from: str | None = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
 
 
+@distributed.main_process_only
 def filter_texts(config: FilterConfig) -> dict[str, int]:
     """Run the filter stage; returns the counts of items, accepted items and error records."""
     started = time.perf_counter()
