@@ -13,7 +13,8 @@ texts is exactly 1/M) and the temperature t by one of:
 - `mom`: label-free moments: t makes the held-out rows, weighted by a, match the held-out
   real_train members' means of INSTRUMENTS, other estimates whose errors are not l's;
 - `labmom`: label-aware moments: the instruments are the held-out rows' general_train
-  LABELS (one-hot). General_test labels are never read.
+  LABELS (one-hot). General_test labels are never read. When those labels show no shift
+  (a baseline split), the filter is the label-posterior plug-in, normalised on the stream.
 
 Sources: the language models' score (`clipped`, `sum`), the same against a matched CONTROL
 model (`control_sum`: log p_real - log p_control, from control_scores_csv and
@@ -186,9 +187,29 @@ def moments(inputs: EvaluationInputs, config: EvaluationConfig, source: str, hel
     return calibrated(inputs, source, stream, "moments", heldout, instruments, instruments_used=list(views))
 
 
-def label_moments(inputs: EvaluationInputs, source: str, heldout, stream, **stats: Any) -> Acceptance:
-    """Label-aware moments: the instruments are the held-out rows' general_train labels."""
-    return calibrated(inputs, source, stream, "moments", heldout, label_instruments(inputs), **stats)
+def label_moments(
+    inputs: EvaluationInputs, config: EvaluationConfig, source: str, heldout, stream, **stats: Any
+) -> Acceptance:
+    """Label-aware moments: the instruments are the held-out rows' general_train labels.
+
+    When those labels show no shift at all (the chi-square test: a baseline split), the
+    source's tilt would only select its noise, and the filter is the label-posterior plug-in
+    instead (t = 1, the stream shift): the one estimate that still moves the stream's label
+    mix toward real_train's, where a flat filter would keep general_test's.
+    """
+    acceptance = calibrated(inputs, source, stream, "moments", heldout, label_instruments(inputs), **stats)
+    fit = acceptance.stats["calibration"]
+    if not fit["shift_statistic"] <= fit["shift_threshold"] or len(np.unique(inputs.general_train_codes)) < 2:
+        return acceptance
+    plug_in = label_posterior_estimate(inputs, config)
+    return calibrated(
+        inputs,
+        "label_posterior",
+        plug_in.log_ratio,
+        "fixed",
+        estimator=plug_in.params,
+        no_shift_in={"log_ratio": source, "calibration": fit, **stats},
+    )
 
 
 # ---- the language models' score, calibrated ---------------------------------------------------
@@ -221,7 +242,7 @@ def sum_mom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
 )
 def sum_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     stream, heldout = inputs.scores("sum", config.top_p)
-    return label_moments(inputs, "sum", heldout, stream)
+    return label_moments(inputs, config, "sum", heldout, stream)
 
 
 @register("control_sum", kind="calibrated", label="control sum", needs=("control",), enabled=_candidates)
@@ -246,7 +267,7 @@ def control_sum_stream(inputs: EvaluationInputs, config: EvaluationConfig) -> Ac
 )
 def control_sum_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     stream, heldout = control_scores(inputs)
-    return label_moments(inputs, "control_sum", heldout, stream)
+    return label_moments(inputs, config, "control_sum", heldout, stream)
 
 
 # ---- text estimators, calibrated ----------------------------------------------------------------
@@ -263,7 +284,7 @@ def tfidf_mom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
 def text_labmom(source: str, inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     """A text estimator's log-ratio, its temperature from held-out label moments, the stream shift."""
     estimate = text_estimate(inputs, source, config)
-    return label_moments(inputs, source, estimate.heldout, estimate.stream, estimator=estimate.params)
+    return label_moments(inputs, config, source, estimate.heldout, estimate.stream, estimator=estimate.params)
 
 
 # One filter per text estimator; TF-IDF (the default) also gets its column in the results table.
@@ -297,7 +318,7 @@ def stack_labmom(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptan
         heldout, stream, inputs.heldout_is_real, config.seed
     )
     return label_moments(
-        inputs, "stack", heldout_log_ratio, stream_log_ratio, stacked=stacked.to_dict(), estimator=tfidf.params
+        inputs, config, "stack", heldout_log_ratio, stream_log_ratio, stacked=stacked.to_dict(), estimator=tfidf.params
     )
 
 
@@ -328,13 +349,20 @@ def fit_stacked_ratio(heldout: np.ndarray, stream: np.ndarray, is_real: np.ndarr
 @register("label_posterior", kind="reference", label="label-posterior plug-in", enabled=_candidates)
 def label_posterior(inputs: EvaluationInputs, config: EvaluationConfig) -> Acceptance:
     """r(x) = sum_y P(y | x) q(y) / p(y), P(y | x) fitted on general_train's texts and labels."""
-    names = np.asarray(inputs.labels, dtype=object)
-    estimate = ratio_estimators.fit_label_posterior(
-        inputs.general_train_texts,
-        names[inputs.general_train_codes],
-        names[inputs.real_train_codes],
-        inputs.test_texts,
-        inputs.m,
-        seed=config.seed,
-    )
+    estimate = label_posterior_estimate(inputs, config)
     return Acceptance(estimate.accept(), scores=estimate.log_ratio, stats={"estimator": estimate.params})
+
+
+def label_posterior_estimate(inputs: EvaluationInputs, config: EvaluationConfig) -> Any:
+    """The label-posterior plug-in of the evaluated texts (ratio_estimators.fit_label_posterior), fitted once."""
+    if "estimate:label_posterior" not in inputs.cache:
+        names = np.asarray(inputs.labels, dtype=object)
+        inputs.cache["estimate:label_posterior"] = ratio_estimators.fit_label_posterior(
+            inputs.general_train_texts,
+            names[inputs.general_train_codes],
+            names[inputs.real_train_codes],
+            inputs.test_texts,
+            inputs.m,
+            seed=config.seed,
+        )
+    return inputs.cache["estimate:label_posterior"]

@@ -33,7 +33,9 @@ NGRAM_ARRAYS = "ngram.safetensors"
 EMBEDDING_ARRAYS = "embedding.safetensors"
 # Which models each language-model source compares: log p_real - log p_<second>.
 LM_ROLES = {"clipped": "general", "sum": "general", "control_sum": "control", "stack": "general"}
-SOURCES = ("tfidf", "ngram", "embedding", *LM_ROLES)
+LABEL_ARRAYS = "label_posterior.safetensors"
+LABEL_VOCABULARY_NAME = "label_vocabulary.json"
+SOURCES = ("tfidf", "ngram", "embedding", "label_posterior", *LM_ROLES)
 
 
 # ---- saving (semcal.filtering.save_filter, inside the evaluation) --------------------------------
@@ -65,6 +67,14 @@ def save_source(folder: Path, spec: dict[str, Any], config: Any, inputs: Any, st
         spec["ngram"] = {"hashing": plain, "offset": stats["estimator"]["offset"]}  # dtype: the default float64
         bucket_log_ratio = np.asarray(inputs.cache["estimate:ngram"].model, np.float64)
         files.write_safetensors(folder / NGRAM_ARRAYS, {"bucket_log_ratio": bucket_log_ratio})
+    if source == "label_posterior":
+        vectorizer, classifier, label_ratio = inputs.cache["estimate:label_posterior"].model
+        vocabulary = {ngram: int(column) for ngram, column in vectorizer.vocabulary_.items()}
+        files.write_json(folder / LABEL_VOCABULARY_NAME, vocabulary)
+        spec["labels"] = [str(label) for label in classifier.classes_]
+        arrays = {"idf": vectorizer.idf_, "coef": classifier.coef_, "intercept": classifier.intercept_}
+        arrays["label_ratio"] = label_ratio
+        files.write_safetensors(folder / LABEL_ARRAYS, {key: np.asarray(a, np.float64) for key, a in arrays.items()})
     if source == "embedding":
         spec["encoder"] = encoder_record(config.embedding_model)
         scaler, classifier = (step for _, step in inputs.cache["estimate:embedding"].model.steps)
@@ -122,6 +132,8 @@ def load_source(folder: Path, spec: dict[str, Any]) -> Any:
         return EmbeddingSource(folder, spec)
     if source == "stack":
         return StackSource(folder, spec)
+    if source == "label_posterior":
+        return LabelPosteriorSource(folder)
     return LanguageModelSource(spec)
 
 
@@ -161,6 +173,42 @@ class TfidfSource:
             weights = features.data[start:end] * self.coef[columns]
             explained.append(_explain([str(self.ngrams[c]) for c in columns], weights, top_tokens))
         return _log_ratio_of(p_real, self.prior), explained
+
+
+class LabelPosteriorSource:
+    """log sum_y P(y | x) q(y) / p(y): TF-IDF + multinomial logistic regression on general_train's
+    labels (the labmom filters' form on a split without shift), rebuilt from its arrays."""
+
+    def __init__(self, folder: Path):
+        from semcal.baselines import tfidf_vectorizer
+
+        arrays = files.read_safetensors(folder / LABEL_ARRAYS)
+        self.vectorizer = tfidf_vectorizer(vocabulary=files.read_json(folder / LABEL_VOCABULARY_NAME))
+        self.vectorizer.idf_ = arrays["idf"]
+        self.coef, self.intercept, self.label_ratio = arrays["coef"], arrays["intercept"], arrays["label_ratio"]
+        self.ngrams = self.vectorizer.get_feature_names_out()
+
+    def log_ratio(self, texts: list[str], top_tokens: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        from scipy.special import expit, softmax
+
+        features = self.vectorizer.transform(texts).tocsr()
+        logits = np.asarray(features @ self.coef.T) + self.intercept
+        if self.coef.shape[0] == 1:  # two labels: scikit-learn's binary form, P(second label | x)
+            second = expit(logits[:, 0])
+            posterior = np.column_stack([1 - second, second])
+            coef = np.vstack([np.zeros_like(self.coef[0]), self.coef[0]])
+        else:
+            posterior, coef = softmax(logits, axis=1), self.coef
+        log_ratio = ratio_estimators.label_posterior_log_ratio(posterior, self.label_ratio)
+        explained = []
+        for row in range(features.shape[0]) if top_tokens else ():
+            start, end = features.indptr[row], features.indptr[row + 1]
+            columns = features.indices[start:end]
+            # d log r / d (n-gram's features): the labels it favours, weighted by how they move r.
+            tilt = posterior[row] * (self.label_ratio / np.exp(log_ratio[row]) - 1.0)
+            weights = features.data[start:end] * (tilt @ coef[:, columns])
+            explained.append(_explain([str(self.ngrams[c]) for c in columns], weights, top_tokens))
+        return log_ratio, explained
 
 
 class NgramSource:

@@ -29,6 +29,7 @@ SAVED_FILES = {
     "control_sum_stream": ["filter.json"],
     "control_sum_labmom": ["filter.json"],
     "stack_labmom": ["filter.json", "tfidf.safetensors", "vocabulary.json"],
+    "tfidf_labmom": ["filter.json", "label_posterior.safetensors", "label_vocabulary.json"],
 }
 
 
@@ -72,6 +73,31 @@ def test_the_saved_ngram_filter_accepts_as_the_evaluation_did(synthetic):
     # the n-grams that pushed each score are the text's own
     up = model.score(per_text["text"].tolist()[:20], top_tokens=2).tokens_up
     assert any(up) and all(item.split("'")[1] in text for item, text in zip(up, per_text["text"], strict=False) if item)
+
+
+def test_without_a_shift_the_default_is_the_label_plug_in_and_saved_as_such(synthetic):
+    """baseline: real_train is a uniform sample, the held-out labels show no shift. The default
+    does not go flat (which keeps general_test's label mix): it takes the label-posterior plug-in,
+    which moves the accepted mix toward real_train's own, and the saved filter does the same."""
+    root, splits = synthetic
+    out = _evaluate_text_kind(synthetic, "tfidf_labmom", distortion="baseline")
+    results = files.read_json(out / "results.json")
+    chosen = results["filters"]["tfidf_labmom"]
+    assert chosen["log_ratio"] == "label_posterior"
+    assert chosen["no_shift_in"]["log_ratio"] == "tfidf"
+    assert (
+        chosen["no_shift_in"]["calibration"]["shift_statistic"]
+        <= chosen["no_shift_in"]["calibration"]["shift_threshold"]
+    )
+    assert chosen["pass_rate_mean"] == pytest.approx(results["ideal_pass_rate"], abs=0.02)
+    model, per_text = _check_saved(out, "tfidf_labmom")
+    scored = model.score(per_text["text"].tolist()[:5], top_tokens=3)
+    assert all(up or down for up, down in zip(scored.tokens_up, scored.tokens_down, strict=True)), "n-grams explain it"
+    # Accepted label mix (expected, from accept_prob) is closer to real_train's than general_test's is.
+    real = pd.Series(splits["real_train_baseline"]["label"]).value_counts(normalize=True)
+    kept = per_text.groupby("label")["accept_prob"].sum()
+    kept, general = kept / kept.sum(), per_text["label"].value_counts(normalize=True)
+    assert (kept - real).abs().sum() < (general - real).abs().sum()
 
 
 def test_the_saved_embedding_filter_accepts_as_the_evaluation_did(synthetic, tiny_encoder, tmp_path):  # noqa: F811
