@@ -133,3 +133,34 @@ def test_semcal_run_with_nproc_per_node_runs_the_whole_pipeline(tmp_path):
     for scores in (run_dir / "scores").glob("[!.]*"):
         assert files.read_record(scores)["processes"] == 2
     assert files.read_record(run_dir / "models" / "general")["processes"] == 2
+
+
+def test_shards_are_disjoint_deterministic_and_whole(monkeypatch):
+    from semcal import distributed
+
+    shares = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        shares.append(distributed.shard(list(range(10))))
+    assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+def test_device_map_is_refused_with_several_processes(models, image_folder, tmp_path, monkeypatch):  # noqa: F811
+    from semcal.config import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="device_map=auto spreads one model over all GPUs.*launch one process"):
+        caption_images(image_config(models, image_folder, tmp_path / "out", device_map="auto"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_the_cpu_captioning_computes_in_float32_and_on_this_process_device():
+    import torch
+
+    from semcal.captioners import device_and_dtype
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CPU defaults do not apply")
+    assert device_and_dtype(None, "auto") == ("cpu", torch.float32)
+    assert device_and_dtype("cpu", "bfloat16") == ("cpu", torch.bfloat16)
