@@ -241,10 +241,9 @@ def _caption_splits(
 ) -> tuple[dict[str, dict[int, str]], list[tuple[str, int, str]], dict[str, dict[str, int]]]:
     """Caption every split into chunks in `folder`; returns captions by split and id, failures, counts."""
     writers, errors, stats = {}, [], {}
-    writer_name = f"rank{distributed.rank()}-" if distributed.rank() else ""
     for split in inputs.splits:
         writers[split] = files.ChunkedTableWriter(
-            folder / f"captions_{split}.csv", ["id", "caption"], key_column="id", writer=writer_name
+            folder / f"captions_{split}.csv", ["id", "caption"], key_column="id", writer=distributed.writer_name()
         )
         resumed = len(writers[split].done_keys)
         dataset = inputs.dataset_dict[split].select_columns([media_column])

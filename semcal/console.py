@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from semcal import distributed
+
 _prefix: contextvars.ContextVar[str] = contextvars.ContextVar("semcal_prefix", default="")
 _verbose = False
 
@@ -52,12 +54,8 @@ def setup(verbose: bool = False) -> None:
     _verbose = verbose
     install_handler()
     level = logging.DEBUG if verbose else logging.INFO
-    logging.getLogger("semcal").setLevel(level if _main_process() else logging.ERROR)
+    logging.getLogger("semcal").setLevel(level if distributed.is_main() else logging.ERROR)
     quiet_libraries(not verbose)
-
-
-def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def install_handler() -> None:
@@ -129,7 +127,7 @@ def progress(iterable: Iterable[Any] | None = None, desc: str = "", **kwargs: An
     from tqdm.auto import tqdm
 
     kwargs.setdefault("leave", _verbose)
-    kwargs.setdefault("disable", not _main_process())
+    kwargs.setdefault("disable", not distributed.is_main())
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, desc=_prefix.get() + desc, **kwargs)

@@ -105,6 +105,12 @@ def gather(value: Any) -> list[Any]:
     return values
 
 
+def writer_name() -> str:
+    """This rank's name for the chunks it writes into a shared parts folder (files.ChunkedTableWriter):
+    none for the main process, so one process names its chunks as it always did."""
+    return f"rank{rank()}-" if rank() else ""
+
+
 def shard(batches: Sequence[Item]) -> list[Item]:
     """This rank's share: every WORLD_SIZE-th item, from its rank on. Deterministic, disjoint,
     and together the whole; with planned batches each text is computed in the same batch as
@@ -153,14 +159,12 @@ def main_process_only(stage: Callable[..., Result]) -> Callable[..., Result | No
     return run
 
 
-def launch(arguments: Sequence[str]) -> int:
-    """Run `torchrun ARGUMENTS` (torch.distributed.run) from this process; its exit code."""
+def launch(nproc: int, arguments: Sequence[str]) -> int:
+    """Run `torchrun --standalone --nproc_per_node=NPROC ARGUMENTS` from this process; its exit code."""
     import subprocess
     import sys
 
     # torchrun sets OMP_NUM_THREADS=1 with a warning banner when it is unset; share the cores instead.
-    nproc = next((int(a.split("=", 1)[1]) for a in arguments if a.startswith("--nproc_per_node=")), 1)
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
-    environment = {"OMP_NUM_THREADS": threads, **os.environ}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *arguments]
+    environment = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *arguments]
     return subprocess.run(command, env=environment, check=False).returncode

@@ -148,15 +148,33 @@ def _log_ratio_of(p_real: np.ndarray, prior: float) -> np.ndarray:
     return ratio_estimators._from_probability("saved", p_real, prior, {}).log_ratio
 
 
+def _saved_tfidf(folder: Path, vocabulary_name: str, idf: np.ndarray) -> Any:
+    """A fitted TF-IDF vectorizer (semcal.baselines' features) from its saved vocabulary and idf."""
+    from semcal.baselines import tfidf_vectorizer
+
+    vectorizer = tfidf_vectorizer(vocabulary=files.read_json(folder / vocabulary_name))
+    vectorizer.idf_ = idf
+    return vectorizer
+
+
+def _explain_ngrams(features: Any, ngrams: np.ndarray, count: int, weights_of: Any) -> list[tuple[str, str]]:
+    """Per row of a sparse feature matrix: the n-grams that pushed its score most, each weighted
+    by its feature value times `weights_of(row, columns)`."""
+    explained = []
+    for row in range(features.shape[0]) if count else ():
+        start, end = features.indptr[row], features.indptr[row + 1]
+        columns = features.indices[start:end]
+        weights = features.data[start:end] * weights_of(row, columns)
+        explained.append(_explain([str(ngrams[c]) for c in columns], weights, count))
+    return explained
+
+
 class TfidfSource:
-    """The TF-IDF + logistic regression log-ratio, rebuilt from its arrays (semcal.baselines' features)."""
+    """The TF-IDF + logistic regression log-ratio, rebuilt from its arrays."""
 
     def __init__(self, folder: Path, spec: dict[str, Any]):
-        from semcal.baselines import tfidf_vectorizer
-
         arrays = files.read_safetensors(folder / TFIDF_ARRAYS)
-        self.vectorizer = tfidf_vectorizer(vocabulary=files.read_json(folder / VOCABULARY_NAME))
-        self.vectorizer.idf_ = arrays["idf"]
+        self.vectorizer = _saved_tfidf(folder, VOCABULARY_NAME, arrays["idf"])
         self.coef, self.intercept = arrays["coef"], float(arrays["intercept"][0])
         self.prior = float(spec["prior"])
         self.ngrams = self.vectorizer.get_feature_names_out()
@@ -166,12 +184,7 @@ class TfidfSource:
 
         features = self.vectorizer.transform(texts).tocsr()
         p_real = expit(features @ self.coef + self.intercept)
-        explained = []
-        for row in range(features.shape[0]) if top_tokens else ():
-            start, end = features.indptr[row], features.indptr[row + 1]
-            columns = features.indices[start:end]
-            weights = features.data[start:end] * self.coef[columns]
-            explained.append(_explain([str(self.ngrams[c]) for c in columns], weights, top_tokens))
+        explained = _explain_ngrams(features, self.ngrams, top_tokens, lambda row, columns: self.coef[columns])
         return _log_ratio_of(p_real, self.prior), explained
 
 
@@ -180,11 +193,8 @@ class LabelPosteriorSource:
     labels (the labmom filters' form on a split without shift), rebuilt from its arrays."""
 
     def __init__(self, folder: Path):
-        from semcal.baselines import tfidf_vectorizer
-
         arrays = files.read_safetensors(folder / LABEL_ARRAYS)
-        self.vectorizer = tfidf_vectorizer(vocabulary=files.read_json(folder / LABEL_VOCABULARY_NAME))
-        self.vectorizer.idf_ = arrays["idf"]
+        self.vectorizer = _saved_tfidf(folder, LABEL_VOCABULARY_NAME, arrays["idf"])
         self.coef, self.intercept, self.label_ratio = arrays["coef"], arrays["intercept"], arrays["label_ratio"]
         self.ngrams = self.vectorizer.get_feature_names_out()
 
@@ -200,14 +210,11 @@ class LabelPosteriorSource:
         else:
             posterior, coef = softmax(logits, axis=1), self.coef
         log_ratio = ratio_estimators.label_posterior_log_ratio(posterior, self.label_ratio)
-        explained = []
-        for row in range(features.shape[0]) if top_tokens else ():
-            start, end = features.indptr[row], features.indptr[row + 1]
-            columns = features.indices[start:end]
-            # d log r / d (n-gram's features): the labels it favours, weighted by how they move r.
-            tilt = posterior[row] * (self.label_ratio / np.exp(log_ratio[row]) - 1.0)
-            weights = features.data[start:end] * (tilt @ coef[:, columns])
-            explained.append(_explain([str(self.ngrams[c]) for c in columns], weights, top_tokens))
+        # d log r / d (a label's logit): the labels an n-gram favours, weighted by how they move r.
+        tilt = posterior * (self.label_ratio[None, :] / np.exp(log_ratio)[:, None] - 1.0)
+        explained = _explain_ngrams(
+            features, self.ngrams, top_tokens, lambda row, columns: tilt[row] @ coef[:, columns]
+        )
         return log_ratio, explained
 
 

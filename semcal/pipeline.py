@@ -252,11 +252,11 @@ def _relaunched(command: str, config: Any) -> bool:
         raise UserError(f"nproc_per_node must be at least 1 (got {config.nproc_per_node}).")
     if config.nproc_per_node == 1 or distributed.world_size() > 1:
         return False
-    arguments = [f"--nproc_per_node={config.nproc_per_node}", "-m", "semcal", command, *to_arguments(config)]
+    arguments = ["-m", "semcal", command, *to_arguments(config)]
     if console.is_verbose():
         arguments.append("--verbose")
     log.info("%s: starting %d processes (torchrun %s)", command, config.nproc_per_node, " ".join(arguments))
-    returncode = distributed.launch(arguments)
+    returncode = distributed.launch(config.nproc_per_node, arguments)
     if returncode:
         raise UserError(
             f"the {config.nproc_per_node} processes of `semcal {command}` failed (exit code {returncode}); their "

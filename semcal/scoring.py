@@ -159,8 +159,9 @@ def _score(
     # Planned from all texts, then shared out by batch: every text is scored in the same batch
     # whatever the number of processes, so the merged file is byte-identical.
     batches = plan_batches([len(ids) for ids in framed], config.batch_size, config.max_batch_tokens)
-    writer_name = f"rank{distributed.rank()}-" if distributed.rank() else ""
-    writer = files.ChunkedTableWriter(staging / SCORES_NAME, files.TOKEN_LOG_PROB_COLUMNS, "text_id", writer_name)
+    writer = files.ChunkedTableWriter(
+        staging / SCORES_NAME, files.TOKEN_LOG_PROB_COLUMNS, "text_id", distributed.writer_name()
+    )
     scored_before = len(writer.done_keys)
     started = time.perf_counter()
     _write_chunks(config, model, tokenizer, framed, text_ids, distributed.shard(batches), writer, device)
