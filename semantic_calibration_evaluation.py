@@ -20,9 +20,7 @@ general_heldout_csv = "runs/demo/scores/heldout.general/token_log_probs.csv"  # 
 real_heldout_csv = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
 control_scores_csv = None  # general_test, matched CONTROL model (optional: the control_* filters)
 control_heldout_csv = None  # held-out texts, matched CONTROL model
-filter = "tfidf_labmom"  # THE filter: a registered filter (README), or variant = the score / normalize one
-score = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
-normalize = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
+filter = "tfidf_labmom"  # THE filter: <source>_<calibration> (README); clipped is the paper's method
 top_p = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
 n_runs = 1000  # rejection-sampling runs; results are mean and population std over runs
 seed = 0  # seed of the random draws (shared by all filters) and of the classifier

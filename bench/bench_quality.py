@@ -77,7 +77,7 @@ def run_one(name: str, seed: int, root: Path, paper: bool = False) -> dict:
             init_real_from_general=not paper,
             control="none" if paper else "matched",
             finetune_settings=dict(FINETUNE_SETTINGS),
-            evaluation_settings={"filter": "variant", "score": "clipped", "normalize": "none"} if paper else {},
+            evaluation_settings={"filter": "clipped"} if paper else {},
         )
     )
     wall = time.perf_counter() - started

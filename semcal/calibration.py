@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import expit, log_expit, logsumexp, rel_entr
+from scipy.special import log_expit, logsumexp, rel_entr
 
 # Cumulative shares are compared with top_p up to this relative tolerance, so a share equal
 # to top_p in exact arithmetic (e.g. 3 of 4 equal tokens at top_p=0.75) counts as within it.
@@ -39,11 +39,6 @@ def token_differences(real_log_probs: np.ndarray, general_log_probs: np.ndarray)
     if real_log_probs.shape != general_log_probs.shape:
         raise ValueError(f"token counts differ: {real_log_probs.shape} vs {general_log_probs.shape}")
     return real_log_probs - general_log_probs
-
-
-def clipped_score(diffs: np.ndarray, top_p: float = 0.75) -> float:
-    """The paper's clipped score of one text; see `clipped_scores`."""
-    return float(clipped_scores([diffs], top_p)[0])
 
 
 def clipped_scores(diffs_per_text: Sequence[np.ndarray], top_p: float = 0.75) -> np.ndarray:
@@ -277,10 +272,6 @@ def monte_carlo(
             mean_distribution=(distributions[non_empty].mean(axis=0) if non_empty.any() else np.full(n_labels, np.nan)),
         )
     return results
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    return expit(np.asarray(values, dtype=np.float64))
 
 
 def fit_membership_logistic(scores: np.ndarray, is_real: np.ndarray, ridge: float = 1e-6) -> tuple[float, float]:

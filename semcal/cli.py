@@ -4,14 +4,12 @@
     semcal STAGE --help        lists the stage's settings, their defaults and meaning
     semcal STAGE --verbose     also shows the libraries' own logging and progress bars
 
-A stage appears here once its module exists; each maps to a top-level script that runs
-the same code with the same settings.
+Each stage maps to a top-level script that runs the same code with the same settings.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +24,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "finetune": ("semcal.finetune", "finetune", "FinetuneConfig", "finetune_gpt2.py"),
     "score": ("semcal.scoring", "score_split", "ScoreConfig", "token_sequence_probs.py"),
     "evaluate": ("semcal.evaluation", "evaluate", "EvaluationConfig", "semantic_calibration_evaluation.py"),
+    "fit": ("semcal.fit", "fit", "FitConfig", "fit_filter.py"),
     "filter": ("semcal.filter_stream", "filter_texts", "FilterConfig", "filter.py"),
     "run": ("semcal.pipeline", "run_pipeline", "PipelineConfig", ""),
     "demo": ("semcal.pipeline", "demo", "DemoConfig", ""),
@@ -40,21 +39,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def available_stages() -> dict[str, tuple[str, str, str, str]]:
-    return {name: spec for name, spec in STAGES.items() if importlib.util.find_spec(spec[0]) is not None}
-
-
-def available_commands() -> dict[str, tuple[str, str]]:
-    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
-
-
 def usage() -> str:
     lines = ["usage: semcal COMMAND [--name=value ...] [--verbose]", "", "stages (same settings as the script named):"]
-    for name, (_, _, _, script) in available_stages().items():
+    for name, (_, _, _, script) in STAGES.items():
         lines.append(f"  {name:<16}{script}")
     lines.append("")
     lines.append("other commands:")
-    for name in available_commands():
+    for name in COMMANDS:
         lines.append(f"  {name}")
     lines.append("")
     lines.append("`semcal COMMAND --help` lists a command's settings.")
@@ -73,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
-    stages, commands = available_stages(), available_commands()
+    stages, commands = STAGES, COMMANDS
     try:
         return _dispatch(command, rest, stages, commands)
     except UserError as err:

@@ -406,3 +406,30 @@ def _labels_table(labels_csv: str | Path, root: Path, files: list[str]) -> pd.Da
         duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
         raise UserError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
     return table.sort_values("file_name", kind="stable").reset_index(drop=True)
+
+
+def load_corpus(name: str, what: str, text_column: str, label_column: str | None = None, label_map: str | None = None):
+    """One corpus (semcal fit's real or general): its texts and, given `label_column`, labels.
+
+    `name` is a CSV / Parquet / JSONL file (every row), or anything load_dataset_dict reads
+    holding one split, or `PATH:SPLIT` naming the split of a data set with several.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        table, split = _read_table(path), what
+        corpus = _dataset_of(table)
+    else:
+        base, _, split = name.rpartition(":") if ":" in name and not Path(name).exists() else (name, "", "")
+        dataset_dict = load_dataset_dict(base)
+        if not split:
+            if len(dataset_dict) != 1:
+                raise UserError(
+                    f"{what}={name} holds the splits {sorted(dataset_dict)}: name the one to use as {what}={name}:SPLIT."
+                )
+            split = next(iter(dataset_dict))
+        corpus = get_split(dataset_dict, split)
+    if len(corpus) == 0:
+        raise UserError(f"{what}={name} holds no rows: give a corpus of texts.")
+    texts = texts_of(corpus, split, text_column)
+    labels = labels_of(corpus, split, label_column, label_map) if label_column else None
+    return texts, labels

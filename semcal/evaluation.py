@@ -3,12 +3,13 @@ filtered label distribution comes to real_train_<distortion>'s.
 
 Reads the data set written by distort and the per-token log-prob files of general_test
 under the general and the real model (token_sequence_probs output), and optionally of
-held-out general_train texts. Every filter of the registry (semcal.filters: no filter, the
-oracle, every score variant, the estimators such as the TF-IDF classifier) turns them into
-acceptance probabilities; `n_runs` seeded rejection-sampling runs measure them all on the
-same random draws. The `filter` setting chooses THE filter (`filters.semcal` in results.json):
-any registered filter but the references, or `variant`, the `score` / `normalize` variant
-(filter=variant score=clipped normalize=none is the paper's exact method). Optional inputs
+held-out general_train texts. Every measured filter (semcal.filters: the references, the
+language models' score variants, THE filter and the candidates, each a source x calibration
+semcal.filtering.Filter fitted on general_train and normalised on general_test) turns them
+into acceptance probabilities; `n_runs` seeded rejection-sampling runs measure them all on
+the same random draws. The `filter` setting chooses THE filter (`filters.semcal` in
+results.json): `<source>_<calibration>`, e.g. tfidf_labmom (the default) or clipped (the
+paper's exact method). The saved filter is the measured object itself. Optional inputs
 switch more filters on: a matched control model's scores (control_scores_csv,
 control_heldout_csv) and a sentence encoder (embedding_model); `candidates=false` measures
 only THE filter, the variants and the references of before (no calibrated filters).
@@ -22,33 +23,23 @@ finished evaluation as it was, and a rerun with the same settings and inputs doe
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, distributed, files, filter_sources, filtering, report, runstate
+from semcal import calibration, distributed, files, filters, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
-from semcal.data import GENERAL_ROW_COLUMN, real_split_name
-from semcal.evaluation_inputs import SCORE_FILES, load_inputs
-from semcal.filters import (
-    DEFAULT_FILTER,
-    FILTERS,
-    NEEDS_HELP,
-    NORMALIZATIONS,
-    PAPER_VARIANT,
-    SCORE_METHODS,
-    Acceptance,
-    EvaluationInputs,
-    Filter,
-    chosen_name,
-    filter_choices,
-    runnable,
-)
+from semcal.data import real_split_name
+from semcal.evaluation_inputs import SCORE_FILES, EvaluationInputs, fit_data, load_inputs
+from semcal.filtering import FORMAT_VERSION, Filter
+from semcal.fit_data import FitData
 from semcal.runstate import StageOutput
+from semcal.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +61,7 @@ class EvaluationConfig:
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
     control_scores_csv: str | None = None  # general_test, matched CONTROL model (optional: the control_* filters)
     control_heldout_csv: str | None = None  # held-out texts, matched CONTROL model
-    filter: str = DEFAULT_FILTER  # THE filter: a registered filter (README), or variant = the score / normalize one
-    score: str = "clipped"  # clipped (the paper: tokens within top_p of the total |difference|) or sum (all tokens)
-    normalize: str = "none"  # none (the paper), heldout (exp(score) averages 1), logistic or matched: see README
+    filter: str = filters.DEFAULT_FILTER  # THE filter: <source>_<calibration> (README); clipped is the paper's method
     top_p: float = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
     n_runs: int = 1000  # rejection-sampling runs; results are mean and population std over runs
     seed: int = 0  # seed of the random draws (shared by all filters) and of the classifier
@@ -88,6 +77,16 @@ class EvaluationConfig:
     overwrite: bool = False  # discard an unfinished evaluation of other settings left beside output_dir
 
 
+@dataclass
+class Acceptance:
+    """A measured filter's output on the evaluated texts: acceptance probability per text, its
+    score s(x) when it has one (per_text.csv shows it), and its results block's statistics."""
+
+    accept: np.ndarray
+    scores: np.ndarray | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 @distributed.main_process_only
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Run the evaluation stage; returns the results written to results.json."""
@@ -97,18 +96,15 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "evaluate", config.output_dir, what=f"evaluate {config.distortion}", overwrite=config.overwrite, resumable=False
     )
     inputs, facts = load_inputs(config)
-    chosen = chosen_filter(inputs, config)
-    # Older runs re-run once: to save their filter in this format, and the kinds that gained a saved form.
-    inputs_read = {
-        **facts["fingerprints"],
-        "filter_format": filtering.FORMAT_VERSION,
-        "saved_filter_sources": list(filter_sources.SOURCES),
-    }
+    data = fit_data(inputs, config)
+    check_chosen(data, config)
+    # Older runs re-run once: to save their filter in this format.
+    inputs_read = {**facts["fingerprints"], "filter_format": FORMAT_VERSION, "sources": list(SOURCES)}
     identity = runstate.identity("evaluate", config, inputs=inputs_read, ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)
     with output.building(identity) as staging:
-        accepted = {f.name: f.run(inputs, config) for f in runnable(inputs, config)}
+        fitted, accepted = measure(inputs, data, config)
         runs = calibration.monte_carlo(
             {name: acceptance.accept for name, acceptance in accepted.items()},
             inputs.test_codes,
@@ -118,13 +114,63 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             epsilon=config.kl_epsilon,
             progress=True,
         )
-        results = collect_results(config, inputs, facts, chosen, accepted, runs)
-        results = write_outputs(staging, config, inputs, results, accepted, runs, started)
-        filtering.save_filter(
-            staging / filtering.FOLDER_NAME, config, inputs, facts, chosen.name, accepted[chosen.name]
-        )
+        results = collect_results(config, inputs, facts, accepted, runs)
+        results["real_rows"] = data.form  # subset: marked rows of general_train; pooled: a corpus of its own
+        explained = fitted[config.filter].source.contributions(data.stream, config.top_tokens)
+        results = write_outputs(staging, config, inputs, results, accepted, runs, explained, started)
+        save_filter(fitted[config.filter], staging / "filter", facts["fingerprints"])
         output.finish(config, summary=one_line_summary(results), inputs=results["inputs"], outputs=results["outputs"])
     return results
+
+
+def measure(inputs: EvaluationInputs, data: FitData, config: EvaluationConfig):
+    """Fit every measured filter and compute its acceptance of the evaluated texts: the filters
+    (by name) and their acceptances, the label references included."""
+    names = filters.measured(config.filter, data, config.candidates, config.classifier)
+    fitted: dict[str, Filter] = {}
+    accepted: dict[str, Acceptance] = {}
+    for name in names:
+        if name == "no_filter":
+            accepted[name] = Acceptance(np.ones(len(inputs.text_ids)))
+        elif name == "oracle":
+            accept = calibration.oracle_accept_probs(inputs.test_codes, inputs.real, inputs.general, inputs.m)
+            accepted[name] = Acceptance(accept)
+        else:
+            source, calibration_name = filters.ALIASES.get(name) or (
+                filters.describe(name).source,
+                filters.describe(name).calibration,
+            )
+            log.debug("fitting filter %s", name)
+            fitted[name] = Filter.fit(source, calibration_name, data)
+            fitted[name].name = name
+            accepted[name] = _acceptance(fitted[name])
+    return fitted, accepted
+
+
+def _acceptance(fitted: Filter) -> Acceptance:
+    """The fitted filter's acceptance of its fit's stream (the evaluated texts), with score statistics."""
+    scores = fitted.link.apply(fitted.fitted_stream, fitted.m)
+    stats = {
+        **fitted.stats,
+        "link": fitted.link.to_dict(),
+        "score_mean": float(np.mean(scores)),
+        "score_std": float(np.std(scores)),
+        # log mean exp(score) on the test texts: 0 when exp(score) averages 1 (calibrated)
+        "test_log_mean_exp": calibration.log_mean_exp(scores),
+    }
+    return Acceptance(calibration.accept_probs(scores, fitted.m), scores, stats)
+
+
+def save_filter(fitted: Filter, folder: Path, fingerprints: dict[str, Any]) -> bool:
+    """Save THE filter into the staging folder; False with one log line when it cannot be saved
+    (a language-model filter whose score files carry no model record)."""
+    try:
+        fitted.save(folder, fitted_on=fingerprints)
+    except UserError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("filter %s not saved: %s", fitted.name, err)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,12 +179,12 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 
 def check_settings(config: EvaluationConfig) -> None:
     """Every setting problem we can see before loading anything."""
-    if config.filter not in filter_choices():
-        raise UserError(f"filter={config.filter!r} is not a filter; choose one of {', '.join(filter_choices())}.")
-    if config.score not in SCORE_METHODS:
-        raise UserError(f"score={config.score!r} is not one of {SCORE_METHODS}.")
-    if config.normalize not in NORMALIZATIONS:
-        raise UserError(f"normalize={config.normalize!r} is not one of {tuple(NORMALIZATIONS)}.")
+    if not filters.is_filter(config.filter):
+        raise UserError(
+            f"filter={config.filter!r} is not a filter: give <source>_<calibration> with a source of "
+            f"{', '.join(SOURCES)} and a calibration of {', '.join(filters.CALIBRATIONS)} (the source alone for "
+            "none), or classifier; e.g. tfidf_labmom (the default) or clipped (the paper's method)."
+        )
     if not 0.0 <= config.top_p <= 1.0:
         raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
     problems = below_minimum(config, {"n_runs": 1, "seed": 0, "top_tokens": 0})
@@ -159,13 +205,30 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError(
             f"embedding_model={config.embedding_model} is not a folder (a sentence encoder's, e.g. MiniLM)."
         )
-    if config.normalize != "none" and not given:
+    chosen = filters.describe(config.filter)
+    source, calibration_class = SOURCES[chosen.source], filters.CALIBRATIONS[chosen.calibration]
+    if source.language_models and (calibration_class.uses_heldout or "heldout" in source.needs) and not given:
         raise UserError(
-            f"normalize={config.normalize} needs general_heldout_csv and real_heldout_csv: per-token log-probs of held-out "
-            "general_train texts under both models. Score them with token_sequence_probs, or set normalize=none."
+            f"filter={config.filter} needs {filters.NEEDS_HELP['heldout']}. Score them with token_sequence_probs, "
+            f"or choose a filter without held-out scores (e.g. clipped, or {filters.DEFAULT_FILTER})."
         )
     for name in given + [name for name in ("control_scores_csv", "control_heldout_csv") if getattr(config, name)]:
         _check_file(getattr(config, name), name)
+
+
+def check_chosen(data: FitData, config: EvaluationConfig) -> None:
+    """THE filter is refused before any work when its inputs are missing."""
+    name = config.filter
+    source, calibration_name = filters.ALIASES.get(name) or (
+        filters.describe(name).source,
+        filters.describe(name).calibration,
+    )
+    missing = filters.missing_needs(source if calibration_name == "none" else f"{source}_{calibration_name}", data)
+    if missing:
+        raise UserError(
+            f"filter={name} needs {'; and '.join(filters.NEEDS_HELP[need] for need in missing)}. Give them, or choose "
+            f"another filter (e.g. {filters.DEFAULT_FILTER}, or clipped, the paper's method)."
+        )
 
 
 def _check_pair(config: EvaluationConfig, names: tuple[str, str]) -> None:
@@ -182,25 +245,6 @@ def _check_file(path: str | None, name: str) -> None:
         raise UserError(f"{name}={path} does not exist (looked at {Path(path).resolve()}).")
 
 
-def chosen_filter(inputs: EvaluationInputs, config: EvaluationConfig) -> Filter:
-    """THE filter (`filter`, or `score` and `normalize`), refused before any work when its inputs are missing."""
-    chosen = FILTERS[chosen_name(config)]
-    missing = [need for need in chosen.needs if not inputs.has(need)]
-    if "heldout" in missing and "membership" in missing:  # membership of held-out rows that are not there
-        missing.remove("membership")
-    if missing and chosen.kind == "variant":
-        raise UserError(
-            f"normalize={config.normalize} needs to know which held-out texts are in {real_split_name(config.distortion)}:"
-            f" its {GENERAL_ROW_COLUMN} column (written by distort) and held-out texts both in and out of it."
-        )
-    if missing:
-        raise UserError(
-            f"filter={chosen.name} needs {'; and '.join(NEEDS_HELP[need] for need in missing)}. Give them, or choose "
-            "another filter (e.g. filter=variant, the language models' score)."
-        )
-    return chosen
-
-
 # ---------------------------------------------------------------------------------------
 # results
 
@@ -209,7 +253,6 @@ def collect_results(
     config: EvaluationConfig,
     inputs: EvaluationInputs,
     facts: dict[str, Any],
-    chosen: Filter,
     accepted: dict[str, Acceptance],
     runs: dict[str, calibration.FilterRuns],
 ) -> dict[str, Any]:
@@ -224,9 +267,10 @@ def collect_results(
         measured = _filter_result(accepted[name].accept, runs[name], inputs, kl_general, kl_general_is_zero, config)
         return {**accepted[name].stats, **measured}
 
-    variant = chosen.name if chosen.kind == "variant" else None
-    filters = {"semcal": {"filter_name": chosen.name, "variant": variant, **result(chosen.name)}}
-    filters |= {f.name: result(f.name) for f in FILTERS.values() if f.kind != "variant" and f.name in accepted}
+    chosen = filters.describe(config.filter)
+    kinds = {name: filters.describe(name).kind for name in accepted}
+    measured = {"semcal": {"filter_name": chosen.name, "kind": chosen.kind, **result(chosen.name)}}
+    measured |= {name: result(name) for name, kind in kinds.items() if kind != "variant"}
     return {
         "stage": "evaluate",
         "dataset_name": config.dataset_name,
@@ -234,7 +278,7 @@ def collect_results(
         "real_split": real_split_name(config.distortion),
         "label_column": config.label_column,
         "filter_name": chosen.name,
-        "paper_variant": PAPER_VARIANT,
+        "paper_filter": filters.PAPER_FILTER,
         "config": config_to_dict(config),
         **reported,
         "M": m,
@@ -250,8 +294,8 @@ def collect_results(
         "tvd_general": calibration.total_variation(evaluated, inputs.real),
         "kl_general_is_zero": bool(kl_general_is_zero),
         "kl_note": _kl_note(kl_general, kl_general_is_zero, config),
-        "filters": filters,
-        "variants": {f.name: result(f.name) for f in FILTERS.values() if f.kind == "variant" and f.name in accepted},
+        "filters": measured,
+        "variants": {name: result(name) for name, kind in kinds.items() if kind == "variant"},
         "monte_carlo": {
             "n_runs": config.n_runs,
             "seed": config.seed,
@@ -318,15 +362,14 @@ def _by_label(distribution: np.ndarray, labels: list[str]) -> dict[str, float]:
 
 def one_line_summary(results: dict[str, Any]) -> str:
     """The stage's closing line, e.g. "reduction 65.1% (oracle 98.0%), pass rate 0.21 (1/M 0.20)"."""
-    filters = results["filters"]
-    semcal = filters["semcal"]
+    semcal = results["filters"]["semcal"]
     passed = f"pass rate {semcal['pass_rate_mean']:.2f} (1/M {results['ideal_pass_rate']:.2f})"
     warned = f"; {len(results['warnings'])} warnings (summary.md)" if results["warnings"] else ""
     if semcal["deception_reduction"] is None:
         kl = f"KL {report.format_number(results['kl_general'])} -> {report.format_number(semcal['kl_mean'])}"
         why = "KL(general||real) about 0" if results["kl_general_is_zero"] else "infinite KL"
         return f"{kl} ({why}: no reduction), {passed}{warned}"
-    oracle = filters["oracle"]["deception_reduction"]
+    oracle = results["filters"]["oracle"]["deception_reduction"]
     shown = "n/a" if oracle is None else f"{100 * oracle:.1f}%"
     return f"reduction {100 * semcal['deception_reduction']:.1f}% (oracle {shown}), {passed}{warned}"
 
@@ -342,10 +385,11 @@ def write_outputs(
     results: dict[str, Any],
     accepted: dict[str, Acceptance],
     runs: dict[str, calibration.FilterRuns],
+    explained: list[tuple[str, str]],
     started: float,
 ) -> dict[str, Any]:
     """The figure, per_text.csv, results.json and summary.md into `folder`; returns the results as written."""
-    chosen = results["filter_name"]
+    chosen = config.filter
     frequencies = pd.DataFrame(
         {
             "general (test)": calibration.label_distribution(inputs.test_codes, len(inputs.labels)),
@@ -358,7 +402,7 @@ def write_outputs(
     title = f"{shown_name} / {config.distortion}: label distributions, general vs real vs filtered"
     figure = report.plot_label_distributions(frequencies, title, sort_by="real (train)")
     figure_paths = files.save_figure(figure, folder / "label_distributions", formats=("png", "pdf"))
-    files.write_csv(folder / "per_text.csv", per_text_table(inputs, accepted, chosen, config.top_tokens))
+    files.write_csv(folder / "per_text.csv", per_text_table(inputs, accepted, chosen, explained))
     results["outputs"] = {
         "results": RESULTS_NAME,
         "summary": "summary.md",
@@ -373,10 +417,10 @@ def write_outputs(
 
 
 def per_text_table(
-    inputs: EvaluationInputs, accepted: dict[str, Acceptance], chosen: str, top_tokens: int
+    inputs: EvaluationInputs, accepted: dict[str, Acceptance], chosen: str, explained: list[tuple[str, str]]
 ) -> pd.DataFrame:
     """One row per evaluated text: THE filter's score and acceptance, every other filter's, the
-    tokens that moved the score most, the text."""
+    tokens (or n-grams) that moved THE filter's score most, from its own source, the text."""
     table = pd.DataFrame(
         {
             "text_id": inputs.text_ids,
@@ -385,16 +429,15 @@ def per_text_table(
             "accept_prob": accepted[chosen].accept,
         }
     )
-    shown = [f for f in FILTERS.values() if f.name in accepted and f.per_text]
-    for f in shown:
-        if accepted[f.name].scores is not None:
-            table[f"score_{f.name}"] = accepted[f.name].scores
-    for f in shown:
-        if f.kind != "variant":
-            table[f"{f.name}_accept_prob"] = accepted[f.name].accept
+    shown = [name for name in accepted if name != "no_filter"]
+    for name in shown:
+        if accepted[name].scores is not None:
+            table[f"score_{name}"] = accepted[name].scores
+    for name in shown:
+        if filters.describe(name).kind != "variant":
+            table[f"{name}_accept_prob"] = accepted[name].accept
     table["n_tokens"] = [len(t) for t in inputs.tokens]
-    pairs = list(zip(inputs.tokens, inputs.diffs, strict=True))
-    table["tokens_up"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=True) for tokens, diffs in pairs]
-    table["tokens_down"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=False) for tokens, diffs in pairs]
+    table["tokens_up"] = [up for up, _ in explained]
+    table["tokens_down"] = [down for _, down in explained]
     table["text"] = inputs.test_texts
     return table

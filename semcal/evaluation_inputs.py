@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from semcal.data import (
     real_split_name,
     texts_of,
 )
-from semcal.filters import EvaluationInputs
+from semcal.fit_data import FitData, Items
 from semcal.scoring import DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED, check_same_tokens
 
 if TYPE_CHECKING:
@@ -50,6 +51,103 @@ SCORE_FILES = (
     "control_scores_csv",
     "control_heldout_csv",
 )
+
+
+@dataclass
+class EvaluationInputs:
+    """What the evaluation reads. Per-text arrays follow the evaluated general_test texts (sorted
+    by text_id); label codes index `labels`; `real` and `general` are real_train's and
+    general_train's label distributions. Held-out rows: the general_train rows the held-out
+    score files list, else data.heldout_mask's. General_test labels (`test_codes`) are for the
+    oracle and the measurement only: `fit_data` gives the filters everything else."""
+
+    labels: list[str]
+    text_ids: np.ndarray
+    test_codes: np.ndarray
+    test_texts: list[str]
+    tokens: list[list[str]]
+    diffs: list[np.ndarray]  # per token: log p_real - log p_general
+    real: np.ndarray
+    general: np.ndarray
+    m: float
+    general_train_texts: list[str]
+    real_train_texts: list[str]
+    real_general_rows: np.ndarray | None = None  # the general_train row of each real_train row (distort's column)
+    heldout_ids: np.ndarray | None = None  # held-out general_train rows
+    heldout_diffs: list[np.ndarray] | None = None  # None without held-out score files
+    general_train_codes: np.ndarray | None = None  # label code of every general_train row
+    real_train_codes: np.ndarray | None = None
+    control_diffs: list[np.ndarray] | None = None  # per token: log p_real - log p_control (matched control)
+    control_heldout_diffs: list[np.ndarray] | None = None  # the same for the held-out rows
+
+
+def fit_data(inputs: EvaluationInputs, config: EvaluationConfig) -> FitData:
+    """The filters' view of the evaluation: general_train's rows with their real membership
+    (a marked subset), or general_train followed by the real split (pooled) when the real split
+    does not say which general_train rows it holds; general_test as the stream."""
+    n_general = len(inputs.general_train_texts)
+    stream = Items(list(inputs.test_texts), inputs.tokens, inputs.diffs, inputs.control_diffs)
+    heldout = np.zeros(n_general, dtype=bool)
+    heldout[inputs.heldout_ids] = True
+    heldout_items = Items(
+        [inputs.general_train_texts[i] for i in inputs.heldout_ids],
+        diffs=inputs.heldout_diffs,
+        control_diffs=inputs.control_heldout_diffs,
+    )
+    common = {
+        "stream": stream,
+        "m": inputs.m,
+        "labels": inputs.labels,
+        "models": model_records(config),
+        "embedding_model": config.embedding_model,
+        "top_p": config.top_p,
+        "seed": config.seed,
+    }
+    if inputs.real_general_rows is not None:
+        is_real = np.isin(np.arange(n_general), inputs.real_general_rows)
+        return FitData(
+            inputs.general_train_texts,
+            is_real,
+            heldout,
+            form="subset",
+            label_codes=inputs.general_train_codes,
+            heldout_items=heldout_items,
+            **common,
+        )
+    n_real = len(inputs.real_train_texts)
+    real_rows = np.arange(n_real)
+    real_heldout = heldout_mask(real_rows, n_real, DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED)
+    held_real = [inputs.real_train_texts[i] for i in real_rows[real_heldout]]
+    return FitData(
+        list(inputs.general_train_texts) + list(inputs.real_train_texts),
+        np.concatenate([np.zeros(n_general, dtype=bool), np.ones(n_real, dtype=bool)]),
+        np.concatenate([heldout, real_heldout]),
+        form="pooled",
+        label_codes=np.concatenate([inputs.general_train_codes, inputs.real_train_codes]),
+        heldout_items=Items(heldout_items.texts + held_real),  # the real rows have no scores: no LM diffs
+        **common,
+    )
+
+
+def model_records(config: EvaluationConfig) -> dict[str, Any]:
+    """The models the score files were made with (their records), by role: what a saved
+    language-model filter needs to compute the same scores of new texts."""
+    score_files = {"general": config.general_scores_csv, "real": config.real_scores_csv}
+    score_files["control"] = config.control_scores_csv
+    models = {}
+    for role, scores in score_files.items():
+        record = files.read_record(Path(scores).parent) if scores else None
+        if not record or "model" not in record.get("config", {}):
+            continue
+        models[role] = {
+            "path": record["config"]["model"],
+            "gguf_file": record["config"].get("gguf_file"),
+            "weights_fingerprint": record.get("weights_fingerprint"),
+            "tokenizer_fingerprint": record.get("tokenizer_fingerprint"),
+            "framing": record.get("framing"),
+            "max_length": record.get("max_length"),
+        }
+    return models
 
 
 def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, Any]]:
@@ -89,12 +187,10 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
         real_general_rows=real_rows,
         heldout_ids=heldout_ids,
         heldout_diffs=None if heldout is None else heldout["diffs"],
-        heldout_is_real=None if real_rows is None else np.isin(heldout_ids, real_rows),
         general_train_codes=np.array([code_of[label] for label in train_labels], dtype=np.int64),
         real_train_codes=np.array([code_of[label] for label in real_labels], dtype=np.int64),
         control_diffs=control[0],
         control_heldout_diffs=control[1],
-        embedding_model=config.embedding_model,
     )
     counts = {"general_train": len(train_texts), "general_test": len(test_texts), "real_train": len(real_texts)}
     counts |= {"evaluated": len(test["ids"]), "heldout": 0 if heldout is None else len(heldout["ids"])}

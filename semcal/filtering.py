@@ -1,32 +1,21 @@
-"""The saved filter: what the evaluation fitted, written to a folder, loaded back to filter new texts.
-
-The evaluation (semcal.evaluation) writes THE filter of each split into `<output_dir>/filter/`:
-
-    filter.json          plain JSON: format version, semcal version, filter name and kind, its
-                         source (tfidf / ngram / embedding / clipped / sum / control_sum / stack),
-                         M, top_p, the map from the source's log-ratio l(x) to the score
-                         (temperature t and shift c: s = t * l + c, or the logistic variant's
-                         intercept and slope), every calibration parameter, the fingerprints of
-                         the evaluation's inputs, and what the source needs: the model folders
-                         with their weights and tokenizer fingerprints, framing and max_length
-                         (from the score records), the hashing settings, the stacked weights
-    *.safetensors        the source's learned arrays (TF-IDF, n-gram buckets, embedding classifier)
-    vocabulary.json      the TF-IDF n-gram vocabulary (n-gram -> column)
-
-semcal.filter_sources lists what each source saves and computes l(x) of new texts with it.
-Nothing is pickled: a filter folder from someone else is safe to load. The acceptance of a
-text is a(x) = min(1, exp(s(x)) / M), as in the evaluation:
+"""THE filter object: a source (semcal.sources) and a calibration (semcal.calibrations) with M.
+It is fitted, measured by the evaluation, saved, loaded and applied as one object, so the
+saved filter is exactly the one the evaluation measured:
 
     from semcal.filtering import Filter
-    model = Filter.load("runs/demo/evaluation/mild/filter")
-    model.accept_probs(["a dog barks"]), model.decide(["a dog barks"], seed=0)
+    stream_filter = Filter.load("runs/demo/evaluation/mild/filter")
+    stream_filter.accept_probs(["a dog barks"]), stream_filter.decide(["a dog barks"], seed=0)
 
-Saved: every calibrated filter (tfidf_labmom, the default, tfidf_mom, ngram_labmom,
-embedding_labmom, stack_labmom, clipped_stream, sum_stream, sum_mom, sum_labmom,
-control_sum, control_sum_stream, control_sum_labmom) and every score variant (clipped /
-sum, normalize none, heldout, matched or logistic). Not the classifier (filter=classifier,
-a baseline): the evaluation says so in one line and writes no folder. A filter over
-language models needs score files with their models' records (semcal score writes them).
+The acceptance of an item is a(x) = min(1, exp(s(x)) / M), s = the calibration's link
+applied to the source's log-ratio l(x). A filter's name is derived from its pair:
+`<source>_<calibration>`, or the source alone for calibration `none` (semcal.filters).
+
+A filter folder holds filter.json (plain JSON: format version, semcal version, name,
+source, calibration and its link, M, the source's saved state and what the fit read) and
+the source's arrays (safetensors) and vocabularies (JSON). Nothing is pickled; everything
+read is checked, and a damaged or tampered folder is refused in one sentence naming the
+file and the field. Model folders are recorded relative to the filter folder (a moved run
+still loads) with their weights fingerprints (a changed model is refused).
 """
 
 from __future__ import annotations
@@ -38,66 +27,28 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, files
+from semcal import calibration, files, ratio_calibration
+from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
-from semcal.filter_sources import SOURCES, load_source, save_source
+from semcal.fit_data import FitData, Items
+from semcal.sources import SOURCES, Source, fit_source
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FOLDER_NAME = "filter"
 SPEC_NAME = "filter.json"
-SAVED_NORMALIZATIONS = ("none", "heldout", "matched", "logistic")
+FALLBACK_SOURCE = "label_posterior"  # what labmom falls back to when the labels show no shift
 
 
-# ---- saving (called by the evaluation) --------------------------------------------------------
-
-
-def save_filter(folder: Path, config: Any, inputs: Any, facts: dict[str, Any], name: str, acceptance: Any) -> bool:
-    """Write THE filter `name` into `folder` (inside the evaluation's staging folder); False
-    with one log line when this kind of filter cannot be saved."""
-    spec = _filter_spec(config, name, acceptance.stats)
-    if spec is None:
-        log.info("filter %s cannot be saved (saved: every filter but classifier); no filter folder", name)
-        return False
-    spec.update(m=float(inputs.m), top_p=float(config.top_p), inputs=facts["fingerprints"])
-    problem = save_source(folder, spec, config, inputs, acceptance.stats)
-    if problem:
-        log.info("filter %s not saved: %s", name, problem)
-        return False
-    files.write_json(folder / SPEC_NAME, spec, strict=True)
-    return True
-
-
-def _filter_spec(config: Any, name: str, stats: dict[str, Any]) -> dict[str, Any] | None:
-    """filter.json without what the source needs: the source and its map to the score; None if not saveable."""
-    from semcal import __version__
-    from semcal.filters import FILTERS
-
-    source = stats.get("log_ratio") or stats.get("score")
-    spec: dict[str, Any] = {"format_version": FORMAT_VERSION, "semcal_version": __version__, "filter": name}
-    spec.update(kind=FILTERS[name].kind, source=source, stats=stats)
-    if "calibration" in stats and source in SOURCES:
-        fit = stats["calibration"]
-        spec["map"] = {"link": "linear", "temperature": fit["temperature"], "shift": fit["shift"]}
-        return spec
-    if FILTERS[name].kind == "variant" and stats.get("normalize") in SAVED_NORMALIZATIONS:
-        fit = stats.get("fit") or {}
-        if stats["normalize"] == "logistic":
-            spec["map"] = {"link": "logistic", "intercept": fit["intercept"], "slope": fit["slope"]}
-        else:
-            spec["map"] = {"link": "linear", "temperature": fit.get("scale", 1.0), "shift": -stats["shift"]}
-        return spec
-    return None
-
-
-# ---- loading and applying ---------------------------------------------------------------------
+def filter_name(source: str, calibration_name: str) -> str:
+    return source if calibration_name == "none" else f"{source}_{calibration_name}"
 
 
 @dataclass
 class Scored:
-    """Per text: the score s(x) (the calibrated log-ratio), the acceptance, and the tokens (or
-    n-grams) that pushed the score up and down most, e.g. "'dog' +1.230; 'barks' +0.410"."""
+    """Per text: the score s(x), the acceptance, and the tokens (or n-grams) that pushed the score
+    up and down most, e.g. "'dog' +1.230; 'barks' +0.410"."""
 
     scores: np.ndarray
     accept: np.ndarray
@@ -106,59 +57,141 @@ class Scored:
 
 
 class Filter:
-    """A saved filter: `Filter.load(folder)`, then `accept_probs(texts)` and `decide(texts, seed)`."""
+    """A source, a calibration link and M: fit, score, save, load."""
 
-    def __init__(self, folder: Path, spec: dict[str, Any], source: Any):
-        self.folder, self.spec, self.source = folder, spec, source
+    def __init__(
+        self,
+        source: Source,
+        calibration_name: str,
+        link: Link,
+        m: float,
+        stats: dict[str, Any] | None = None,
+        name: str | None = None,
+    ):
+        self.source, self.calibration, self.link, self.m = source, calibration_name, link, float(m)
+        self.stats = stats or {}
+        # The pair's name; a label-moment filter that fell back to the label posterior keeps the name it was fitted as.
+        self.name = name or filter_name(source.name, calibration_name)
+        self.fitted_stream: np.ndarray | None = None  # the source's log-ratio of the fit's stream
+
+    # ---- fitting ----------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, folder: str | Path) -> Filter:
-        """Read a filter folder; refuses a missing folder, an unknown format and changed models."""
-        folder = Path(folder)
-        if not (folder / SPEC_NAME).is_file():
-            raise UserError(
-                f"{folder} holds no saved filter ({SPEC_NAME}): give the filter folder of an evaluation, "
-                "RUN_DIR/evaluation/<split>/filter, written by `semcal run` or `semcal evaluate` for its filter "
-                "(the evaluation's filter setting: any but classifier)."
-            )
-        spec = files.read_json(folder / SPEC_NAME)
-        if spec.get("format_version") != FORMAT_VERSION:
-            raise UserError(
-                f"{folder / SPEC_NAME} has format version {spec.get('format_version')!r}, this semcal reads "
-                f"{FORMAT_VERSION}: re-run the evaluation with this semcal version to save the filter again."
-            )
-        source = load_source(folder, spec)
-        log.info("loaded filter %s (%s, M %.3g) from %s", spec["filter"], spec["source"], spec["m"], folder)
-        return cls(folder, spec, source)
+    def fit(cls, source_name: str, calibration_name: str, data: FitData) -> Filter:
+        """Fit the source (shared through data.cache) and the calibration on `data`. A label-moment
+        calibration that finds no label shift falls back to the label-posterior source with the stream
+        shift (the one estimate that still moves the stream's label mix toward the real one)."""
+        source, heldout = fit_source(data, source_name)
+        stream = source.log_ratio(data.stream)
+        fit = CalibrationInput(data, source_name, heldout, stream)
+        link = CALIBRATIONS[calibration_name]().fit(fit)
+        stats = {"log_ratio": source_name, "calibration_method": calibration_name, **fit.stats}
+        if source.params():
+            stats["estimator"] = source.params()
+        if fit.no_shift and source_name != FALLBACK_SOURCE and data.has("labels"):
+            plug_in, _ = fit_source(data, FALLBACK_SOURCE)
+            stream = plug_in.log_ratio(data.stream)
+            fitted = ratio_calibration.calibrate_stream(stream, data.m, "fixed")
+            no_shift_in = stats
+            stats = {"log_ratio": FALLBACK_SOURCE, "calibration_method": "stream", "calibration": fitted.to_dict()}
+            stats.update(estimator=plug_in.params(), no_shift_in=no_shift_in)
+            source, link = plug_in, Link(temperature=fitted.temperature, shift=fitted.shift)
+        fitted_filter = cls(source, calibration_name, link, data.m, stats, filter_name(source_name, calibration_name))
+        fitted_filter.fitted_stream = stream
+        return fitted_filter
 
-    @property
-    def name(self) -> str:
-        return self.spec["filter"]
+    # ---- applying ---------------------------------------------------------------------------------
 
-    @property
-    def m(self) -> float:
-        return float(self.spec["m"])
+    def scores(self, items: Items) -> np.ndarray:
+        return self.link.apply(self.source.log_ratio(items), self.m)
 
-    def score(self, texts: list[str], top_tokens: int = 0) -> Scored:
-        """Score, acceptance and (top_tokens > 0) the strongest tokens of each text."""
-        log_ratio, explained = self.source.log_ratio(list(texts), top_tokens)
-        scores = self._map(log_ratio)
-        up = [item[0] for item in explained] if explained else [""] * len(scores)
-        down = [item[1] for item in explained] if explained else [""] * len(scores)
-        return Scored(scores, calibration.accept_probs(scores, self.m), up, down)
+    def accept_probs(self, texts: list[str] | Items) -> np.ndarray:
+        return calibration.accept_probs(self.scores(_items(texts)), self.m)
 
-    def accept_probs(self, texts: list[str]) -> np.ndarray:
-        return self.score(texts).accept
-
-    def decide(self, texts: list[str], seed: int = 0) -> np.ndarray:
+    def decide(self, texts: list[str] | Items, seed: int = 0) -> np.ndarray:
         """Accept (True) or reject each text: a seeded uniform draw below its acceptance probability."""
         return draw(self.accept_probs(texts), np.random.default_rng(seed))
 
-    def _map(self, log_ratio: np.ndarray) -> np.ndarray:
-        link = self.spec["map"]
-        if link["link"] == "logistic":
-            return calibration.logistic_log_ratio(log_ratio, link["intercept"], link["slope"], self.m)
-        return link["temperature"] * np.asarray(log_ratio, dtype=np.float64) + link["shift"]
+    def score(self, texts: list[str] | Items, top_tokens: int = 0) -> Scored:
+        """Score, acceptance and (top_tokens > 0) the strongest tokens of each text."""
+        items = _items(texts)
+        scores = self.scores(items)
+        explained = self.source.contributions(items, top_tokens) if top_tokens else [("", "")] * len(items)
+        up, down = ([pair[i] for pair in explained] for i in (0, 1))
+        return Scored(scores, calibration.accept_probs(scores, self.m), up, down)
+
+    # ---- saving and loading ----------------------------------------------------------------------
+
+    def save(self, folder: str | Path, fitted_on: dict[str, Any] | None = None) -> Path:
+        """Write the filter into `folder` (the caller builds it beside and swaps it in)."""
+        from semcal import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "format_version": FORMAT_VERSION,
+            "semcal_version": __version__,
+            "filter": self.name,
+            "source": self.source.name,
+            "calibration": {"name": self.calibration, **self.link.to_dict()},
+            "m": self.m,
+            "pass_rate": 1.0 / self.m,
+            "source_state": self.source.save(folder),
+            "fitted_on": fitted_on or {},
+            "stats": files.plain_json(self.stats),
+        }
+        files.write_json(folder / SPEC_NAME, spec, strict=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Filter:
+        """Read and check a filter folder: one sentence naming the file and the field for anything wrong."""
+        folder = Path(folder)
+        path = folder / SPEC_NAME
+        if not path.is_file():
+            raise UserError(
+                f"{folder} holds no saved filter ({SPEC_NAME}): give a folder written by `semcal fit`, or an "
+                "evaluation's RUN_DIR/evaluation/<split>/filter written by `semcal run` or `semcal evaluate`."
+            )
+        try:
+            spec = files.read_json(path)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise UserError(f"{path} is not valid JSON ({err}): the filter is damaged; copy or fit it again.") from None
+        if not isinstance(spec, dict):
+            raise UserError(f"{path} must hold a JSON object: the filter is damaged; copy or fit it again.")
+        version = spec.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+            raise UserError(
+                f"{path} has format_version {version!r}; this semcal reads the integer {FORMAT_VERSION}: fit the "
+                "filter again with this semcal (semcal fit, or re-run the evaluation)."
+            )
+        m = spec.get("m")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not np.isfinite(m) or m < 1.0:
+            raise UserError(f"{path}: 'm' must be a finite number >= 1 (got {m!r}): the filter is damaged.")
+        source_class = SOURCES.get(spec.get("source"))  # type: ignore[arg-type]
+        if source_class is None:
+            raise UserError(
+                f"{path}: 'source' {spec.get('source')!r} is not one of {sorted(SOURCES)}: the filter is damaged."
+            )
+        saved_calibration = spec.get("calibration")
+        name = saved_calibration.get("name") if isinstance(saved_calibration, dict) else None
+        if name not in CALIBRATIONS:
+            raise UserError(
+                f"{path}: the calibration name {name!r} is not one of {sorted(CALIBRATIONS)}: the filter is damaged."
+            )
+        link = Link.from_dict({k: v for k, v in saved_calibration.items() if k != "name"}, str(path))
+        state = spec.get("source_state")
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: 'source_state' must be a JSON object: the filter is damaged.")
+        source = source_class.load(folder, state)
+        stats = spec.get("stats") if isinstance(spec.get("stats"), dict) else {}
+        loaded = cls(source, name, link, float(m), stats, str(spec.get("filter") or filter_name(source.name, name)))
+        log.info("loaded filter %s (M %.3g) from %s", loaded.name, loaded.m, folder)
+        return loaded
+
+
+def _items(texts: list[str] | Items) -> Items:
+    return texts if isinstance(texts, Items) else Items(list(texts))
 
 
 def draw(accept: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -207,3 +207,38 @@ def model_positions(model_or_config: Any) -> int | None:
     """The longest sequence the model takes (its position table), if it has one."""
     config = getattr(model_or_config, "config", model_or_config)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def check_model_record(role: str, record: dict[str, Any], folder: Path, tokenizer: Any = None) -> str:
+    """The model a saved filter names: its path (relative to the filter folder, or as recorded),
+    refused when it is gone or its weights (and, given `tokenizer`, its tokenizer) changed since the fit."""
+    recorded = record.get("path")
+    if not isinstance(recorded, str) or not recorded:
+        raise UserError(f"the filter in {folder} names its {role} without a path: the filter is damaged.")
+    # Relative to the filter folder (the run moved whole), else where it was (the filter folder moved alone).
+    places = [Path(folder) / recorded, Path(str(record.get("absolute_path") or recorded))]
+    found = next((place for place in places if place.exists()), None)
+    path = str(found.resolve()) if found is not None else recorded
+    expected = record.get("weights_fingerprint")
+    local = Path(path).exists()
+    if expected is None and local:
+        raise UserError(
+            f"the filter in {folder} records no weights fingerprint for its {role} {path}: it cannot check the "
+            "weights are the fitted ones; save the filter again with this semcal."
+        )
+    if expected is not None and not local:
+        raise UserError(
+            f"the filter's {role} {recorded} is gone (looked beside {folder}): restore that folder (the run's "
+            "models/), or fit the filter again with the models you have."
+        )
+    if expected is not None and weights_fingerprint(path, record.get("gguf_file")) != expected:
+        raise UserError(
+            f"the {role} in {path} changed since the filter was fitted (its weights are not the recorded "
+            f"{expected}): score and evaluate again (semcal run) to save a filter for these weights, or restore the old ones."
+        )
+    if tokenizer is not None and record.get("tokenizer_fingerprint") not in (None, tokenizer_fingerprint(tokenizer)):
+        raise UserError(
+            f"the {role}'s tokenizer in {path} changed since the filter was fitted: score and evaluate again to save "
+            "a filter for it, or restore the old tokenizer."
+        )
+    return path

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
@@ -113,18 +114,24 @@ def moment_discrepancy(
     m: float,
     temperature: float,
     shift: float,
+    weighted: np.ndarray | None = None,
 ) -> float:
-    """Sum over instruments of ((a-weighted held-out mean - real members' mean) / std)^2."""
+    """Sum over instruments of ((a-weighted held-out mean - real members' mean) / std)^2.
+
+    `weighted`: the held-out rows that are general rows, weighted by a (default all: the real
+    rows are a subset of them); the others only set the real members' mean."""
     instruments = _as_matrix(instruments, len(heldout_log_ratio))
     is_real = np.asarray(is_real, dtype=bool)
     weights = calibrated_accept(heldout_log_ratio, m, temperature, shift)
+    if weighted is not None:
+        weights = np.where(weighted, weights, 0.0)
     if weights.sum() <= 0:
         return float("inf")
-    weighted = weights @ instruments / weights.sum()
+    weighted_mean = weights @ instruments / weights.sum()
     target = instruments[is_real].mean(axis=0)
     spread = instruments.std(axis=0)
     spread[spread == 0] = 1.0
-    return float(np.sum(((weighted - target) / spread) ** 2))
+    return float(np.sum(((weighted_mean - target) / spread) ** 2))
 
 
 def calibrate_stream(
@@ -136,6 +143,7 @@ def calibrate_stream(
     instruments: np.ndarray | None = None,
     temperature: float = 1.0,
     significance: float = 0.01,
+    weighted: np.ndarray | None = None,
 ) -> RatioCalibration:
     """Choose the temperature by `criterion` and the shift by stream self-normalisation.
 
@@ -143,6 +151,7 @@ def calibrate_stream(
     moments: also needs the held-out rows' instruments (n_heldout x k, or n_heldout).
     Given instruments and membership, fixed and moments become flat (temperature 0) when
     `shift_test` finds no difference between members and the rest; likelihood tests itself.
+    `weighted`: which held-out rows are general rows (default all; see moment_discrepancy).
     """
     statistic = threshold = float("nan")
     if criterion not in TEMPERATURE_CRITERIA:
@@ -161,7 +170,7 @@ def calibrate_stream(
             shift = stream_shift(stream_log_ratio, m, t)
             if criterion == "likelihood":
                 return -membership_log_likelihood(heldout_log_ratio, is_real, m, t, shift)
-            return moment_discrepancy(heldout_log_ratio, is_real, instruments, m, t, shift)
+            return moment_discrepancy(heldout_log_ratio, is_real, instruments, m, t, shift, weighted)
 
         temperature = _minimise_temperature(loss, float(np.std(stream_log_ratio)) or 1.0)
         if criterion == "likelihood":
@@ -169,7 +178,7 @@ def calibrate_stream(
             statistic = 2 * len(is_real) * (loss(0.0) - loss(temperature))
             threshold = float(chi2.ppf(1 - significance, df=1))
     if criterion != "likelihood" and instruments is not None and is_real is not None:
-        statistic, threshold = shift_test(is_real, instruments, significance)
+        statistic, threshold = shift_test(is_real, instruments, significance, weighted)
     if statistic <= threshold:  # False for NaN: no test, no flattening
         temperature = 0.0
     shift = stream_shift(stream_log_ratio, m, temperature)
@@ -179,18 +188,22 @@ def calibrate_stream(
     )
 
 
-def shift_test(is_real: np.ndarray, instruments: np.ndarray, significance: float = 0.01) -> tuple[float, float]:
-    """Hotelling-type chi-square statistic of "the members' instrument means equal all held-out
-    rows' means", and its critical value at `significance` (k instruments: k degrees of freedom).
+def shift_test(
+    is_real: np.ndarray, instruments: np.ndarray, significance: float = 0.01, weighted: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Hotelling-type chi-square statistic of "the members' instrument means equal the general
+    held-out rows' means", and its critical value at `significance` (k instruments: k degrees of freedom).
 
-    The members are part of the held-out rows, so their mean differs from the whole's with
-    covariance Sigma * (1/n_real - 1/n).
+    Members that are part of the general rows (the default, `weighted` None) differ from their
+    mean with covariance Sigma * (1/n_real - 1/n); two separate samples with Sigma * (1/n_real + 1/n).
     """
     is_real = np.asarray(is_real, dtype=bool)
     instruments = _as_matrix(instruments, len(is_real))
-    n, n_real = len(is_real), int(is_real.sum())
-    difference = instruments[is_real].mean(axis=0) - instruments.mean(axis=0)
-    covariance = np.atleast_2d(np.cov(instruments, rowvar=False)) * (1.0 / n_real - 1.0 / n)
+    general = np.ones(len(is_real), dtype=bool) if weighted is None else np.asarray(weighted, dtype=bool)
+    n, n_real = int(general.sum()), int(is_real.sum())
+    difference = instruments[is_real].mean(axis=0) - instruments[general].mean(axis=0)
+    factor = 1.0 / n_real - 1.0 / n if weighted is None else 1.0 / n_real + 1.0 / n
+    covariance = np.atleast_2d(np.cov(instruments, rowvar=False)) * factor
     statistic = float(difference @ np.linalg.pinv(covariance) @ difference)
     return statistic, float(chi2.ppf(1 - significance, df=instruments.shape[1]))
 
@@ -276,3 +289,42 @@ def stacked_log_ratio(calibrator: StackedCalibrator, features: np.ndarray) -> np
     standardised = (features - np.array(calibrator.center)) / np.array(calibrator.scale)
     logits = calibrator.intercept + standardised @ np.array(calibrator.weights)
     return -np.logaddexp(0.0, -logits) - np.log(calibrator.prior)
+
+
+# ---------------------------------------------------------------------------------------
+# a label-free check: can a classifier still tell the real rows from the accepted stream?
+
+
+def two_sample_auc(
+    features: Any, is_real: np.ndarray, weights: np.ndarray | None = None, folds: int = 5, seed: int = 0
+) -> float:
+    """Out-of-fold ROC AUC of a logistic regression telling real rows from stream rows (the
+    classifier two-sample test): 0.5 means indistinguishable. `weights` weigh the stream rows
+    (e.g. by their acceptance, the stream as the filter passes it) in both fitting and scoring;
+    real rows weigh 1, and each class is rescaled to the same total weight."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    is_real = np.asarray(is_real, dtype=bool)
+    weight = np.ones(len(is_real)) if weights is None else np.where(is_real, 1.0, np.asarray(weights, dtype=np.float64))
+    for side in (is_real, ~is_real):
+        total = weight[side].sum()
+        weight[side] *= 0.0 if total <= 0 else len(is_real) / 2 / total
+    folds = min(folds, int(is_real.sum()), int((~is_real).sum()))
+    if folds < 2 or weight[~is_real].sum() <= 0:
+        return float("nan")
+    predicted = np.zeros(len(is_real))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(is_real)), is_real):
+        # liblinear: many times faster than lbfgs on sparse text features, and only a ranking is needed.
+        model = LogisticRegression(solver="liblinear", random_state=seed)
+        model.fit(features[train], is_real[train], sample_weight=weight[train])
+        predicted[test] = model.decision_function(features[test])
+    return float(roc_auc_score(is_real, predicted, sample_weight=weight))
+
+
+def effective_sample_share(weights: np.ndarray) -> float:
+    """Kish's effective sample size of weighted rows, as a share of the rows: (sum w)^2 / (n sum w^2)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = float(np.sum(weights**2))
+    return float(np.sum(weights) ** 2 / (len(weights) * total)) if total > 0 else 0.0

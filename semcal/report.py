@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from semcal.filters import FILTERS
+from semcal import filters as filter_names
 
 
 def _table_filters(results: dict) -> list:
-    """The registry's filters that get a column in the results table: always (oracle, classifier),
-    or when these results measured them (the calibrated candidates, in_table="measured")."""
-    return [f for f in FILTERS.values() if f.in_table is True or (f.in_table and f.name in results["filters"])]
+    """The filters that get a column in the results table: always (oracle, classifier), or when
+    these results measured them (semcal.filters.TABLE_MEASURED)."""
+    return filter_names.table_columns(list(results["filters"]))
 
 
 def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str | None = None):
@@ -144,52 +144,6 @@ def results_table_row(
     return row
 
 
-def results_table_row_over_seeds(
-    results_list: list[dict], dataset_label: str | None = None, variants: tuple[str, ...] = ()
-) -> dict:
-    """One display row from several results.json of the same data set and split (e.g. training
-    seeds): each number is mean ± sample std (ddof=1) over the results; n/a when any is missing."""
-    import statistics
-
-    rows = [results_table_row(r, dataset_label, numeric=True, variants=variants) for r in results_list]
-
-    def over(key: str, scale: str = "") -> str:
-        values = [row.get(key) for row in rows]
-        if any(v is None or v != v for v in values):
-            return "n/a"
-        if any(v in (float("inf"), float("-inf")) for v in values):
-            return "inf"
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        if scale == "%":
-            return f"{mean:.1f} ± {std:.1f}"
-        return _mean_std(mean, std)
-
-    first = rows[0]
-    kl_zero = bool(results_list[0].get("kl_general_is_zero"))
-
-    def reduction(key: str) -> str:
-        # On the baseline split only the KL ratio of the filter itself is meaningful.
-        if kl_zero:
-            return f"n/a (KL≈0; ×{over('kl_ratio')})" if key == "deception_reduction_pct" else "n/a (KL≈0)"
-        return over(key, "%")
-
-    row = {
-        "data set": first["dataset"],
-        "split": first["split"],
-        "runs": str(len(rows)),
-        "KL(general||real)": over("kl_general"),
-        "KL(filtered||real)": over("kl_filtered_mean"),
-        "deception reduction (%)": reduction("deception_reduction_pct"),
-        "pass rate (%)": over("pass_rate_pct", "%"),
-    }
-    for f in _table_filters(results_list[0]):
-        row[f"{f.label} reduction (%)"] = reduction(f"{f.name}_reduction_pct")
-    for name in variants:
-        row[f"{name} reduction (%)"] = reduction(f"{name}_reduction_pct")
-    return row
-
-
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of rows (dicts); columns in first-seen order, numbers via format_number."""
     if not rows:
@@ -225,8 +179,8 @@ def _summary_header(results: dict) -> list[str]:
     lines = [
         f"# Semantic calibration: {results['dataset_name']} / {results['distortion']}",
         "",
-        f"Filter: **{results['filter_name']}** ({_filter_setting(results)}); the paper's method is "
-        f"`filter=variant score=clipped normalize=none`. "
+        f"Filter: **{results['filter_name']}** (filter={results['filter_name']}); the paper's method is "
+        f"`filter={filter_names.PAPER_FILTER}`. "
         f"{results['monte_carlo']['n_runs']} rejection-sampling runs, seed {config['seed']}; "
         "± is the population standard deviation over runs, not the standard error.",
         "",
@@ -249,13 +203,6 @@ def _summary_header(results: dict) -> list[str]:
     return lines
 
 
-def _filter_setting(results: dict) -> str:
-    config = results["config"]
-    if results["filters"]["semcal"].get("variant"):
-        return f"filter=variant: score={config['score']}, normalize={config['normalize']}, top_p={config['top_p']}"
-    return f"filter={results['filter_name']}"
-
-
 def _summary_filters(results: dict) -> list[str]:
     """The table of every filter (registry order: THE filter, variants, references and estimators) and the scores."""
     filters, variants = results["filters"], results["variants"]
@@ -265,8 +212,8 @@ def _summary_filters(results: dict) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     named = [(f"semcal ({results['filter_name']})", filters["semcal"])]
-    named += [(f"variant {FILTERS[name].label}", block) for name, block in variants.items()]
-    named += [(f.label, filters[f.name]) for f in FILTERS.values() if f.kind != "variant" and f.name in filters]
+    named += [(f"variant {name}", block) for name, block in variants.items()]
+    named += [(filter_names.describe(name).label, block) for name, block in filters.items() if name != "semcal"]
     for name, block in named:
         lines.append(
             f"| {name} | {_mean_std(block['kl_mean'], block['kl_std'])} | {block['kl_infinite_runs']} | "
@@ -281,14 +228,23 @@ def _summary_filters(results: dict) -> list[str]:
             f"KL is infinite where a filter lets through labels real_train never shows ({', '.join(infinite)}); "
             "set kl_epsilon to smooth.",
         ]
-    lines += ["", "## Scores", "", "| variant | shift | mean | std | log mean exp on test (0 = calibrated) |"]
-    lines.append("| --- | --- | --- | --- | --- |")
+    lines += ["", "## Scores", "", "s(x) = t · l(x) + c, or the logistic link; a(x) = min(1, exp(s(x)) / M).", ""]
+    lines += [
+        "| variant | link | mean | std | log mean exp on test (0 = calibrated) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, block in variants.items():
         lines.append(
-            f"| {name} | {format_number(block['shift'])} | {format_number(block['score_mean'])} | "
+            f"| {name} | {_link(block.get('link') or {})} | {format_number(block['score_mean'])} | "
             f"{format_number(block['score_std'])} | {format_number(block['test_log_mean_exp'])} |"
         )
     return lines + _summary_calibrations(filters)
+
+
+def _link(link: dict) -> str:
+    if link.get("link") == "logistic":
+        return f"logistic ({format_number(link['intercept'])} + {format_number(link['slope'])} l)"
+    return f"t {format_number(link.get('temperature'))}, c {format_number(link.get('shift'))}"
 
 
 def _summary_calibrations(filters: dict) -> list[str]:
@@ -332,8 +288,80 @@ def _summary_distributions(results: dict) -> list[str]:
     return lines
 
 
-def pushing_tokens(tokens: list[str], diffs: np.ndarray, count: int, up: bool) -> str:
-    """The tokens whose log-prob difference pushed the score most up (or down), e.g. "'dog' +1.23"."""
-    signed = diffs if up else -diffs
-    order = np.argsort(-signed, kind="stable")[:count]
-    return "; ".join(f"{tokens[i]!r} {diffs[i]:+.3f}" for i in order if signed[i] > 0)
+def plot_log_ratios(real: np.ndarray, general: np.ndarray, general_accept: np.ndarray, name: str):
+    """Histograms of the source's log-ratio l(x) of held-out trusted and stream texts, and of the
+    stream weighted by its acceptance (the stream as the filter passes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    values = np.concatenate([real, general])
+    bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 50)
+    style = {"bins": bins, "density": True, "histtype": "step", "linewidth": 1.8}
+    axes.hist(real, label=f"trusted (held out, {len(real)})", color="#1b7837", **style)
+    axes.hist(general, label=f"stream (held out, {len(general)})", color="#762a83", **style)
+    if general_accept.sum() > 0:
+        axes.hist(
+            general,
+            weights=general_accept,
+            label="stream weighted by acceptance",
+            color="#e08214",
+            linestyle="--",
+            **style,
+        )
+    axes.set_xlabel("log-ratio l(x) = log p_real(x) / p_general(x) (estimated)")
+    axes.set_ylabel("density")
+    axes.set_title(f"{name}: trusted vs stream texts")
+    axes.legend(frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def fit_report_markdown(results: dict) -> str:
+    """fit_report.md: what `semcal fit` fitted and how well the accepted stream matches the trusted corpus."""
+    counts, config = results["counts"], results["config"]
+    lines = [
+        f"# semcal fit: filter {results['filter']}",
+        "",
+        f"- trusted corpus `{config['real']}`: {counts['real']} texts ({counts['real_heldout']} held out)",
+        f"- stream sample `{config['general']}`: {counts['general']} texts ({counts['general_heldout']} held out)",
+        f"- pass rate 1/M = {format_number(results['pass_rate_target'])} (M = {format_number(results['M'])}; from the "
+        f"{results['pass_rate_from']}); on the held-out stream {format_number(results['pass_rate_heldout_stream'])}",
+        f"- effective sample size of the accepted stream: {_percent(results['effective_sample_share'])}% of its texts "
+        "(Kish: (sum a)² / (n sum a²))",
+        "",
+        "## Can a classifier tell trusted texts from the stream?",
+        "",
+        "Out-of-fold ROC AUC of a TF-IDF logistic regression on the held-out rows (trusted vs stream); 0.5 means "
+        "indistinguishable. After: the stream rows weighted by their acceptance.",
+        "",
+        "| | AUC |",
+        "| --- | --- |",
+        f"| stream as it is | {format_number(results['two_sample_auc_before'], 3)} |",
+        f"| stream as the filter passes it | {format_number(results['two_sample_auc_after'], 3)} |",
+    ]
+    if "labels" in results:
+        labels = results["labels"]
+        lines += [
+            "",
+            "## Labels (held-out rows)",
+            "",
+            f"KL(stream‖trusted) = {format_number(labels['kl_before'])} → KL(accepted‖trusted) = "
+            f"{format_number(labels['kl_after'])} (expected over the acceptance; ε = {labels['kl_epsilon']}): "
+            f"deception reduction {_percent(labels['deception_reduction'])}%.",
+            "",
+            "| label | trusted | stream | accepted |",
+            "| --- | --- | --- | --- |",
+        ]
+        dist = labels["distributions"]
+        for label in sorted(dist["real"], key=lambda name: -dist["real"][name]):
+            lines.append(
+                f"| {label} | {format_number(dist['real'][label], 3)} | {format_number(dist['stream'][label], 3)} | "
+                f"{format_number(dist['accepted'][label], 3)} |"
+            )
+    for figure in results.get("figures", []):
+        lines += ["", f"![{figure}]({figure})"]
+    lines += ["", f"Apply it: `semcal filter --filter={config['output']} --input=NEW_TEXTS --output=decisions.csv`"]
+    return "\n".join(lines) + "\n"

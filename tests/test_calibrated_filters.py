@@ -1,4 +1,4 @@
-"""The calibrated filters of the evaluation (semcal.estimators) and the `filter` setting, on the
+"""The calibrated filters of the evaluation (semcal.sources x semcal.calibrations) and the `filter` setting, on the
 small synthetic evaluation of test_evaluation.py (offline, seconds)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from semcal import files, report
 from semcal.config import UserError
 from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filters import DEFAULT_FILTER, FILTERS
+from semcal.filters import DEFAULT_FILTER, describe
 from tests.test_evaluation import FILLER, LABELS, _build_dataset, _label_log_ratio, _write_scores
 
 STREAM_NORMALISED = (
@@ -66,12 +66,12 @@ def test_every_calibrated_filter_lands_in_results_with_its_parameters(full_run):
     results, config, _, root = full_run
     filters = results["filters"]
     assert config.filter == DEFAULT_FILTER == results["filter_name"] == filters["semcal"]["filter_name"]
-    assert filters["semcal"]["variant"] is None
+    assert filters["semcal"]["kind"] == "calibrated"
     assert filters["semcal"]["kl_mean"] == filters[DEFAULT_FILTER]["kl_mean"]  # the same filter, the same draws
     assert set(CALIBRATED) | {"label_posterior", "classifier", "oracle", "no_filter"} <= set(filters)
     assert "embedding_labmom" not in filters  # no embedding_model given
     for name in CALIBRATED:
-        fit = filters[name]["calibration"]
+        fit = filters[name]["link"]
         assert isinstance(fit["temperature"], float) and isinstance(fit["shift"], float), name
         assert 0.0 < filters[name]["accept_prob_mean"] <= 1.0
     for name in ("tfidf_labmom", "sum_labmom", "stack_labmom"):
@@ -81,9 +81,9 @@ def test_every_calibrated_filter_lands_in_results_with_its_parameters(full_run):
     assert filters["tfidf_mom"]["instruments_used"] == ["sum", "control_sum"]
     assert filters["sum_mom"]["instruments_used"] == ["tfidf"]
     assert filters["clipped_stream"]["detector"] == "tfidf"
-    stacked = filters["stack_labmom"]["stacked"]
+    stacked = filters["stack_labmom"]["estimator"]["stacked"]
     assert stacked["feature_names"] == ["lm_sum", "lm_mean", "n_tokens", "tfidf"] and len(stacked["weights"]) == 4
-    assert len(filters["label_posterior"]["estimator"]) == 1 + len(LABELS)  # prior and one ratio per label
+    assert len(filters["label_posterior"]["estimator"]) == len(LABELS)  # one ratio per label
     # the label word is in every text: the calibrated filters come close to the oracle
     oracle = filters["oracle"]["deception_reduction"]
     for name in ("tfidf_labmom", "stack_labmom", "sum_labmom", "control_sum_labmom", "label_posterior"):
@@ -110,14 +110,12 @@ def test_per_text_summary_and_table_show_the_candidates(full_run):
     assert "Filter: **tfidf_labmom** (filter=tfidf_labmom)" in summary
     row = report.results_table_row(results)
     for f in ("classifier", "tfidf_labmom", "stack_labmom", "clipped_stream"):
-        assert f"{FILTERS[f].label} reduction (%)" in row, f
+        assert f"{describe(f).label} reduction (%)" in row, f
     numeric = report.results_table_row(results, numeric=True)
     assert numeric["filter_name"] == "tfidf_labmom"
     assert numeric["tfidf_labmom_reduction_pct"] == pytest.approx(
         100 * results["filters"]["tfidf_labmom"]["deception_reduction"]
     )
-    over_seeds = report.results_table_row_over_seeds([results, results])
-    assert over_seeds["TF-IDF, label moments reduction (%)"].endswith("± 0.0")
 
 
 def test_no_filter_reads_general_test_labels(full_run, tmp_path):
@@ -142,7 +140,7 @@ def test_the_filter_setting_chooses_and_names_what_is_missing(full_run, tmp_path
     assert chosen["filter_name"] == "sum_labmom" and "sum_labmom" in chosen["filters"]  # chosen runs without candidates
     assert "tfidf_labmom" not in chosen["filters"] and "label_posterior" not in chosen["filters"]
     with pytest.raises(
-        UserError, match="filter='nope' is not a filter; choose one of variant, classifier, .*tfidf_labmom"
+        UserError, match="filter='nope' is not a filter: give <source>_<calibration> with a source of tfidf"
     ):
         evaluate(dataclasses.replace(quick, filter="nope"))
     with pytest.raises(UserError, match="filter='oracle' is not a filter"):
@@ -173,10 +171,16 @@ def test_text_filters_need_no_score_files_of_held_out_rows_but_membership(full_r
     assert {"tfidf_labmom", "tfidf_mom", "ngram_labmom", "clipped_stream", "sum_stream"} <= set(text_only["filters"])
     assert not {"sum_labmom", "stack_labmom", "control_sum"} & set(text_only["filters"])
     assert text_only["filters"]["tfidf_mom"]["instruments_used"] == ["ngram"]
+    # A real split that does not say which general_train rows it holds is its own corpus (pooled with general_train).
     unmarked = dict(splits) | {"real_train_mild": splits["real_train_mild"].remove_columns("general_train_row")}
     files.save_dataset_dict(datasets.DatasetDict(unmarked), tmp_path / "data")
-    with pytest.raises(UserError, match="filter=tfidf_labmom needs the real split's general_train_row column"):
-        evaluate(dataclasses.replace(quick, dataset_name=str(tmp_path / "data")))
+    pooled = evaluate(dataclasses.replace(quick, dataset_name=str(tmp_path / "data"), output_dir=str(tmp_path / "p")))
+    assert pooled["real_rows"] == "pooled" and text_only["real_rows"] == "subset"
+    assert pooled["filters"]["tfidf_labmom"]["accept_prob_mean"] * pooled["M"] == pytest.approx(1.0)
+    assert (
+        pooled["filters"]["tfidf_labmom"]["deception_reduction"]
+        > 0.5 * pooled["filters"]["oracle"]["deception_reduction"]
+    )
 
 
 def test_control_files_come_in_pairs_and_cover_the_evaluated_texts(full_run, tmp_path):

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit
 
 from semcal import calibration
 
@@ -40,21 +41,21 @@ def _clipped_reference(diffs, top_p):
     ],
 )
 def test_clipped_score_hand_computed(diffs, top_p, expected):
-    assert calibration.clipped_score(np.array(diffs), top_p) == pytest.approx(expected)
+    assert calibration.clipped_scores([np.array(diffs)], top_p)[0] == pytest.approx(expected)
 
 
 def test_clipped_score_ties_keep_the_earlier_token():
     # |-2| == |2|: a stable sort keeps the earlier token first, so the sign depends on position
-    assert calibration.clipped_score(np.array([-2.0, 2.0, 1.0]), 0.4) == -2.0
-    assert calibration.clipped_score(np.array([2.0, -2.0, 1.0]), 0.4) == 2.0
-    assert calibration.clipped_score(np.array([1.0, -1.0, 1.0, -1.0]), 0.5) == 0.0
-    assert calibration.clipped_score(np.array([1.0, -1.0, 1.0, -1.0]), 0.74) == 0.0
-    assert calibration.clipped_score(np.array([1.0, -1.0, 1.0, -1.0]), 0.75) == 1.0
+    assert calibration.clipped_scores([np.array([-2.0, 2.0, 1.0])], 0.4)[0] == -2.0
+    assert calibration.clipped_scores([np.array([2.0, -2.0, 1.0])], 0.4)[0] == 2.0
+    assert calibration.clipped_scores([np.array([1.0, -1.0, 1.0, -1.0])], 0.5)[0] == 0.0
+    assert calibration.clipped_scores([np.array([1.0, -1.0, 1.0, -1.0])], 0.74)[0] == 0.0
+    assert calibration.clipped_scores([np.array([1.0, -1.0, 1.0, -1.0])], 0.75)[0] == 1.0
 
 
 def test_clipped_score_all_zero_and_empty_texts_score_zero():
-    assert calibration.clipped_score(np.zeros(5), 0.75) == 0.0
-    assert calibration.clipped_score(np.zeros(5), 0.0) == 0.0
+    assert calibration.clipped_scores([np.zeros(5)], 0.75)[0] == 0.0
+    assert calibration.clipped_scores([np.zeros(5)], 0.0)[0] == 0.0
     assert list(calibration.clipped_scores([np.array([]), np.zeros(2), np.array([-0.5])], 0.75)) == [0.0, 0.0, -0.5]
 
 
@@ -252,13 +253,13 @@ def test_oracle_filter_reaches_near_zero_kl():
 def test_membership_logistic_recovers_a_known_intercept_and_slope():
     rng = np.random.default_rng(0)
     scores = rng.normal(0.0, 2.0, size=20000)
-    is_real = rng.random(20000) < calibration.sigmoid(-1.5 + 0.7 * scores)
+    is_real = rng.random(20000) < expit(-1.5 + 0.7 * scores)
     intercept, slope = calibration.fit_membership_logistic(scores, is_real)
     assert intercept == pytest.approx(-1.5, abs=0.08) and slope == pytest.approx(0.7, abs=0.05)
     m = 4.0
     log_ratio = calibration.logistic_log_ratio(scores, intercept, slope, m)
     # acceptance min(1, exp(log_ratio) / M) is the fitted membership probability itself
-    np.testing.assert_allclose(calibration.accept_probs(log_ratio, m), calibration.sigmoid(intercept + slope * scores))
+    np.testing.assert_allclose(calibration.accept_probs(log_ratio, m), expit(intercept + slope * scores))
     with pytest.raises(ValueError, match="both real_train members and non-members"):
         calibration.fit_membership_logistic(scores, np.zeros_like(scores, dtype=bool))
 
@@ -267,7 +268,7 @@ def test_matched_scale_makes_reweighted_general_texts_match_the_real_mean():
     rng = np.random.default_rng(1)
     scores = rng.normal(0.0, 1.0, size=5000)
     # members are drawn with probability rising in the score, so they score higher on average
-    is_real = rng.random(5000) < calibration.sigmoid(scores - 1.0)
+    is_real = rng.random(5000) < expit(scores - 1.0)
     scale = calibration.fit_matched_scale(scores, is_real)
     weights = np.exp(scale * scores)
     assert 0 < scale < 20

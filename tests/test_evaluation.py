@@ -93,9 +93,7 @@ def mild_run(tmp_path_factory):
         real_scores_csv=str(_write_scores(root / "real.csv", test_texts, ratio, drop={3, 4}, seed=1)),
         general_heldout_csv=str(_write_scores(root / "general_heldout.csv", heldout_texts, seed=2)),
         real_heldout_csv=str(_write_scores(root / "real_heldout.csv", heldout_texts, ratio, seed=2)),
-        filter="variant",  # the paper's exact method: its acceptance must equal the oracle's here
-        score="clipped",
-        normalize="none",
+        filter="clipped",  # the paper's exact method: its acceptance must equal the oracle's here
         candidates=False,  # the calibrated filters are checked in test_calibrated_filters.py
         n_runs=300,
         seed=3,
@@ -154,7 +152,7 @@ def test_evaluate_numbers_are_consistent(mild_run):
     # the real model knows the true label ratio, so the paper's score equals the oracle's acceptance
     np.testing.assert_allclose(per_text["accept_prob"], per_text["oracle_accept_prob"], rtol=1e-9)
     np.testing.assert_allclose(per_text["score"], per_text["score_clipped"])
-    assert filters["semcal"]["variant"] == "clipped"
+    assert filters["semcal"]["filter_name"] == "clipped" and filters["semcal"]["kind"] == "variant"
     assert filters["semcal"]["kl_mean"] == pytest.approx(filters["oracle"]["kl_mean"], rel=1e-9)  # same draws
     assert filters["oracle"]["deception_reduction"] > 0.9
     for name in ("semcal", "oracle", "classifier"):
@@ -179,7 +177,9 @@ def test_evaluate_numbers_are_consistent(mild_run):
     heldout = results["variants"]["sum_heldout"]
     heldout_labels = splits["general_train"]["label"][:200]
     ratio = _label_log_ratio(splits, "real_train_mild")
-    assert heldout["shift"] == pytest.approx(calibration.log_mean_exp(np.array([ratio[y] for y in heldout_labels])))
+    assert -heldout["link"]["shift"] == pytest.approx(
+        calibration.log_mean_exp(np.array([ratio[y] for y in heldout_labels]))
+    )
     assert results["variants"]["sum"]["kl_mean"] == pytest.approx(filters["semcal"]["kl_mean"])
 
 
@@ -204,8 +204,6 @@ def test_results_table_row_and_markdown(mild_run):
     assert numeric["sum_reduction_pct"] == pytest.approx(100 * results["variants"]["sum"]["deception_reduction"])
     table = report.format_table([row, row])
     assert table.count("\n") == 4 and table.startswith("| data set | split |")
-    over_seeds = report.results_table_row_over_seeds([results, results])
-    assert over_seeds["oracle reduction (%)"].endswith("± 0.0")
 
 
 def test_evaluate_refuses_mismatched_tokens(mild_run, tmp_path):
@@ -280,16 +278,16 @@ def test_settings_are_checked_before_any_work(tmp_path):
         real_heldout_csv=None,
         output_dir=str(tmp_path / "out"),
     )
-    with pytest.raises(UserError, match="normalize=heldout needs"):
-        evaluate(dataclasses.replace(base, normalize="heldout"))
-    with pytest.raises(UserError, match="normalize=logistic needs"):
-        evaluate(dataclasses.replace(base, normalize="logistic"))
+    with pytest.raises(UserError, match="filter=clipped_heldout needs general_heldout_csv"):
+        evaluate(dataclasses.replace(base, filter="clipped_heldout"))
+    with pytest.raises(UserError, match="filter=sum_logistic needs general_heldout_csv"):
+        evaluate(dataclasses.replace(base, filter="sum_logistic"))
     with pytest.raises(UserError, match="real_heldout_csv is not"):
         evaluate(dataclasses.replace(base, general_heldout_csv=str(scores)))
     with pytest.raises(UserError, match="real_scores_csv=.*does not exist"):
         evaluate(dataclasses.replace(base, real_scores_csv=str(tmp_path / "nope.csv")))
-    with pytest.raises(UserError, match="score='mean'"):
-        evaluate(dataclasses.replace(base, score="mean"))
+    with pytest.raises(UserError, match="filter='mean_stream' is not a filter"):
+        evaluate(dataclasses.replace(base, filter="mean_stream"))
     with pytest.raises(UserError, match="top_p"):
         evaluate(dataclasses.replace(base, top_p=2.0))
     assert not (tmp_path / "out").exists()
@@ -301,10 +299,11 @@ def test_logistic_variant_learns_membership_from_heldout_texts(mild_run):
     results, _, _, _ = mild_run
     variants = results["variants"]
     assert {"sum_logistic", "clipped_logistic", "sum_heldout"} <= set(variants)
-    fit = variants["sum_logistic"]["fit"]
+    link = variants["sum_logistic"]["link"]
     # the real file adds the true log ratio log(q/p) to the general log-probs, so the fitted
     # P(real | x) = sigmoid(a + b * score) must weigh the score positively, of order 1
-    assert 0.5 < fit["slope"] < 2.5 and fit["heldout_texts"] == 200
+    assert link["link"] == "logistic" and 0.5 < link["slope"] < 2.5
+    assert variants["sum_logistic"]["heldout_texts"] == 200
     assert variants["sum_logistic"]["deception_reduction"] > 0.8
     assert variants["sum_logistic"]["pass_rate_mean"] == pytest.approx(1 / results["M"], rel=0.25)
 
@@ -393,7 +392,7 @@ def test_texts_with_a_nan_log_prob_are_left_out_and_counted(mild_run, tmp_path, 
     real = _with_bad_log_probs(config.real_scores_csv, tmp_path / "real_nan.csv", {10, 11})
     console.setup()
     capsys.readouterr()
-    results = evaluate(_quick(config, tmp_path, real_scores_csv=str(real), score="sum"))
+    results = evaluate(_quick(config, tmp_path, real_scores_csv=str(real), filter="sum"))
     assert results["excluded_nonfinite"] == {"general_test": 2, "heldout": 0}
     assert results["counts"]["evaluated"] == 297 - 2
     assert isinstance(results["filters"]["semcal"]["kl_mean"], float)

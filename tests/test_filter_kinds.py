@@ -1,5 +1,5 @@
 """Every kind of calibrated filter is saved by the evaluation and, loaded back, accepts the
-evaluated general_test texts as the evaluation did (semcal.filter_sources): the n-gram and
+evaluated general_test texts as the evaluation did (semcal.filtering.Filter): the n-gram and
 embedding filters on the synthetic evaluation, the control and stacked filters on three
 tiny language models (offline, small data, tiny models)."""
 
@@ -28,7 +28,7 @@ SAVED_FILES = {
     "control_sum": ["filter.json"],
     "control_sum_stream": ["filter.json"],
     "control_sum_labmom": ["filter.json"],
-    "stack_labmom": ["filter.json", "tfidf.safetensors", "vocabulary.json"],
+    "stack_labmom": ["filter.json", "tfidf.safetensors", "tfidf_vocabulary.json"],
     "tfidf_labmom": ["filter.json", "label_posterior.safetensors", "label_vocabulary.json"],
 }
 
@@ -67,8 +67,9 @@ def _evaluate_text_kind(synthetic, kind: str, **changes):
 def test_the_saved_ngram_filter_accepts_as_the_evaluation_did(synthetic):
     out = _evaluate_text_kind(synthetic, "ngram_labmom")
     model, per_text = _check_saved(out, "ngram_labmom")
-    spec = model.spec
-    assert spec["source"] == "ngram" and spec["ngram"]["hashing"]["n_features"] == 2**16 and "models" not in spec
+    spec = files.read_json(out / "filter" / "filter.json")
+    state = spec["source_state"]
+    assert spec["source"] == "ngram" and model.source.vectorizer.n_features == 2**16 and "models" not in state
     assert files.read_safetensors(out / "filter" / "ngram.safetensors")["bucket_log_ratio"].shape == (2**16,)
     # the n-grams that pushed each score are the text's own
     up = model.score(per_text["text"].tolist()[:20], top_tokens=2).tokens_up
@@ -103,14 +104,15 @@ def test_without_a_shift_the_default_is_the_label_plug_in_and_saved_as_such(synt
 def test_the_saved_embedding_filter_accepts_as_the_evaluation_did(synthetic, tiny_encoder, tmp_path):  # noqa: F811
     out = _evaluate_text_kind(synthetic, "embedding_labmom", embedding_model=str(tiny_encoder))
     model, _ = _check_saved(out, "embedding_labmom")
-    encoder = model.spec["encoder"]
-    assert encoder["path"] == str(tiny_encoder.resolve()) and encoder["weights_fingerprint"]
-    assert encoder["tokenizer_fingerprint"]
+    encoder = files.read_json(out / "filter" / "filter.json")["source_state"]["encoder"]
+    # Recorded relative to the filter folder, so a moved run still finds it.
+    assert (out / "filter" / encoder["path"]).resolve() == tiny_encoder.resolve() and encoder["weights_fingerprint"]
+    assert encoder["tokenizer_fingerprint"] and model.source.params()["dimensions"] == 32
     folder = shutil.copytree(out / "filter", tmp_path / "filter")
     spec = files.read_json(folder / "filter.json")
-    spec["encoder"]["weights_fingerprint"] = "0" * 16
+    spec["source_state"]["encoder"]["weights_fingerprint"] = "0" * 16
     files.write_json(folder / "filter.json", spec)
-    with pytest.raises(UserError, match="sentence-encoder model in .* changed"):
+    with pytest.raises(UserError, match="sentence-encoder in .* changed since the filter was fitted"):
         Filter.load(folder)
 
 
@@ -155,13 +157,11 @@ def test_the_saved_control_and_stacked_filters_accept_as_the_evaluation_did(thre
     out = root / "out" / kind
     evaluate(dataclasses.replace(config, filter=kind, output_dir=str(out)))
     model, _ = _check_saved(out, kind)
-    roles = {"general", "real", "control"} if kind.startswith("control") else {"general", "real"}
-    assert set(model.spec["models"]) == roles
-    assert all(
-        saved["weights_fingerprint"] and saved["tokenizer_fingerprint"] for saved in model.spec["models"].values()
-    )
-    assert set(model.source.loaded if kind != "stack_labmom" else model.source.language_models.loaded) == (
-        {"real", "control"} if kind.startswith("control") else {"real", "general"}
-    )
+    roles = {"real", "control"} if kind.startswith("control") else {"general", "real"}
+    state = files.read_json(out / "filter" / "filter.json")["source_state"]
+    models = state["sum"]["models"] if kind == "stack_labmom" else state["models"]
+    assert set(models) == roles
+    assert all(saved["weights_fingerprint"] and saved["tokenizer_fingerprint"] for saved in models.values())
+    assert set(model.source.loaded if kind != "stack_labmom" else model.source.language_model.loaded) == roles
     if kind == "stack_labmom":
-        assert model.spec["stacked"]["feature_names"] == ["lm_sum", "lm_mean", "n_tokens", "tfidf"]
+        assert state["stacked"]["feature_names"] == ["lm_sum", "lm_mean", "n_tokens", "tfidf"]

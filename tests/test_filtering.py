@@ -66,17 +66,20 @@ def lm_run(tmp_path_factory):
 
 def test_the_evaluation_saves_its_filter_without_pickles(tfidf_run):
     folder = tfidf_run["filter"]
-    assert sorted(path.name for path in folder.iterdir()) == ["filter.json", "tfidf.safetensors", "vocabulary.json"]
+    names = ["filter.json", "tfidf.safetensors", "tfidf_vocabulary.json"]
+    assert sorted(path.name for path in folder.iterdir()) == names
     spec = files.read_json(folder / "filter.json")
     calibration = tfidf_run["results"]["filters"]["tfidf_labmom"]["calibration"]
-    assert spec["filter"] == "tfidf_labmom" and spec["source"] == "tfidf" and spec["format_version"] == 1
-    assert spec["m"] == pytest.approx(tfidf_run["results"]["M"]) and spec["top_p"] == 0.75
-    assert spec["map"] == {"link": "linear", "temperature": calibration["temperature"], "shift": calibration["shift"]}
+    assert spec["filter"] == "tfidf_labmom" and spec["source"] == "tfidf" and spec["format_version"] == 2
+    assert spec["m"] == pytest.approx(tfidf_run["results"]["M"]) and spec["pass_rate"] == pytest.approx(1 / spec["m"])
+    link = {"link": "linear", "temperature": calibration["temperature"], "shift": calibration["shift"]}
+    assert spec["calibration"] == {"name": "labmom", **link}
     saved = spec["stats"]["calibration"]
     assert {key: saved[key] for key in ("criterion", "m", "shift_statistic")} == {
         key: calibration[key] for key in ("criterion", "m", "shift_statistic")
     }
-    assert {"general_scores_csv", "general_test", "real_train_mild"} <= set(spec["inputs"])
+    assert spec["source_state"]["form"] == "subset" and spec["source_state"]["prior"] > 0
+    assert {"general_scores_csv", "general_test", "real_train_mild"} <= set(spec["fitted_on"])
     assert set(files.read_safetensors(folder / "tfidf.safetensors")) == {"idf", "coef", "intercept"}
 
 
@@ -90,8 +93,10 @@ def test_the_saved_tfidf_filter_accepts_as_the_evaluation_did(tfidf_run):
 def test_the_saved_language_model_filter_accepts_as_the_evaluation_did(lm_run):
     per_text = lm_run["per_text"]
     spec = files.read_json(lm_run["filter"] / "filter.json")
-    assert spec["filter"] == "clipped_stream" and set(spec["models"]) == {"general", "real"}
-    assert all(model["weights_fingerprint"] and model["tokenizer_fingerprint"] for model in spec["models"].values())
+    models = spec["source_state"]["models"]
+    assert spec["filter"] == "clipped_stream" and set(models) == {"general", "real"}
+    assert spec["source_state"]["top_p"] == 0.75
+    assert all(model["weights_fingerprint"] and model["tokenizer_fingerprint"] for model in models.values())
     model = Filter.load(lm_run["filter"])
     scored = model.score(per_text["text"].tolist(), top_tokens=3)
     assert np.std(per_text["accept_prob"]) > 0.01, "a flat filter would pass trivially"
@@ -187,7 +192,7 @@ def test_an_unknown_format_version_is_refused(tfidf_run, tmp_path):
     folder = shutil.copytree(tfidf_run["filter"], tmp_path / "filter")
     spec = files.read_json(folder / "filter.json")
     files.write_json(folder / "filter.json", {**spec, "format_version": 99})
-    with pytest.raises(UserError, match="format version 99.*re-run the evaluation"):
+    with pytest.raises(UserError, match="format_version 99; this semcal reads the integer 2: fit the filter again"):
         Filter.load(folder)
 
 
@@ -195,10 +200,11 @@ def test_an_unknown_format_version_is_refused(tfidf_run, tmp_path):
 def test_a_changed_model_is_refused(lm_run, tmp_path, what):
     folder = shutil.copytree(lm_run["filter"], tmp_path / "filter")
     spec = files.read_json(folder / "filter.json")
+    real = spec["source_state"]["models"]["real"]
     if what == "gone":
-        spec["models"]["real"]["path"] = str(tmp_path / "moved")
+        real["path"] = real["absolute_path"] = str(tmp_path / "moved")
     else:
-        spec["models"]["real"][f"{what}_fingerprint"] = "0" * 16
+        real[f"{what}_fingerprint"] = "0" * 16
     files.write_json(folder / "filter.json", spec)
     message = {"weights": "real model in .* changed", "tokenizer": "tokenizer .* changed", "gone": "is gone"}[what]
     with pytest.raises(UserError, match=message):
@@ -287,7 +293,7 @@ def test_semcal_run_saves_a_filter_per_split_that_filters_new_texts(tmp_path, ca
     pipeline.run_pipeline(config)
     folder = run_dir / "evaluation" / "severe" / "filter"
     spec = files.read_json(folder / "filter.json")
-    assert spec["filter"] == "sum_labmom" and spec["models"]["real"]["path"].endswith("real_severe")
+    assert spec["filter"] == "sum_labmom" and spec["source_state"]["models"]["real"]["path"].endswith("real_severe")
     per_text = pd.read_csv(folder.parent / "per_text.csv", keep_default_na=False)
     np.testing.assert_allclose(
         Filter.load(folder).accept_probs(per_text["text"].tolist()), per_text["accept_prob"], atol=1e-6

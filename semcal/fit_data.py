@@ -1,0 +1,128 @@
+"""What a filter is fitted on, and the items it scores.
+
+A filter estimates r(x) = p_real(x) / p_general(x) from two corpora and calibrates it on
+rows it did not train on. Both ways of getting the corpora give one `FitData`:
+
+- the research protocol (semcal evaluate): the real split is drawn from general_train and
+  its rows are marked (`form="subset"`): the rows are general_train's, `is_real` marks the
+  members, and P(member | x) = r(x) / M exactly;
+- two corpora of a user (semcal fit), or a real split that is not a marked subset
+  (`form="pooled"`): the rows are the general (stream) rows followed by the real rows,
+  and P(real | x) / P(general | x) = r(x) * n_real / n_general.
+
+Rows are split into training rows (the sources fit on them) and held-out rows (the
+calibrations fit on them). `stream` holds the items whose pass rate is normalised to 1/M:
+general_test in the evaluation, the held-out general rows in semcal fit.
+
+`Items` are texts to score, with what was precomputed for them (the language models'
+per-token differences read from score files): a source reads what it needs, and computes
+the rest (loads its models) only when it is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMS = ("subset", "pooled")
+
+
+@dataclass
+class Items:
+    """Texts to score. `tokens` / `diffs`: per text, the scored tokens and log p_real - log
+    p_general (None: the source computes them); `control_diffs`: log p_real - log p_control."""
+
+    texts: list[str]
+    tokens: list[list[str]] | None = None
+    diffs: list[np.ndarray] | None = None
+    control_diffs: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class FitData:
+    """The rows a filter is fitted on (see the module docstring). Per-row arrays follow `texts`."""
+
+    texts: list[str]
+    is_real: np.ndarray  # bool per row: a member of the real corpus
+    heldout: np.ndarray  # bool per row: held out for the calibration (the sources train on the rest)
+    stream: Items  # the unlabeled items whose pass rate is 1/M
+    m: float
+    form: str = "subset"
+    labels: list[str] | None = None  # label names; label_codes index them
+    label_codes: np.ndarray | None = None  # per row (None: no labels)
+    heldout_items: Items | None = None  # the held-out rows as Items, with their precomputed scores if any
+    models: dict[str, Any] | None = None  # the language models' records (semcal.sources.model_records)
+    embedding_model: str | None = None  # a sentence-encoder folder (the embedding source)
+    top_p: float = 0.75  # the clipped score's share of the total |difference|
+    seed: int = 0
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # fitted sources, shared by filters
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS} (got {self.form!r})")
+        self.is_real = np.asarray(self.is_real, dtype=bool)
+        self.heldout = np.asarray(self.heldout, dtype=bool)
+        if self.heldout_items is None:
+            self.heldout_items = Items([self.texts[i] for i in self.heldout_rows])
+
+    # ---- rows ---------------------------------------------------------------------------------
+
+    @property
+    def in_general(self) -> np.ndarray:
+        """Rows of the general corpus: every row of a subset, the non-real rows of a pooled corpus."""
+        return np.ones(len(self.texts), dtype=bool) if self.form == "subset" else ~self.is_real
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.heldout)
+
+    @property
+    def heldout_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.heldout)
+
+    @property
+    def heldout_is_real(self) -> np.ndarray:
+        return self.is_real[self.heldout]
+
+    @property
+    def heldout_in_general(self) -> np.ndarray:
+        """Which held-out rows are general rows: the ones a calibration weights by acceptance."""
+        return self.in_general[self.heldout]
+
+    @property
+    def prior(self) -> float:
+        """The real rows' share of the training rows (a classifier's class prior)."""
+        return float(self.is_real[self.train_rows].mean())
+
+    def texts_of(self, rows: np.ndarray) -> list[str]:
+        return [self.texts[i] for i in rows]
+
+    # ---- what is there ------------------------------------------------------------------------
+
+    def has(self, need: str) -> bool:
+        """Whether an input a source or calibration needs is there (filters.NEEDS_HELP says what gives it)."""
+        heldout_items, stream = self.heldout_items, self.stream
+        if need == "lm":
+            return stream.diffs is not None
+        if need == "heldout":
+            return heldout_items.diffs is not None and len(heldout_items.diffs) > 0
+        if need == "membership":
+            return _both(self.heldout_is_real)
+        if need == "heldout_rows":
+            return _both(self.heldout_is_real) and _both(self.is_real[self.train_rows])
+        if need == "control":
+            return stream.control_diffs is not None and heldout_items.control_diffs is not None
+        if need == "embedding":
+            return self.embedding_model is not None
+        if need == "labels":
+            return self.label_codes is not None and len(np.unique(self.label_codes[self.in_general])) >= 2
+        raise ValueError(f"unknown need {need!r}")
+
+
+def _both(is_real: np.ndarray) -> bool:
+    return bool(is_real.any()) and not bool(is_real.all())

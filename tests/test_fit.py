@@ -1,0 +1,130 @@
+"""`semcal fit` on real captions: a filter from a trusted corpus and an unlabeled stream
+sample, applied with `semcal filter` (offline; AudioCaps and AG News from ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from semcal import files
+from semcal.cli import main
+from semcal.config import UserError
+from semcal.filtering import Filter
+from semcal.fit import FitConfig, fit
+
+TRUSTED_CATEGORIES = ["Animal", "Natural sounds"]
+
+
+@pytest.fixture(scope="module")
+def audiocaps_fit(shared_data, tmp_path_factory):
+    """real: train captions of two categories; stream: every train caption; neither file has labels."""
+    root = tmp_path_factory.mktemp("fit_audiocaps")
+    table = pd.read_csv(shared_data / "audiocaps_labeled" / "audiocaps_labeled.csv")
+    train, test = table[table["split"] == "train"], table[table["split"] == "test"]
+    trusted = train[train["top_category"].isin(TRUSTED_CATEGORIES)]
+    trusted[["caption"]].rename(columns={"caption": "text"}).to_csv(root / "real.csv", index=False)
+    stream = root / "stream.jsonl"
+    train[["caption"]].rename(columns={"caption": "text"}).to_json(stream, orient="records", lines=True)
+    test[["caption"]].rename(columns={"caption": "text"}).to_csv(root / "test.csv", index=False)
+    assert main(["fit", f"--real={root / 'real.csv'}", f"--general={stream}", f"--output={root / 'filter'}"]) == 0
+    return root, test
+
+
+def _decisions(root, input_file, name):
+    output = root / f"{name}.csv"
+    assert main(["filter", f"--filter={root / 'filter'}", f"--input={input_file}", f"--output={output}"]) == 0
+    return pd.read_csv(output, keep_default_na=False)
+
+
+def test_fit_then_filter_ranks_the_trusted_categories_and_passes_the_target_rate(audiocaps_fit):
+    root, test = audiocaps_fit
+    results = files.read_json(root / "filter" / "fit_results.json")
+    target = results["pass_rate_target"]
+    assert 0.05 < target < 0.8 and results["pass_rate_from"] == "lowest two-sample AUC over the grid"
+    on_test = _decisions(root, root / "test.csv", "test")
+    trusted = test["top_category"].isin(TRUSTED_CATEGORIES).to_numpy()
+    assert roc_auc_score(trusted, on_test["accept_prob"]) >= 0.85
+    on_stream = _decisions(root, root / "stream.jsonl", "stream")
+    assert on_stream["accept_prob"].mean() == pytest.approx(target, rel=0.10)
+    # The decisions are seeded draws below the acceptance: about the same share passes.
+    assert on_stream["decision"].astype(str).str.lower().eq("true").mean() == pytest.approx(target, rel=0.10)
+
+
+def test_the_fit_report_shows_the_label_free_check(audiocaps_fit):
+    root, _ = audiocaps_fit
+    results = files.read_json(root / "filter" / "fit_results.json")
+    # Weighting the stream by acceptance makes it harder to tell from the trusted texts.
+    assert results["two_sample_auc_after"] < results["two_sample_auc_before"] - 0.1
+    assert 0.0 < results["effective_sample_share"] <= 1.0 and "labels" not in results
+    report = (root / "filter" / "fit_report.md").read_text()
+    assert "stream as the filter passes it" in report and "log_ratio.png" in report
+    assert (root / "filter" / "log_ratio.png").stat().st_size > 1000
+    assert files.read_record(root / "filter")["stage"] == "fit"
+
+
+def test_a_trusted_corpus_that_is_not_drawn_from_the_stream(shared_data, tmp_path):
+    """AG News: the trusted texts are Sports and Business articles of the test file, the stream
+    the training file; new texts are the other half of the test file."""
+    news = pd.read_csv(shared_data / "ag_news" / "test.csv")
+    first, second = news.iloc[::2], news.iloc[1::2]
+    first[first["label"].isin([2, 3])][["text"]].to_csv(tmp_path / "real.csv", index=False)
+    config = FitConfig(
+        real=str(tmp_path / "real.csv"),
+        general=str(shared_data / "ag_news" / "train_8k.csv"),
+        output=str(tmp_path / "filter"),
+        pass_rate=0.5,
+    )
+    results = fit(config)
+    assert results["pass_rate_target"] == 0.5 and results["two_sample_auc_after"] < results["two_sample_auc_before"]
+    accept = Filter.load(tmp_path / "filter").accept_probs(second["text"].tolist())
+    assert roc_auc_score(second["label"].isin([2, 3]), accept) >= 0.9
+    assert fit(config) == results  # up to date: nothing is done again
+
+
+def test_labels_calibrate_on_the_label_distribution(shared_data, tmp_path):
+    """With a label column in both corpora the filter matches the trusted label mix: KL falls."""
+    news = pd.read_csv(shared_data / "ag_news" / "test.csv")
+    rng = np.random.default_rng(0)
+    keep = rng.random(len(news)) < news["label"].map({1: 0.1, 2: 0.8, 3: 0.4, 4: 0.1}).to_numpy()
+    news[keep][["text", "label_name"]].to_csv(tmp_path / "real.csv", index=False)
+    results = fit(
+        FitConfig(
+            real=str(tmp_path / "real.csv"),
+            general=str(shared_data / "ag_news" / "train_8k.csv"),
+            label_column="label_name",
+            output=str(tmp_path / "filter"),
+        )
+    )
+    assert results["filter"] == "tfidf_labmom"
+    labels = results["labels"]
+    assert labels["kl_after"] < 0.3 * labels["kl_before"] and labels["deception_reduction"] > 0.7
+    assert "## Labels (held-out rows)" in (tmp_path / "filter" / "fit_report.md").read_text()
+    assert (tmp_path / "filter" / "label_distributions.png").exists()
+
+
+def test_bad_settings_are_one_sentence_before_any_work(tmp_path, capsys):
+    texts = pd.DataFrame({"text": [f"text number {i}" for i in range(30)]})
+    texts.to_csv(tmp_path / "a.csv", index=False)
+    base = FitConfig(real=str(tmp_path / "a.csv"), general=str(tmp_path / "a.csv"), output=str(tmp_path / "out"))
+    cases = {
+        "source": ("clipped", "a language-model source needs fine-tuned models; use `semcal run`"),
+        "pass_rate": (1.5, "pass_rate must be between 0 and 1"),
+        "calibration": ("nope", "calibration='nope' is not one of"),
+        "real": (str(tmp_path / "missing.csv"), "does not exist"),
+        "text_column": ("caption", "no column 'caption'"),
+    }
+    for name, (value, message) in cases.items():
+        with pytest.raises(UserError, match=message):
+            fit(FitConfig(**{**base.__dict__, name: value}))
+    (tmp_path / "few.csv").write_text("text\n" + "".join(f"t {i}\n" for i in range(5)))
+    with pytest.raises(UserError, match="has 5 texts; give at least 20"):
+        fit(FitConfig(**{**base.__dict__, "real": str(tmp_path / "few.csv")}))
+    assert not (tmp_path / "out").exists()
+    capsys.readouterr()
+    assert main(["fit", "--real=nothing.csv"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    json.dumps(base.__dict__)
