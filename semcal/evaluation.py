@@ -48,11 +48,11 @@ from semcal.filters import (
     filter_choices,
     runnable,
 )
+from semcal.layout import FIGURE_STEM, PER_TEXT_NAME, RESULTS_NAME
 from semcal.runstate import StageOutput
 
 log = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 # Settings that say where things are: what they point to is fingerprinted instead (runstate.identity).
 WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "embedding_model", "output_dir", "overwrite")
 
@@ -357,12 +357,12 @@ def write_outputs(
     shown_name = "/".join(Path(config.dataset_name).parts[-2:])  # e.g. "demo/data" from runs/demo/data
     title = f"{shown_name} / {config.distortion}: label distributions, general vs real vs filtered"
     figure = report.plot_label_distributions(frequencies, title, sort_by="real (train)")
-    figure_paths = files.save_figure(figure, folder / "label_distributions", formats=("png", "pdf"))
-    files.write_csv(folder / "per_text.csv", per_text_table(inputs, accepted, chosen, config.top_tokens))
+    figure_paths = files.save_figure(figure, folder / FIGURE_STEM, formats=("png", "pdf"))
+    files.write_csv(folder / PER_TEXT_NAME, per_text_table(inputs, accepted, chosen, config.top_tokens))
     results["outputs"] = {
         "results": RESULTS_NAME,
         "summary": "summary.md",
-        "per_text": "per_text.csv",
+        "per_text": PER_TEXT_NAME,
         "figures": [path.name for path in figure_paths],
     }
     results["elapsed_s"] = round(time.perf_counter() - started, 3)
