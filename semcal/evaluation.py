@@ -33,7 +33,7 @@ import pandas as pd
 from semcal import calibration, distributed, files, filter_sources, filtering, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import GENERAL_ROW_COLUMN, real_split_name
-from semcal.evaluation_inputs import SCORE_FILES, load_inputs
+from semcal.evaluation_inputs import SCORE_FILES, has_language_model_scores, load_inputs
 from semcal.filters import (
     DEFAULT_FILTER,
     FILTERS,
@@ -54,6 +54,18 @@ from semcal.runstate import StageOutput
 log = logging.getLogger(__name__)
 
 # Settings that say where things are: what they point to is fingerprinted instead (runstate.identity).
+# The filters that read no language-model scores: references, the classifier and the text estimators.
+# Every other filter (every variant, the LM-, control- and stacked calibrated filters) reads them.
+FILTERS_WITHOUT_LM_SCORES = (
+    "no_filter",
+    "oracle",
+    "classifier",
+    "label_posterior",
+    "tfidf_labmom",
+    "tfidf_mom",
+    "ngram_labmom",
+    "embedding_labmom",
+)
 WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "embedding_model", "output_dir", "overwrite")
 
 
@@ -64,8 +76,9 @@ class EvaluationConfig:
     text_column: str = "text"  # column holding the texts (captions) the language models scored
     label_column: str = "label"  # column holding each text's label
     label_map: str | None = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
-    general_scores_csv: str = "runs/demo/scores/general_test.general/token_log_probs.csv"  # general_test, GENERAL model
-    real_scores_csv: str = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
+    # general_test under the GENERAL and the REAL model; none (both) for a filter that reads no LM scores (README)
+    general_scores_csv: str | None = "runs/demo/scores/general_test.general/token_log_probs.csv"
+    real_scores_csv: str | None = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"
     general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
     control_scores_csv: str | None = None  # general_test, matched CONTROL model (optional: the control_* filters)
@@ -108,7 +121,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     if output.up_to_date(identity):
         return files.read_json(output.path / RESULTS_NAME)
     with output.building(identity) as staging:
-        accepted = {f.name: f.run(inputs, config) for f in runnable(inputs, config)}
+        accepted = {f.name: f.run(inputs, config) for f in measured_filters(inputs, config)}
         runs = calibration.monte_carlo(
             {name: acceptance.accept for name, acceptance in accepted.items()},
             inputs.test_codes,
@@ -146,8 +159,7 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError("; ".join(problems) + ".")
     if config.kl_epsilon < 0:
         raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
-    for name in ("general_scores_csv", "real_scores_csv"):
-        _check_file(getattr(config, name), name)
+    _check_language_model_scores(config)
     given = [name for name in ("general_heldout_csv", "real_heldout_csv") if getattr(config, name)]
     if len(given) == 1:
         missing = "real_heldout_csv" if given[0] == "general_heldout_csv" else "general_heldout_csv"
@@ -166,6 +178,39 @@ def check_settings(config: EvaluationConfig) -> None:
         )
     for name in given + [name for name in ("control_scores_csv", "control_heldout_csv") if getattr(config, name)]:
         _check_file(getattr(config, name), name)
+
+
+def reads_language_model_scores(filter_name: str) -> bool:
+    """Whether the filter `filter_name` (a registered name, see chosen_name) reads the language models' scores."""
+    return filter_name not in FILTERS_WITHOUT_LM_SCORES
+
+
+def _check_language_model_scores(config: EvaluationConfig) -> None:
+    """Both general_test score files or neither; neither only for a chosen filter that reads no LM scores."""
+    _check_pair(config, ("general_scores_csv", "real_scores_csv"))
+    if has_language_model_scores(config):
+        for name in ("general_scores_csv", "real_scores_csv"):
+            _check_file(getattr(config, name), name)
+        return
+    if reads_language_model_scores(chosen_name(config)):
+        raise UserError(
+            f"filter={chosen_name(config)} reads the language models' scores, but general_scores_csv and "
+            "real_scores_csv are not set: give both, or choose a filter that reads none "
+            f"({', '.join(name for name in FILTERS_WITHOUT_LM_SCORES if name in filter_choices())})."
+        )
+    others = [name for name in SCORE_FILES if getattr(config, name)]  # the general_test pair is not set here
+    if others:
+        raise UserError(
+            f"{others[0]} is set but general_scores_csv and real_scores_csv are not: the held-out and control scores "
+            "are read together with the general_test ones, so give those too or drop them all."
+        )
+
+
+def measured_filters(inputs: EvaluationInputs, config: EvaluationConfig) -> list[Filter]:
+    """The runnable filters (semcal.filters.runnable); without language-model scores only those that read none."""
+    if has_language_model_scores(config):
+        return runnable(inputs, config)
+    return [f for f in runnable(inputs, config) if not reads_language_model_scores(f.name)]
 
 
 def _check_pair(config: EvaluationConfig, names: tuple[str, str]) -> None:
@@ -392,9 +437,14 @@ def per_text_table(
     for f in shown:
         if f.kind != "variant":
             table[f"{f.name}_accept_prob"] = accepted[f.name].accept
+    if inputs.diffs:  # the LM token columns; an evaluation without score files has no tokens to show
+        _add_token_columns(table, inputs, top_tokens)
+    table["text"] = inputs.test_texts
+    return table
+
+
+def _add_token_columns(table: pd.DataFrame, inputs: EvaluationInputs, top_tokens: int) -> None:
     table["n_tokens"] = [len(t) for t in inputs.tokens]
     pairs = list(zip(inputs.tokens, inputs.diffs, strict=True))
     table["tokens_up"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=True) for tokens, diffs in pairs]
     table["tokens_down"] = [report.pushing_tokens(tokens, diffs, top_tokens, up=False) for tokens, diffs in pairs]
-    table["text"] = inputs.test_texts
-    return table

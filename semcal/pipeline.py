@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ import pandas as pd
 from semcal import console, data, distributed, files, report, runstate
 from semcal.config import UserError, apply_overrides, config_to_dict, to_arguments
 from semcal.distort import DistortConfig, distort
-from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.evaluation import EvaluationConfig, evaluate, reads_language_model_scores
+from semcal.evaluation_inputs import SCORE_FILES
+from semcal.filters import chosen_name
 from semcal.finetune import FinetuneConfig, finetune
 from semcal.layout import FIGURE_STEM, GENERAL_MODEL, RunLayout, control_model_name, real_model_name
 from semcal.runstate import StageOutput
@@ -92,13 +94,30 @@ def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], l
         )
     if config.control not in CONTROLS:
         raise UserError(f"control={config.control!r} is not one of {', '.join(CONTROLS)}.")
+    evaluation_configs = _evaluation_configs(config)
+    if not any(needs_language_models(c) for c in evaluation_configs):
+        return _distort_config(config), [], [], [_without_scores(c) for c in evaluation_configs]
     finetune_configs = _finetune_configs(config)
     return (
         _distort_config(config),
         finetune_configs,
         _score_configs(config, finetune_configs),
-        _evaluation_configs(config),
+        evaluation_configs,
     )
+
+
+def needs_language_models(evaluation_config: EvaluationConfig) -> bool:
+    """Whether an evaluation reads language-model scores, so the run must fine-tune and score.
+
+    The one place this is decided: THE filter reads them unless it is a text estimator or
+    reference (evaluation.FILTERS_WITHOUT_LM_SCORES), and the candidates include filters that do.
+    """
+    return evaluation_config.candidates or reads_language_model_scores(chosen_name(evaluation_config))
+
+
+def _without_scores(evaluation_config: EvaluationConfig) -> EvaluationConfig:
+    """The evaluation of a run that trains no language models: it reads texts and labels only."""
+    return replace(evaluation_config, **dict.fromkeys(SCORE_FILES))
 
 
 def _distort_config(config: PipelineConfig) -> DistortConfig:
@@ -217,6 +236,11 @@ def run_pipeline(config: PipelineConfig) -> Path:
     runstate.check_writable(run_dir)
     if _relaunched("run", config):
         return run_dir
+    if not finetune_configs:
+        log.info(
+            "run: filter=%s with candidates=false reads no language-model scores: no model is fine-tuned or scored",
+            chosen_name(evaluation_configs[0]),
+        )
     # Each stage is looked up by its module-level name when called, so a test can replace one.
     steps: list[tuple[Callable[[Any], Any], Any]] = [(lambda c: distort(c), distort_config)]
     steps += [(lambda c: finetune(c), c) for c in finetune_configs]

@@ -6,10 +6,12 @@ import json
 import pandas as pd
 import pytest
 
-from semcal import files, pipeline
+from semcal import files, filtering, pipeline
 from semcal.cli import main
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
+from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.layout import RunLayout
 
 TINY_FINETUNE = {
     "n_layer": "1",
@@ -126,3 +128,38 @@ def test_matched_control_models_are_trained_scored_and_measured(tmp_path, tiny_s
     assert {"control_sum", "control_sum_stream"} <= set(results["filters"]) | set(results["variants"])
     with pytest.raises(UserError, match="control='both' is not one of none, matched"):
         pipeline.run_pipeline(dataclasses.replace(config, control="both"))
+
+
+def test_a_filter_without_language_models_trains_and_scores_none(tmp_path, tiny_source, monkeypatch, capsys):
+    def refuse(stage_config):
+        raise AssertionError(f"nothing should be fine-tuned or scored: {stage_config.output_dir}")
+
+    monkeypatch.setattr(pipeline, "finetune", refuse)
+    monkeypatch.setattr(pipeline, "score_split", refuse)
+    config = _config(tmp_path, tiny_source)
+    config.splits = ["severe"]
+    config.evaluation_settings = {"n_runs": "50", "candidates": "false"}
+    layout = RunLayout(pipeline.run_pipeline(config))
+    assert "reads no language-model scores: no model is fine-tuned or scored" in capsys.readouterr().out
+    assert not layout.models.exists() and not layout.scores.exists()
+    results = json.loads(layout.results("severe").read_text())
+    assert results["filter_name"] == "tfidf_labmom" and results["counts"]["evaluated"] == 120
+    assert set(results["filters"]) == {"semcal", "no_filter", "oracle", "classifier", "tfidf_labmom"}
+    assert results["variants"] == {}
+    assert (layout.filter_dir("severe") / filtering.SPEC_NAME).is_file()
+    per_text = pd.read_csv(layout.per_text("severe"))
+    assert per_text["text_id"].tolist() == list(range(120)) and "n_tokens" not in per_text.columns
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False)) is False
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False, filter="sum_labmom")) is True
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False, filter="variant")) is True
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=True)) is True
+
+
+def test_an_evaluation_without_score_files_refuses_a_filter_that_reads_them(tmp_path):
+    config = EvaluationConfig(general_scores_csv=None, real_scores_csv=None, filter="sum_labmom")
+    with pytest.raises(UserError, match="filter=sum_labmom reads the language models' scores, but"):
+        evaluate(config)
+    with pytest.raises(UserError, match="general_heldout_csv is set but general_scores_csv and real_scores_csv"):
+        evaluate(dataclasses.replace(config, filter="tfidf_labmom"))
+    with pytest.raises(UserError, match="general_scores_csv is set but real_scores_csv is not"):
+        evaluate(dataclasses.replace(config, general_scores_csv=str(tmp_path / "x.csv")))
