@@ -29,7 +29,7 @@ from semcal.config import UserError, apply_overrides, config_to_dict, to_argumen
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate, reads_language_model_scores
 from semcal.evaluation_inputs import SCORE_FILES
-from semcal.filters import chosen_name
+from semcal.filters import FILTERS, chosen_name
 from semcal.finetune import FinetuneConfig, finetune
 from semcal.layout import FIGURE_STEM, GENERAL_MODEL, RunLayout, control_model_name, real_model_name
 from semcal.runstate import StageOutput
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 
 CONTROLS = ("none", "matched")
+# The needs (semcal.filters) that only real_train's general_train rows give.
+MEMBERSHIP_NEEDS = {"membership", "heldout_rows"}
 
 
 @dataclass
@@ -84,22 +86,52 @@ def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
         raise UserError(f"{where}: {err}") from None
 
 
-def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], list[Any]]:
+@dataclass
+class HeldSplit:
+    """A real split the data set already holds: kept as it is, never distorted."""
+
+    name: str  # the split's name in the run, e.g. custom for real_train_custom
+    rows: int
+    unmatched: int  # rows without a general_train row: no general_train_row column, no membership
+
+
+def held_real_splits(config: PipelineConfig) -> dict[str, HeldSplit]:
+    """The run's splits whose real_train_<split> the data set already holds, and whether each row is
+    known in general_train (distort's column, or a match by text and label that distort repeats)."""
+    dataset_dict = data.load_dataset_dict(config.dataset_name, split_column=config.split_column)
+    held = {}
+    for name in config.splits:
+        split = dataset_dict.get(data.real_split_name(name))
+        if split is None:
+            continue
+        unmatched = 0
+        if data.GENERAL_ROW_COLUMN not in split.column_names:
+            general = data.get_split(dataset_dict, data.GENERAL_TRAIN)
+            rows = data.match_general_rows(
+                split, data.real_split_name(name), general, config.text_column, config.label_column
+            )
+            unmatched = int((rows < 0).sum())
+        held[name] = HeldSplit(name, len(split), unmatched)
+    return held
+
+
+def _stage_configs(config: PipelineConfig, held: dict[str, HeldSplit]) -> tuple[Any, list[Any], list[Any], list[Any]]:
     """Every stage's config for this run, built before any work so a bad setting costs nothing."""
-    unknown = [split for split in config.splits if split not in config.targets]
+    unknown = [split for split in config.splits if split not in config.targets and split not in held]
     if not config.splits or unknown:
         raise UserError(
             f"splits {unknown or '(none)'} have no target KL: give each split a target, e.g. "
-            f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets})."
+            f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets}), or a real_train_<split> in the data set."
         )
     if config.control not in CONTROLS:
         raise UserError(f"control={config.control!r} is not one of {', '.join(CONTROLS)}.")
     evaluation_configs = _evaluation_configs(config)
+    _check_membership(evaluation_configs, held)
     if not any(needs_language_models(c) for c in evaluation_configs):
-        return _distort_config(config), [], [], [_without_scores(c) for c in evaluation_configs]
+        return _distort_config(config, held), [], [], [_without_scores(c) for c in evaluation_configs]
     finetune_configs = _finetune_configs(config)
     return (
-        _distort_config(config),
+        _distort_config(config, held),
         finetune_configs,
         _score_configs(config, finetune_configs),
         evaluation_configs,
@@ -120,15 +152,32 @@ def _without_scores(evaluation_config: EvaluationConfig) -> EvaluationConfig:
     return replace(evaluation_config, **dict.fromkeys(SCORE_FILES))
 
 
-def _distort_config(config: PipelineConfig) -> DistortConfig:
+def _check_membership(evaluation_configs: list[EvaluationConfig], held: dict[str, HeldSplit]) -> None:
+    """Refuse, before any work, a chosen filter that needs real_train membership on a held split
+    whose rows are not all found in general_train."""
+    for evaluation_config in evaluation_configs:
+        split = held.get(evaluation_config.distortion)
+        name = chosen_name(evaluation_config)
+        if split and split.unmatched and set(FILTERS[name].needs) & MEMBERSHIP_NEEDS:
+            raise UserError(
+                f"{split.unmatched} of {split.rows} rows of {data.real_split_name(split.name)} match no general_train "
+                f"row by text and label, so which texts are in it is unknown and filter={name} cannot run: add a "
+                f"{data.GENERAL_ROW_COLUMN} column to it, or choose a filter without membership (e.g. "
+                "--evaluation_settings=filter=variant)."
+            )
+
+
+def _distort_config(config: PipelineConfig, held: dict[str, HeldSplit]) -> DistortConfig:
+    """Distort draws every split the data set does not hold; it keeps and reports the held ones."""
     return _with_settings(
         DistortConfig(
             dataset_name=config.dataset_name,
             output_dir=str(RunLayout(config.run_dir).data),
             label_column=config.label_column,
+            text_column=config.text_column,
             label_map=config.label_map,
             split_column=config.split_column,
-            targets={split: config.targets[split] for split in config.splits},
+            targets={split: config.targets[split] for split in config.splits if split not in held},
             strategy=config.distort_strategy,
             controls=config.control == "matched",
             overwrite=config.overwrite,
@@ -231,11 +280,18 @@ def run_pipeline(config: PipelineConfig) -> Path:
     Under a launcher (or with nproc_per_node > 1, which starts one) every process runs this:
     fine-tuning and scoring share their work, the other stages run on the main process.
     """
-    distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
+    held = held_real_splits(config)
+    distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config, held)
     run_dir = Path(config.run_dir)
     runstate.check_writable(run_dir)
     if _relaunched("run", config):
         return run_dir
+    for split in held.values():
+        log.info(
+            "run: the data set holds %s (%d rows): it is used as it is, not distorted (no target needed)",
+            data.real_split_name(split.name),
+            split.rows,
+        )
     if not finetune_configs:
         log.info(
             "run: filter=%s with candidates=false reads no language-model scores: no model is fine-tuned or scored",

@@ -9,7 +9,7 @@ from semcal.layout import FILTER_FOLDER, RunLayout
 def test_the_pipeline_writes_where_the_layout_says(tmp_path):
     layout = RunLayout(tmp_path / "run")
     config = pipeline.PipelineConfig(run_dir=str(layout.run_dir), splits=["mild"], control="matched")
-    distort_config, finetune_configs, score_configs, evaluation_configs = pipeline._stage_configs(config)
+    distort_config, finetune_configs, score_configs, evaluation_configs = pipeline._stage_configs(config, held={})
     assert Path(distort_config.output_dir) == layout.data
     assert [Path(c.output_dir) for c in finetune_configs] == [
         layout.general_model,

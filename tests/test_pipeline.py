@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import datasets
 import pandas as pd
 import pytest
 
@@ -163,3 +164,48 @@ def test_an_evaluation_without_score_files_refuses_a_filter_that_reads_them(tmp_
         evaluate(dataclasses.replace(config, filter="tfidf_labmom"))
     with pytest.raises(UserError, match="general_scores_csv is set but real_scores_csv is not"):
         evaluate(dataclasses.replace(config, general_scores_csv=str(tmp_path / "x.csv")))
+
+
+def _source_holding(tmp_path, tiny_source, rows, extra_rows=None):
+    """The tiny data set plus a real_train_custom of general_train `rows` (no general_train_row
+    column, as the paper's Hub data sets ship their real splits) and, optionally, foreign rows."""
+    dataset_dict = datasets.load_from_disk(str(tiny_source))
+    real = dataset_dict["general_train"].select(rows)
+    if extra_rows:
+        real = datasets.concatenate_datasets([real, datasets.Dataset.from_dict(extra_rows)])
+    dataset_dict["real_train_custom"] = real
+    source = tmp_path / "holding"
+    files.save_dataset_dict(dataset_dict, source)
+    return source
+
+
+def test_a_real_split_the_data_set_holds_is_kept_not_distorted(tmp_path, tiny_source, capsys):
+    general = datasets.load_from_disk(str(tiny_source))["general_train"]
+    # every row but three in four of the animals: a real split with general_train's labels, shifted
+    rows = [row for row, label in enumerate(general["label"]) if label != "animals" or row % 4 == 0]
+    config = _config(tmp_path, _source_holding(tmp_path, tiny_source, rows))
+    config.splits, config.targets = ["custom"], {"custom": 0.3}  # the target is not used: the split is held
+    config.evaluation_settings = {"n_runs": "50", "candidates": "false"}
+    layout = RunLayout(pipeline.run_pipeline(config))
+    held_line = f"the data set holds real_train_custom ({len(rows)} rows): it is used as it is, not distorted"
+    assert held_line in capsys.readouterr().out
+    kept = datasets.load_from_disk(str(layout.data))["real_train_custom"]
+    assert kept["text"] == general.select(rows)["text"]
+    # distort found each row's general_train row by its text and label
+    assert [general["text"][row] for row in kept["general_train_row"]] == kept["text"]
+    summary = pd.read_csv(layout.data / "distortion_summary.csv").set_index("split")
+    assert summary.loc["real_train_custom", "strategy"] == "held"
+    assert summary.loc["real_train_custom", "general_train_rows"] == "matched by text and label"
+    assert 0 < summary.loc["real_train_custom", "achieved_kl"] < 1
+    results = json.loads(layout.results("custom").read_text())
+    assert results["counts"]["real_train"] == len(rows) and results["kl_general"] > 0
+    assert results["filters"]["semcal"]["deception_reduction"] is not None
+
+
+def test_a_held_split_with_rows_general_train_lacks_refuses_membership_filters(tmp_path, tiny_source):
+    extra = {"text": ["a caption general_train never had"], "label": ["animals"]}
+    config = _config(tmp_path, _source_holding(tmp_path, tiny_source, list(range(100)), extra))
+    config.splits = ["custom"]  # no target needed for a held split
+    with pytest.raises(UserError, match=r"1 of 101 rows of real_train_custom match no general_train row .* add a"):
+        pipeline.run_pipeline(config)
+    assert not (tmp_path / "run").exists()
