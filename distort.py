@@ -11,6 +11,7 @@ from semcal.distort import DistortConfig, distort
 dataset_name = "runs/demo/data"  # a save_to_disk folder, CSV/Parquet/JSONL file(s), or a Hub id
 output_dir = ""  # data-set folder to write; empty = add the splits to dataset_name (a save_to_disk folder)
 label_column = "label"  # column holding each row's label
+text_column = "text"  # column holding the texts: matches a held real split's rows to general_train
 label_map = None  # fine-to-coarse label map: a label_maps/ name or a JSON path; None = labels as they are
 split_column = "split"  # for a single data file: the column naming each row's split
 targets = {"baseline": 0.0, "mild": 0.25, "moderate": 0.6, "severe": 0.8}  # split name: target KL(general || real)

@@ -21,6 +21,7 @@ import numpy as np
 from semcal import console, files
 from semcal.calibration import kl_divergence
 from semcal.config import UserError
+from semcal.layout import RESULTS_NAME, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +68,22 @@ def read_evaluation(run_dir: Path, split: str) -> Evaluation:
     """Read a split's per_text.csv and results.json, refusing with the fix when either is missing."""
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; pass a folder written by `semcal run` or `semcal demo`.")
-    evaluation_dir = run_dir / "evaluation"
-    split_dir = evaluation_dir / split
-    if not split_dir.is_dir():
-        splits = sorted(p.name for p in evaluation_dir.iterdir() if p.is_dir()) if evaluation_dir.is_dir() else []
+    layout = RunLayout(run_dir)
+    if not layout.evaluation_dir(split).is_dir():
+        splits = layout.split_folders()
         raise UserError(
             f"{run_dir} has no evaluation of split {split!r}; pass --split= one of {splits or 'none (run `semcal run` first)'}."
         )
-    for name in ("per_text.csv", "results.json"):
-        if not (split_dir / name).is_file():
-            raise UserError(f"{split_dir / name} is missing; re-run `semcal evaluate` for split {split!r} to write it.")
-    results = files.read_json(split_dir / "results.json")
-    table = files.read_csv(split_dir / "per_text.csv", usecols=["label", "accept_prob"])
+    for path in (layout.per_text(split), layout.results(split)):
+        if not path.is_file():
+            raise UserError(f"{path} is missing; re-run `semcal evaluate` for split {split!r} to write it.")
+    results = files.read_json(layout.results(split))
+    table = files.read_csv(layout.per_text(split), usecols=["label", "accept_prob"])
     labels = [str(label) for label in results["labels"]]
     unknown = sorted(set(table["label"].astype(str)) - set(labels))
     if unknown:
         raise UserError(
-            f"{split_dir / 'per_text.csv'} has labels {unknown} not in results.json; re-run `semcal evaluate`."
+            f"{layout.per_text(split)} has labels {unknown} not in {RESULTS_NAME}; re-run `semcal evaluate`."
         )
     codes = table["label"].astype(str).map({label: code for code, label in enumerate(labels)}).to_numpy()
     real = np.array([results["distributions"]["real_train"][label] for label in labels], dtype=np.float64)
@@ -168,7 +168,7 @@ def main(argv: Sequence[str]) -> int:
     stream = replay_stream(
         evaluation.label_codes, evaluation.accept_prob, len(evaluation.labels), args.frames, args.seed
     )
-    output = args.output or args.run_dir / "evaluation" / args.split / "stream.gif"
+    output = args.output or RunLayout(args.run_dir).stream_gif(args.split)
     written = render(evaluation, stream, f"{evaluation.filter_name} on {args.split}", output, args.duration)
     last = normalise(stream.accepted_counts[-1])
     log.info(

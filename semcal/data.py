@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,23 @@ def general_rows_of(split, split_name: str, n_general_train: int) -> np.ndarray 
             f"rows 0..{n_general_train - 1} (first: {int(rows[bad][0])}); was the split made from another data set?"
         )
     return rows
+
+
+def match_general_rows(split, split_name: str, general, text_column: str, label_column: str) -> np.ndarray:
+    """The general_train row of each row of `split` found by its text and label; -1 where none is left.
+
+    For a real split that lacks distort's general_train_row column (one a data set ships, as
+    the paper's Hub data sets do). Each general_train row is used once, in order, so a text
+    the split holds twice needs two copies in general_train.
+    """
+    free: dict[tuple[str, str], deque[int]] = defaultdict(deque)
+    general_keys = zip(
+        texts_of(general, GENERAL_TRAIN, text_column), labels_of(general, GENERAL_TRAIN, label_column), strict=True
+    )
+    for row, key in enumerate(general_keys):
+        free[key].append(row)
+    keys = zip(texts_of(split, split_name, text_column), labels_of(split, split_name, label_column), strict=True)
+    return np.array([free[key].popleft() if free.get(key) else -1 for key in keys], dtype=np.int64)
 
 
 def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fraction: float, seed: int) -> np.ndarray:

@@ -16,6 +16,12 @@ For a given q, the subset is as large as the per-label counts allow: N = min_y n
 The KL that is checked against the target is the one of the integer counts drawn.
 The baseline split (target 0) is a uniform random subset of `baseline_fraction`.
 
+A real split the data set already holds (the paper's Hub data sets ship theirs) is kept as
+it is and reported beside the drawn ones (KL, rows, M; strategy `held`); a target naming it
+is refused rather than silently replacing it. When it lacks the general_train_row column,
+each of its rows is matched to a general_train row by text and label; if some rows match
+none, it gets no such column and the filters that need real_train membership cannot use it.
+
 The output folder is a distort output (semcal.runstate): a second run with other settings
 is refused unless overwrite=true, since it would drop the real splits of the first.
 """
@@ -44,6 +50,7 @@ class DistortConfig:
     dataset_name: str = "runs/demo/data"  # input data set: a save_to_disk folder, CSV/Parquet/JSONL file(s) or a Hub id
     output_dir: str = ""  # data-set folder to write; empty = add the splits to dataset_name (a save_to_disk folder)
     label_column: str = "label"  # column holding each row's label
+    text_column: str = "text"  # column holding the texts: matches a held real split's rows to general_train
     label_map: str | None = (
         None  # fine-to-coarse label map (a label_maps/ name or a JSON path) applied before distorting
     )
@@ -234,8 +241,6 @@ def draw_rows(plan: SplitPlan, labels: np.ndarray, label_order: list[str], confi
 def _validate(config: DistortConfig) -> None:
     if config.strategy not in STRATEGIES:
         raise UserError(f"strategy must be one of {', '.join(STRATEGIES)} (got {config.strategy!r}).")
-    if not config.targets:
-        raise UserError("targets is empty: name at least one real split, e.g. --targets=mild=0.25.")
     if not 0 < config.baseline_fraction <= 1:
         raise UserError(f"baseline_fraction must be in (0, 1] (got {config.baseline_fraction}).")
     if config.tolerance <= 0:
@@ -259,7 +264,7 @@ def _output_dir(config: DistortConfig) -> Path:
 
 
 # Settings that say where things are: what dataset_name and label_map hold is fingerprinted instead.
-_NOT_IDENTITY = ("dataset_name", "output_dir", "label_map", "split_column", "overwrite")
+_NOT_IDENTITY = ("dataset_name", "output_dir", "label_map", "split_column", "overwrite", "text_column")
 
 
 def _inputs(config: DistortConfig, dataset_dict) -> dict[str, str]:
@@ -269,7 +274,31 @@ def _inputs(config: DistortConfig, dataset_dict) -> dict[str, str]:
     if config.label_map:
         mapping = data.load_label_map(config.label_map)
         inputs["label_map"] = files.fingerprint_texts(f"{fine}\t{coarse}" for fine, coarse in sorted(mapping.items()))
+    if any(
+        data.GENERAL_ROW_COLUMN not in dataset_dict[split].column_names for split in held_splits(config, dataset_dict)
+    ):
+        inputs["held_rows_matched_by"] = [config.text_column, config.label_column]
     return inputs
+
+
+def held_splits(config: DistortConfig, dataset_dict) -> list[str]:
+    """The real splits the data set holds that no target names: kept as they are and reported."""
+    made = {data.real_split_name(name) for name in config.targets}
+    return sorted(split for split in dataset_dict if split.startswith(data.real_split_name("")) and split not in made)
+
+
+def _refuse_replacing(config: DistortConfig, dataset_dict, in_place: bool) -> None:
+    """A target naming a split the data set holds would replace it: refused, unless distort rewrites
+    its own folder with overwrite=true (which replaces that folder's earlier draws by intent)."""
+    held = [name for name in config.targets if data.real_split_name(name) in dataset_dict]
+    if held and not (in_place and config.overwrite):
+        raise UserError(
+            f"the data set already holds {', '.join(data.real_split_name(name) for name in held)}: drop "
+            f"{', '.join(held)} from targets to keep and report it as it is, or remove it from the data set "
+            "to draw a new one."
+        )
+    if not config.targets and not held_splits(config, dataset_dict):
+        raise UserError("targets is empty: name at least one real split, e.g. --targets=mild=0.25.")
 
 
 @distributed.main_process_only
@@ -294,6 +323,7 @@ def distort(config: DistortConfig) -> Path:
     identity = runstate.identity("distort", config, _inputs(config, dataset_dict), ignore=_NOT_IDENTITY)
     if output.up_to_date(identity):
         return output.path
+    _refuse_replacing(config, dataset_dict, in_place)
     label_order = sorted(set(labels))
     general_counts = data.label_counts(labels, label_order).to_numpy()
     scores = label_scores(len(label_order), config.seed)
@@ -308,11 +338,15 @@ def distort(config: DistortConfig) -> Path:
 
     with output.building(identity) as staging:
         counts_table, summary = _draw_splits(config, dataset_dict, labels, label_order, plans)
+        counts_table, summary = _report_held(config, dataset_dict, labels, counts_table, summary)
         _write(staging, config, dataset_dict, counts_table, summary)
-        made = ", ".join(f"{row.split} {row.rows} rows (KL {row.achieved_kl:.3f})" for row in summary.itertuples())
+        made = ", ".join(
+            f"{row.split} {row.rows} rows ({'held, ' if row.strategy == HELD else ''}KL {row.achieved_kl:.3f})"
+            for row in summary.itertuples()
+        )
         output.finish(
             config,
-            summary=f"{len(plans)} real splits in {output.path}: {made}",
+            summary=f"{len(summary)} real splits in {output.path}: {made}",
             label_scores=dict(zip(label_order, scores.tolist(), strict=True)),
             splits=summary.to_dict(orient="records"),
         )
@@ -348,9 +382,77 @@ def _draw_splits(
                 "rows": int(len(rows)),
                 "M": len(general) / len(rows),
                 "strategy": "uniform" if plan.target_kl == 0 else config.strategy,
+                "general_train_rows": "drawn",
             }
         )
     return counts_table, pd.DataFrame(summary_rows)
+
+
+HELD = "held"  # the strategy column of a split the data set held
+
+
+def _report_held(
+    config: DistortConfig, dataset_dict, labels: np.ndarray, counts_table: pd.DataFrame, summary: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each held real split: its general_train rows (own column or matched), its control when
+    asked for, and its counts and summary row (KL over every label either split shows)."""
+    general = dataset_dict[data.GENERAL_TRAIN]
+    rows_of_summary = []
+    for split in held_splits(config, dataset_dict):
+        name = split.removeprefix(data.real_split_name(""))
+        rows = _held_general_rows(config, dataset_dict, split)
+        held_labels = data.labels_of(dataset_dict[split], split, config.label_column, config.label_map)
+        if config.controls:
+            control_rows = _control_rows(len(general), len(held_labels), config.seed, name)
+            control = general.select(control_rows).add_column(data.GENERAL_ROW_COLUMN, control_rows.tolist())
+            dataset_dict[data.control_split_name(name)] = control
+        drawn = data.label_counts(held_labels, counts_table["label"]).to_numpy()
+        counts_table[f"{split}_count"] = drawn
+        counts_table[f"{split}_freq"] = drawn / drawn.sum() if drawn.sum() else drawn
+        every_label = sorted(set(labels) | set(held_labels))
+        p, q = (data.label_counts(values, every_label).to_numpy() for values in (labels, held_labels))
+        rows_of_summary.append(
+            {
+                "split": split,
+                "target_kl": float("nan"),
+                "achieved_kl": calibration.kl_divergence(p / p.sum(), q / q.sum()),
+                "rows": len(held_labels),
+                "M": len(general) / len(held_labels),
+                "strategy": HELD,
+                "general_train_rows": rows,
+            }
+        )
+    if rows_of_summary:
+        summary = pd.concat([summary, pd.DataFrame(rows_of_summary)], ignore_index=True)
+    return counts_table, summary
+
+
+def _held_general_rows(config: DistortConfig, dataset_dict, split: str) -> str:
+    """Give a held split its general_train_row column when it lacks one and every row matches a
+    general_train row by text and label; says where its rows came from (the summary's column)."""
+    general, held = dataset_dict[data.GENERAL_TRAIN], dataset_dict[split]
+    if data.GENERAL_ROW_COLUMN in held.column_names:
+        data.general_rows_of(held, split, len(general))  # refuses rows outside general_train
+        return "own column"
+    rows = data.match_general_rows(held, split, general, config.text_column, config.label_column)
+    unmatched = rows < 0
+    if unmatched.any():
+        log.warning(
+            "distort: %d of %d rows of %s match no general_train row by %s and %s (first rows %s), so it gets no "
+            "%s column: real_train is then no subset of general_train, and the filters that need its membership "
+            "(tfidf_labmom, the default, and the other label-moment filters) cannot run; add the column yourself "
+            "or use a real split drawn from general_train",
+            int(unmatched.sum()),
+            len(rows),
+            split,
+            config.text_column,
+            config.label_column,
+            np.flatnonzero(unmatched)[:5].tolist(),
+            data.GENERAL_ROW_COLUMN,
+        )
+        return f"{int(unmatched.sum())} unmatched: none"
+    dataset_dict[split] = held.add_column(data.GENERAL_ROW_COLUMN, rows.tolist())
+    return "matched by text and label"
 
 
 def _control_rows(n_general: int, n_rows: int, seed: int, name: str) -> np.ndarray:

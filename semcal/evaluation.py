@@ -35,15 +35,15 @@ import pandas as pd
 from semcal import calibration, distributed, files, filters, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import real_split_name
-from semcal.evaluation_inputs import SCORE_FILES, EvaluationInputs, fit_data, load_inputs
+from semcal.evaluation_inputs import SCORE_FILES, EvaluationInputs, fit_data, has_language_model_scores, load_inputs
 from semcal.filtering import FORMAT_VERSION, Filter
 from semcal.fit_data import FitData
+from semcal.layout import FIGURE_STEM, PER_TEXT_NAME, RESULTS_NAME
 from semcal.runstate import StageOutput
 from semcal.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 # Settings that say where things are: what they point to is fingerprinted instead (runstate.identity).
 WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "embedding_model", "output_dir", "overwrite")
 
@@ -55,8 +55,9 @@ class EvaluationConfig:
     text_column: str = "text"  # column holding the texts (captions) the language models scored
     label_column: str = "label"  # column holding each text's label
     label_map: str | None = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
-    general_scores_csv: str = "runs/demo/scores/general_test.general/token_log_probs.csv"  # general_test, GENERAL model
-    real_scores_csv: str = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"  # general_test, REAL model
+    # general_test under the GENERAL and the REAL model; none (both) for a filter that reads no LM scores (README)
+    general_scores_csv: str | None = "runs/demo/scores/general_test.general/token_log_probs.csv"
+    real_scores_csv: str | None = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"
     general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
     control_scores_csv: str | None = None  # general_test, matched CONTROL model (optional: the control_* filters)
@@ -192,8 +193,7 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError("; ".join(problems) + ".")
     if config.kl_epsilon < 0:
         raise UserError(f"kl_epsilon must be 0 (no smoothing) or positive (got {config.kl_epsilon}).")
-    for name in ("general_scores_csv", "real_scores_csv"):
-        _check_file(getattr(config, name), name)
+    _check_language_model_scores(config)
     given = [name for name in ("general_heldout_csv", "real_heldout_csv") if getattr(config, name)]
     if len(given) == 1:
         missing = "real_heldout_csv" if given[0] == "general_heldout_csv" else "general_heldout_csv"
@@ -214,6 +214,26 @@ def check_settings(config: EvaluationConfig) -> None:
         )
     for name in given + [name for name in ("control_scores_csv", "control_heldout_csv") if getattr(config, name)]:
         _check_file(getattr(config, name), name)
+
+
+def _check_language_model_scores(config: EvaluationConfig) -> None:
+    """Both general_test score files or neither; neither only for a chosen filter that reads no LM scores."""
+    _check_pair(config, ("general_scores_csv", "real_scores_csv"))
+    if has_language_model_scores(config):
+        for name in ("general_scores_csv", "real_scores_csv"):
+            _check_file(getattr(config, name), name)
+        return
+    if filters.needs_language_models(config.filter):
+        raise UserError(
+            f"filter={config.filter} reads the language models' scores, but general_scores_csv and real_scores_csv "
+            f"are not set: give both, or choose a filter that reads none (e.g. {filters.DEFAULT_FILTER})."
+        )
+    others = [name for name in SCORE_FILES if getattr(config, name)]  # the general_test pair is not set here
+    if others:
+        raise UserError(
+            f"{others[0]} is set but general_scores_csv and real_scores_csv are not: the held-out and control scores "
+            "are read together with the general_test ones, so give those too or drop them all."
+        )
 
 
 def check_chosen(data: FitData, config: EvaluationConfig) -> None:
@@ -401,12 +421,12 @@ def write_outputs(
     shown_name = "/".join(Path(config.dataset_name).parts[-2:])  # e.g. "demo/data" from runs/demo/data
     title = f"{shown_name} / {config.distortion}: label distributions, general vs real vs filtered"
     figure = report.plot_label_distributions(frequencies, title, sort_by="real (train)")
-    figure_paths = files.save_figure(figure, folder / "label_distributions", formats=("png", "pdf"))
-    files.write_csv(folder / "per_text.csv", per_text_table(inputs, accepted, chosen, explained))
+    figure_paths = files.save_figure(figure, folder / FIGURE_STEM, formats=("png", "pdf"))
+    files.write_csv(folder / PER_TEXT_NAME, per_text_table(inputs, accepted, chosen, explained))
     results["outputs"] = {
         "results": RESULTS_NAME,
         "summary": "summary.md",
-        "per_text": "per_text.csv",
+        "per_text": PER_TEXT_NAME,
         "figures": [path.name for path in figure_paths],
     }
     results["elapsed_s"] = round(time.perf_counter() - started, 3)
@@ -436,7 +456,8 @@ def per_text_table(
     for name in shown:
         if filters.describe(name).kind != "variant":
             table[f"{name}_accept_prob"] = accepted[name].accept
-    table["n_tokens"] = [len(t) for t in inputs.tokens]
+    if inputs.tokens is not None:  # an evaluation without score files has no tokens
+        table["n_tokens"] = [len(t) for t in inputs.tokens]
     table["tokens_up"] = [up for up, _ in explained]
     table["tokens_down"] = [down for _, down in explained]
     table["text"] = inputs.test_texts

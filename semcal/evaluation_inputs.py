@@ -65,8 +65,8 @@ class EvaluationInputs:
     text_ids: np.ndarray
     test_codes: np.ndarray
     test_texts: list[str]
-    tokens: list[list[str]]
-    diffs: list[np.ndarray]  # per token: log p_real - log p_general
+    tokens: list[list[str]] | None  # None without score files
+    diffs: list[np.ndarray] | None  # per token: log p_real - log p_general
     real: np.ndarray
     general: np.ndarray
     m: float
@@ -159,7 +159,10 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
     (train_texts, train_labels), (test_texts, test_labels), (real_texts, real_labels) = splits.values()
     real_rows = general_rows_of(get_split(dataset, real_split), real_split, len(train_texts))
     warnings: list[str] = []
-    test = _joined(config, ("general_scores_csv", "real_scores_csv"), GENERAL_TEST, len(test_texts), warnings)
+    if has_language_model_scores(config):
+        test = _joined(config, ("general_scores_csv", "real_scores_csv"), GENERAL_TEST, len(test_texts), warnings)
+    else:
+        test = _unscored(len(test_texts))
     heldout = None
     if config.general_heldout_csv and config.real_heldout_csv:
         heldout = _joined(
@@ -195,7 +198,10 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
     counts = {"general_train": len(train_texts), "general_test": len(test_texts), "real_train": len(real_texts)}
     counts |= {"evaluated": len(test["ids"]), "heldout": 0 if heldout is None else len(heldout["ids"])}
     facts = {
-        "join": {"general_test": test["join"], **({"heldout": heldout["join"]} if heldout else {})},
+        "join": {
+            **({"general_test": test["join"]} if test["join"] else {}),
+            **({"heldout": heldout["join"]} if heldout else {}),
+        },
         "excluded_nonfinite": {"general_test": test["nonfinite"], "heldout": heldout["nonfinite"] if heldout else 0},
         "counts": counts,
         "general_test_distribution": calibration.label_distribution([code_of[y] for y in test_labels], len(labels)),
@@ -203,6 +209,17 @@ def load_inputs(config: EvaluationConfig) -> tuple[EvaluationInputs, dict[str, A
         **_fingerprints(config, splits, real_rows),
     }
     return inputs, facts
+
+
+def has_language_model_scores(config: EvaluationConfig) -> bool:
+    """Whether the evaluation reads the two language models' scores of general_test (else only texts and labels)."""
+    return bool(config.general_scores_csv and config.real_scores_csv)
+
+
+def _unscored(n_rows: int) -> dict[str, Any]:
+    """Without score files every general_test row is evaluated, in order, with no tokens to explain:
+    filters that read no language-model scores (TF-IDF, n-grams, ...) need nothing else."""
+    return {"ids": np.arange(n_rows, dtype=np.int64), "diffs": None, "tokens": None, "join": None, "nonfinite": 0}
 
 
 def _default_heldout_rows(n_general_train: int) -> np.ndarray:

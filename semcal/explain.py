@@ -24,13 +24,12 @@ import pandas as pd
 
 from semcal import files, filtering
 from semcal.config import UserError
-from semcal.evaluation import RESULTS_NAME
 from semcal.evaluation_inputs import join_scores
+from semcal.layout import FIGURE_STEM, PAGE_NAME, PER_TEXT_NAME, RESULTS_NAME, RunLayout
 from semcal.report import format_number
 
 log = logging.getLogger(__name__)
 
-PAGE_NAME = "explain.html"
 COLORMAP = "RdBu"  # diverging: red where the general model likes a token more, blue where the real one does
 
 
@@ -44,18 +43,18 @@ def evaluation_folders(path: Path, split: str | None) -> list[Path]:
         if split is not None:
             raise UserError(f"{path} is an evaluation folder already; drop --split={split}.")
         return [path]
-    evaluation_dir = path / "evaluation"
-    found = sorted(p.parent for p in evaluation_dir.glob(f"*/{RESULTS_NAME}")) if evaluation_dir.is_dir() else []
+    layout = RunLayout(path)
+    found = layout.evaluated_splits()
     if not found:
         raise UserError(
             f"{path} is not an evaluation folder (no {RESULTS_NAME}) nor a run folder with evaluation/*/{RESULTS_NAME}; "
             "run `semcal evaluate` (or `semcal run`) first."
         )
     if split is None:
-        return found
-    if not (evaluation_dir / split / RESULTS_NAME).is_file():
-        raise UserError(f"{path} has no evaluation of split {split!r}; pass --split= one of {[p.name for p in found]}.")
-    return [evaluation_dir / split]
+        return [layout.evaluation_dir(name) for name in found]
+    if not layout.results(split).is_file():
+        raise UserError(f"{path} has no evaluation of split {split!r}; pass --split= one of {found}.")
+    return [layout.evaluation_dir(split)]
 
 
 def score_file(folder: Path, results: dict, name: str) -> Path:
@@ -65,7 +64,7 @@ def score_file(folder: Path, results: dict, name: str) -> Path:
     if not entry:
         raise UserError(f"{folder / RESULTS_NAME} does not name {name}; re-run `semcal evaluate` to record it.")
     written = Path(entry["path"])
-    candidates = [written, folder.parent.parent / "scores" / written.parent.name / written.name]
+    candidates = [written, RunLayout.of_evaluation(folder).scores / written.parent.name / written.name]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise UserError(
@@ -168,7 +167,7 @@ def summary_html(results: dict) -> str:
 
 
 def figure_html(folder: Path) -> str:
-    png = folder / "label_distributions.png"
+    png = folder / f"{FIGURE_STEM}.png"
     if not png.is_file():
         log.warning("explain: %s is missing, so the page has no figure (re-run `semcal evaluate` to draw it)", png)
         return f'<p class="note">No figure: {escape(str(png))} is missing; re-run <code>semcal evaluate</code> to draw it.</p>'
@@ -258,7 +257,7 @@ order: the same draws as the evaluation's first Monte Carlo run. Click a column 
 
 def explain(folder: Path, output: Path, rows: int) -> Path:
     """Write the page of the evaluation in `folder` to `output`."""
-    per_text = folder / "per_text.csv"
+    per_text = folder / PER_TEXT_NAME
     if not per_text.is_file():
         raise UserError(f"{per_text} is missing; re-run `semcal evaluate` to write it.")
     results = files.read_json(folder / RESULTS_NAME)

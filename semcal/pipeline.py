@@ -2,13 +2,8 @@
 
 `semcal run` runs distort, fine-tunes the general model and one real model per split,
 scores general_test (and the held-out general_train texts) with each, and evaluates each
-split, all inside one run folder:
-
-    RUN_DIR/data/                   the data set with its real_train_<split> splits
-    RUN_DIR/models/general/         the general model; RUN_DIR/models/real_<split>/ the real ones
-    RUN_DIR/scores/<split>.<model>.csv   per-token log-probs
-    RUN_DIR/evaluation/<split>/     results.json, summary.md, per_text.csv, figure
-    RUN_DIR/results_table.md, .csv  the paper-style table
+split, all inside one run folder whose paths semcal.layout.RunLayout names (data/, models/,
+scores/, evaluation/<split>/, results_table.md/.csv).
 
 A stage whose output already carries a record of the same settings is skipped, so a
 crashed or extended run continues without redoing work. Settings of the stages that the
@@ -23,17 +18,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from semcal import console, data, distributed, files, report, runstate
+from semcal import console, data, distributed, files, filters, report, runstate
 from semcal.config import UserError, apply_overrides, config_to_dict, to_arguments
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.evaluation_inputs import SCORE_FILES
 from semcal.finetune import FinetuneConfig, finetune
+from semcal.layout import FIGURE_STEM, GENERAL_MODEL, RunLayout, control_model_name, real_model_name
 from semcal.runstate import StageOutput
 from semcal.scoring import ScoreConfig, score_split
 
@@ -86,34 +83,82 @@ def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
         raise UserError(f"{where}: {err}") from None
 
 
-def _stage_configs(config: PipelineConfig) -> tuple[Any, list[Any], list[Any], list[Any]]:
+@dataclass
+class HeldSplit:
+    """A real split the data set already holds: kept as it is, never distorted."""
+
+    name: str  # the split's name in the run, e.g. custom for real_train_custom
+    rows: int
+    unmatched: int  # rows without a general_train row: no general_train_row column, no membership
+
+
+def held_real_splits(config: PipelineConfig) -> dict[str, HeldSplit]:
+    """The run's splits whose real_train_<split> the data set already holds, and whether each row is
+    known in general_train (distort's column, or a match by text and label that distort repeats)."""
+    dataset_dict = data.load_dataset_dict(config.dataset_name, split_column=config.split_column)
+    held = {}
+    for name in config.splits:
+        split = dataset_dict.get(data.real_split_name(name))
+        if split is None:
+            continue
+        unmatched = 0
+        if data.GENERAL_ROW_COLUMN not in split.column_names:
+            general = data.get_split(dataset_dict, data.GENERAL_TRAIN)
+            rows = data.match_general_rows(
+                split, data.real_split_name(name), general, config.text_column, config.label_column
+            )
+            unmatched = int((rows < 0).sum())
+        held[name] = HeldSplit(name, len(split), unmatched)
+    return held
+
+
+def _stage_configs(config: PipelineConfig, held: dict[str, HeldSplit]) -> tuple[Any, list[Any], list[Any], list[Any]]:
     """Every stage's config for this run, built before any work so a bad setting costs nothing."""
-    unknown = [split for split in config.splits if split not in config.targets]
+    unknown = [split for split in config.splits if split not in config.targets and split not in held]
     if not config.splits or unknown:
         raise UserError(
             f"splits {unknown or '(none)'} have no target KL: give each split a target, e.g. "
-            f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets})."
+            f"--targets=mild=0.25,severe=0.8 (targets now: {config.targets}), or a real_train_<split> in the data set."
         )
     if config.control not in CONTROLS:
         raise UserError(f"control={config.control!r} is not one of {', '.join(CONTROLS)}.")
+    evaluation_configs = _evaluation_configs(config)
+    if not any(needs_language_models(c) for c in evaluation_configs):
+        return _distort_config(config, held), [], [], [_without_scores(c) for c in evaluation_configs]
     finetune_configs = _finetune_configs(config)
     return (
-        _distort_config(config),
+        _distort_config(config, held),
         finetune_configs,
         _score_configs(config, finetune_configs),
-        _evaluation_configs(config),
+        evaluation_configs,
     )
 
 
-def _distort_config(config: PipelineConfig) -> DistortConfig:
+def needs_language_models(evaluation_config: EvaluationConfig) -> bool:
+    """Whether an evaluation reads language-model scores, so the run must fine-tune and score.
+
+    The one place this is decided: THE filter reads them when its source does
+    (semcal.filters.needs_language_models), and the candidates include filters that do.
+    """
+    return evaluation_config.candidates or filters.needs_language_models(evaluation_config.filter)
+
+
+def _without_scores(evaluation_config: EvaluationConfig) -> EvaluationConfig:
+    """The evaluation of a run that trains no language models: it reads texts and labels only."""
+    return replace(evaluation_config, **dict.fromkeys(SCORE_FILES))
+
+
+def _distort_config(config: PipelineConfig, held: dict[str, HeldSplit]) -> DistortConfig:
+    """Distort draws every split the data set does not hold; it keeps and reports the held ones."""
     return _with_settings(
         DistortConfig(
             dataset_name=config.dataset_name,
-            output_dir=str(Path(config.run_dir) / "data"),
+            output_dir=str(RunLayout(config.run_dir).data),
             label_column=config.label_column,
+            text_column=config.text_column,
             label_map=config.label_map,
             split_column=config.split_column,
-            targets={split: config.targets[split] for split in config.splits},
+            targets={split: config.targets[split] for split in config.splits if split not in held},
             strategy=config.distort_strategy,
             controls=config.control == "matched",
             overwrite=config.overwrite,
@@ -126,22 +171,22 @@ def _distort_config(config: PipelineConfig) -> DistortConfig:
 def _finetune_configs(config: PipelineConfig) -> list[FinetuneConfig]:
     """The general model first, then one real model per split (started from the general one by default),
     and with control=matched one control model per split, trained the same way on its control split."""
-    models = Path(config.run_dir) / "models"
-    general_dir = str(models / "general")
+    layout = RunLayout(config.run_dir)
+    general_dir = str(layout.general_model)
     targets = [(data.GENERAL_TRAIN, general_dir)]
-    targets += [(data.real_split_name(split), str(models / f"real_{split}")) for split in config.splits]
+    targets += [(data.real_split_name(split), str(layout.real_model(split))) for split in config.splits]
     if config.control == "matched":
-        targets += [(data.control_split_name(split), str(models / f"control_{split}")) for split in config.splits]
+        targets += [(data.control_split_name(split), str(layout.control_model(split))) for split in config.splits]
     return [
         _with_settings(
             FinetuneConfig(
-                dataset_name=str(Path(config.run_dir) / "data"),
+                dataset_name=str(layout.data),
                 split_name=split_name,
                 text_column=config.text_column,
                 base_model=config.base_model,
                 init_from=general_dir if split_name != data.GENERAL_TRAIN and config.init_real_from_general else None,
                 output_dir=model_dir,
-                tokenizer_dir=str(models / "tokenizer"),
+                tokenizer_dir=str(layout.tokenizer),
                 seed=config.seed,
                 overwrite=config.overwrite,
             ),
@@ -154,15 +199,15 @@ def _finetune_configs(config: PipelineConfig) -> list[FinetuneConfig]:
 
 def _score_configs(config: PipelineConfig, finetune_configs: list[FinetuneConfig]) -> list[ScoreConfig]:
     """Each model scores general_test and the held-out general_train rows."""
-    run_dir = Path(config.run_dir)
+    layout = RunLayout(config.run_dir)
     return [
         _with_settings(
             ScoreConfig(
-                dataset_name=str(run_dir / "data"),
+                dataset_name=str(layout.data),
                 split_name=split_name,
                 text_column=config.text_column,
                 model=model.output_dir,
-                output_dir=str(run_dir / "scores" / f"{scored}.{Path(model.output_dir).name}"),
+                output_dir=str(layout.score_dir(scored, Path(model.output_dir).name)),
                 heldout_only=scored == "heldout",
                 overwrite=config.overwrite,
             ),
@@ -175,32 +220,32 @@ def _score_configs(config: PipelineConfig, finetune_configs: list[FinetuneConfig
 
 
 def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
-    run_dir = Path(config.run_dir)
+    layout = RunLayout(config.run_dir)
 
     def scores(scored: str, model_name: str) -> str:
-        return str(run_dir / "scores" / f"{scored}.{model_name}" / "token_log_probs.csv")
+        return str(layout.score_file(scored, model_name))
 
     return [
         _with_settings(
             EvaluationConfig(
-                dataset_name=str(run_dir / "data"),
+                dataset_name=str(layout.data),
                 distortion=split,
                 text_column=config.text_column,
                 label_column=config.label_column,
                 label_map=config.label_map,
-                general_scores_csv=scores("general_test", "general"),
-                real_scores_csv=scores("general_test", f"real_{split}"),
-                general_heldout_csv=scores("heldout", "general"),
-                real_heldout_csv=scores("heldout", f"real_{split}"),
+                general_scores_csv=scores("general_test", GENERAL_MODEL),
+                real_scores_csv=scores("general_test", real_model_name(split)),
+                general_heldout_csv=scores("heldout", GENERAL_MODEL),
+                real_heldout_csv=scores("heldout", real_model_name(split)),
                 **(
                     {
-                        "control_scores_csv": scores("general_test", f"control_{split}"),
-                        "control_heldout_csv": scores("heldout", f"control_{split}"),
+                        "control_scores_csv": scores("general_test", control_model_name(split)),
+                        "control_heldout_csv": scores("heldout", control_model_name(split)),
                     }
                     if config.control == "matched"
                     else {}
                 ),
-                output_dir=str(run_dir / "evaluation" / split),
+                output_dir=str(layout.evaluation_dir(split)),
                 overwrite=config.overwrite,
             ),
             config.evaluation_settings,
@@ -216,11 +261,23 @@ def run_pipeline(config: PipelineConfig) -> Path:
     Under a launcher (or with nproc_per_node > 1, which starts one) every process runs this:
     fine-tuning and scoring share their work, the other stages run on the main process.
     """
-    distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config)
+    held = held_real_splits(config)
+    distort_config, finetune_configs, score_configs, evaluation_configs = _stage_configs(config, held)
     run_dir = Path(config.run_dir)
     runstate.check_writable(run_dir)
     if _relaunched("run", config):
         return run_dir
+    for split in held.values():
+        log.info(
+            "run: the data set holds %s (%d rows): it is used as it is, not distorted (no target needed)",
+            data.real_split_name(split.name),
+            split.rows,
+        )
+    if not finetune_configs:
+        log.info(
+            "run: filter=%s with candidates=false reads no language-model scores: no model is fine-tuned or scored",
+            evaluation_configs[0].filter,
+        )
     # Each stage is looked up by its module-level name when called, so a test can replace one.
     steps: list[tuple[Callable[[Any], Any], Any]] = [(lambda c: distort(c), distort_config)]
     steps += [(lambda c: finetune(c), c) for c in finetune_configs]
@@ -233,8 +290,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
         for number, (stage, stage_config) in enumerate(steps, 1):
             with console.stage_prefix(f"[{number}/{len(steps)}] "):
                 stage(stage_config)
-        table = write_table([run_dir], run_dir / "results_table")
-    figures = ", ".join(str(Path(c.output_dir) / "label_distributions.png") for c in evaluation_configs)
+        table = write_table([run_dir], RunLayout(run_dir).results_table)
+    figures = ", ".join(str(Path(c.output_dir) / f"{FIGURE_STEM}.png") for c in evaluation_configs)
     log.info(
         "\n%s\nrun: finished in %.0fs; results in %s; figures: %s",
         table,
@@ -267,16 +324,15 @@ def _relaunched(command: str, config: Any) -> bool:
 
 def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """Every evaluation's results.json under the run folders, in split order of each run."""
-    split_order = {split: rank for rank, split in enumerate(["baseline", "mild", "moderate", "severe"])}
     results = []
     for run_dir in run_dirs:
-        paths = sorted(
-            Path(run_dir).glob("evaluation/*/results.json"),
-            key=lambda path: (split_order.get(path.parent.name, len(split_order)), path.parent.name),
-        )
-        if not paths:
-            raise UserError(f"{run_dir} holds no evaluation/*/results.json: run `semcal run` (or evaluate) first.")
-        results.extend(files.read_json(path) | {"run_dir": str(run_dir)} for path in paths)
+        layout = RunLayout(run_dir)
+        splits = layout.evaluated_splits()
+        if not splits:
+            raise UserError(
+                f"{run_dir} holds no {layout.results('*').relative_to(run_dir)}: run `semcal run` (or evaluate) first."
+            )
+        results.extend(files.read_json(layout.results(split)) | {"run_dir": str(run_dir)} for split in splits)
     return results
 
 
@@ -298,7 +354,7 @@ def table_main(argv: Sequence[str]) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders written by `semcal run`")
     parser.add_argument("--output", type=Path, default=None, help="path stem of the .md and .csv written")
     args = parser.parse_args(list(argv))
-    default = args.run_dirs[0] / "results_table" if len(args.run_dirs) == 1 else Path("runs") / "results_table"
+    default = RunLayout(args.run_dirs[0] if len(args.run_dirs) == 1 else Path("runs")).results_table
     output = args.output or default
     print(write_table(args.run_dirs, output))
     print(f"\ntable: written to {output.with_suffix('.md')} and {output.with_suffix('.csv')}")
@@ -322,12 +378,13 @@ def demo(config: DemoConfig) -> Path:
     from semcal.demo_data import generate_demo
 
     run_dir = Path(config.run_dir)
+    layout = RunLayout(run_dir)
     if _relaunched("demo", config):
         return run_dir
 
     @distributed.main_process_only
     def write_source() -> Path:
-        source = StageOutput("demo data", run_dir / "source", what="demo data")
+        source = StageOutput("demo data", layout.demo_source, what="demo data")
         identity = runstate.identity("demo data", config, inputs={}, ignore=("run_dir", "nproc_per_node"))
         if not source.up_to_date(identity):
             with source.building(identity) as staging:
@@ -338,7 +395,7 @@ def demo(config: DemoConfig) -> Path:
     write_source()
     return run_pipeline(
         PipelineConfig(
-            dataset_name=str(run_dir / "source"),
+            dataset_name=str(layout.demo_source),
             run_dir=str(run_dir),
             seed=config.seed,
             finetune_settings=dict(DEMO_FINETUNE_SETTINGS),

@@ -175,7 +175,12 @@ def evaluation_summary_markdown(results: dict) -> str:
 
 
 def _summary_header(results: dict) -> list[str]:
-    config, counts, join = results["config"], results["counts"], results["join"]["general_test"]
+    config, counts, join = results["config"], results["counts"], results["join"].get("general_test")
+    joined = (
+        f"(general scores file lost {join['general_lost']} rows in the join, real scores file {join['real_lost']})"
+        if join
+        else "(no language-model scores read: every row)"
+    )
     lines = [
         f"# Semantic calibration: {results['dataset_name']} / {results['distortion']}",
         "",
@@ -184,8 +189,7 @@ def _summary_header(results: dict) -> list[str]:
         f"{results['monte_carlo']['n_runs']} rejection-sampling runs, seed {config['seed']}; "
         "± is the population standard deviation over runs, not the standard error.",
         "",
-        f"- texts evaluated: {counts['evaluated']} of {counts['general_test']} general_test rows "
-        f"(general scores file lost {join['general_lost']} rows in the join, real scores file {join['real_lost']})",
+        f"- texts evaluated: {counts['evaluated']} of {counts['general_test']} general_test rows {joined}",
         f"- general_train {counts['general_train']}, {results['real_split']} {counts['real_train']}: "
         f"M = {format_number(results['M'])}, ideal pass rate 1/M = {_percent(results['ideal_pass_rate'])}%",
         f"- KL(general||real) = {format_number(results['kl_general'])}, TVD = {format_number(results['tvd_general'])}",

@@ -225,3 +225,25 @@ def test_controls_are_uniform_subsets_as_large_as_each_real_split(tmp_path):
     assert (
         again["control_train_mild"][data.GENERAL_ROW_COLUMN] == dataset["control_train_mild"][data.GENERAL_ROW_COLUMN]
     )
+
+
+def test_a_split_the_data_set_holds_is_never_replaced_and_is_reported(demo_folder, tmp_path):
+    source = tmp_path / "holding"
+    dataset_dict = data.load_dataset_dict(str(demo_folder))
+    dataset_dict["real_train_custom"] = dataset_dict["general_train"].select(range(0, 3000, 3))
+    dataset_dict.save_to_disk(str(source))
+    output = tmp_path / "out"
+    with pytest.raises(UserError, match="already holds real_train_custom: drop custom from targets to keep"):
+        distort(DistortConfig(dataset_name=str(source), output_dir=str(output), targets={"custom": 0.3}))
+    distort(DistortConfig(dataset_name=str(source), output_dir=str(output), targets={"mild": 0.25}))
+    written = data.load_dataset_dict(str(output))
+    rows = written["real_train_custom"][data.GENERAL_ROW_COLUMN]  # matched by text and label: duplicates may swap
+    assert len(set(rows)) == 1000
+    assert [written["general_train"]["text"][row] for row in rows] == written["real_train_custom"]["text"]
+    summary = pd.read_csv(output / "distortion_summary.csv").set_index("split")
+    kl, _ = _kl_of_split(output, "real_train_custom", "label")
+    assert summary.loc["real_train_custom", "strategy"] == "held"
+    assert summary.loc["real_train_custom", "achieved_kl"] == pytest.approx(kl)
+    # with no target at all, distort still keeps, matches and reports the held split
+    distort(DistortConfig(dataset_name=str(source), output_dir=str(tmp_path / "held_only"), targets={}))
+    assert pd.read_csv(tmp_path / "held_only" / "distortion_summary.csv")["split"].tolist() == ["real_train_custom"]

@@ -3,13 +3,16 @@
 import dataclasses
 import json
 
+import datasets
 import pandas as pd
 import pytest
 
-from semcal import files, pipeline
+from semcal import files, filtering, pipeline
 from semcal.cli import main
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
+from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.layout import RunLayout
 
 TINY_FINETUNE = {
     "n_layer": "1",
@@ -126,3 +129,87 @@ def test_matched_control_models_are_trained_scored_and_measured(tmp_path, tiny_s
     assert {"control_sum", "control_sum_stream"} <= set(results["filters"]) | set(results["variants"])
     with pytest.raises(UserError, match="control='both' is not one of none, matched"):
         pipeline.run_pipeline(dataclasses.replace(config, control="both"))
+
+
+def test_a_filter_without_language_models_trains_and_scores_none(tmp_path, tiny_source, monkeypatch, capsys):
+    def refuse(stage_config):
+        raise AssertionError(f"nothing should be fine-tuned or scored: {stage_config.output_dir}")
+
+    monkeypatch.setattr(pipeline, "finetune", refuse)
+    monkeypatch.setattr(pipeline, "score_split", refuse)
+    config = _config(tmp_path, tiny_source)
+    config.splits = ["severe"]
+    config.evaluation_settings = {"n_runs": "50", "candidates": "false"}
+    layout = RunLayout(pipeline.run_pipeline(config))
+    assert "reads no language-model scores: no model is fine-tuned or scored" in capsys.readouterr().out
+    assert not layout.models.exists() and not layout.scores.exists()
+    results = json.loads(layout.results("severe").read_text())
+    assert results["filter_name"] == "tfidf_labmom" and results["counts"]["evaluated"] == 120
+    assert set(results["filters"]) == {"semcal", "no_filter", "oracle", "classifier", "tfidf_labmom"}
+    assert results["variants"] == {}
+    assert (layout.filter_dir("severe") / filtering.SPEC_NAME).is_file()
+    per_text = pd.read_csv(layout.per_text("severe"))
+    assert per_text["text_id"].tolist() == list(range(120)) and "n_tokens" not in per_text.columns
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False)) is False
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False, filter="sum_labmom")) is True
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False, filter="clipped")) is True
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=False, filter="ngram_mom")) is False
+    assert pipeline.needs_language_models(EvaluationConfig(candidates=True)) is True
+
+
+def test_an_evaluation_without_score_files_refuses_a_filter_that_reads_them(tmp_path):
+    config = EvaluationConfig(general_scores_csv=None, real_scores_csv=None, filter="sum_labmom")
+    with pytest.raises(UserError, match="filter=sum_labmom reads the language models' scores, but"):
+        evaluate(config)
+    with pytest.raises(UserError, match="general_heldout_csv is set but general_scores_csv and real_scores_csv"):
+        evaluate(dataclasses.replace(config, filter="tfidf_labmom"))
+    with pytest.raises(UserError, match="general_scores_csv is set but real_scores_csv is not"):
+        evaluate(dataclasses.replace(config, general_scores_csv=str(tmp_path / "x.csv")))
+
+
+def _source_holding(tmp_path, tiny_source, rows, extra_rows=None):
+    """The tiny data set plus a real_train_custom of general_train `rows` (no general_train_row
+    column, as the paper's Hub data sets ship their real splits) and, optionally, foreign rows."""
+    dataset_dict = datasets.load_from_disk(str(tiny_source))
+    real = dataset_dict["general_train"].select(rows)
+    if extra_rows:
+        real = datasets.concatenate_datasets([real, datasets.Dataset.from_dict(extra_rows)])
+    dataset_dict["real_train_custom"] = real
+    source = tmp_path / "holding"
+    files.save_dataset_dict(dataset_dict, source)
+    return source
+
+
+def test_a_real_split_the_data_set_holds_is_kept_not_distorted(tmp_path, tiny_source, capsys):
+    general = datasets.load_from_disk(str(tiny_source))["general_train"]
+    # every row but three in four of the animals: a real split with general_train's labels, shifted
+    rows = [row for row, label in enumerate(general["label"]) if label != "animals" or row % 4 == 0]
+    config = _config(tmp_path, _source_holding(tmp_path, tiny_source, rows))
+    config.splits, config.targets = ["custom"], {"custom": 0.3}  # the target is not used: the split is held
+    config.evaluation_settings = {"n_runs": "50", "candidates": "false"}
+    layout = RunLayout(pipeline.run_pipeline(config))
+    held_line = f"the data set holds real_train_custom ({len(rows)} rows): it is used as it is, not distorted"
+    assert held_line in capsys.readouterr().out
+    kept = datasets.load_from_disk(str(layout.data))["real_train_custom"]
+    assert kept["text"] == general.select(rows)["text"]
+    # distort found each row's general_train row by its text and label
+    assert [general["text"][row] for row in kept["general_train_row"]] == kept["text"]
+    summary = pd.read_csv(layout.data / "distortion_summary.csv").set_index("split")
+    assert summary.loc["real_train_custom", "strategy"] == "held"
+    assert summary.loc["real_train_custom", "general_train_rows"] == "matched by text and label"
+    assert 0 < summary.loc["real_train_custom", "achieved_kl"] < 1
+    results = json.loads(layout.results("custom").read_text())
+    assert results["counts"]["real_train"] == len(rows) and results["kl_general"] > 0
+    assert results["filters"]["semcal"]["deception_reduction"] is not None
+
+
+def test_a_held_split_with_rows_general_train_lacks_is_its_own_corpus(tmp_path, tiny_source):
+    """Not a subset of general_train: the filters fit real vs general as two corpora (pooled)."""
+    extra = {"text": ["a caption general_train never had"], "label": ["animals"]}
+    config = _config(tmp_path, _source_holding(tmp_path, tiny_source, list(range(100)), extra))
+    config.splits = ["custom"]  # no target needed for a held split
+    config.evaluation_settings = {"n_runs": "50", "candidates": "false"}
+    layout = RunLayout(pipeline.run_pipeline(config))
+    results = json.loads(layout.results("custom").read_text())
+    assert results["real_rows"] == "pooled" and results["counts"]["real_train"] == 101
+    assert results["filters"]["tfidf_labmom"]["accept_prob_mean"] * results["M"] == pytest.approx(1.0)
