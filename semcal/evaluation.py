@@ -119,6 +119,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             progress=True,
         )
         results = collect_results(config, inputs, facts, chosen, accepted, runs)
+        for warning in report.reliability_warnings(results):  # into summary.md and results.json too
+            log.warning("evaluate %s: %s", config.distortion, warning)
+            results["warnings"].append(warning)
         results = write_outputs(staging, config, inputs, results, accepted, runs, started)
         filtering.save_filter(
             staging / filtering.FOLDER_NAME, config, inputs, facts, chosen.name, accepted[chosen.name]
@@ -328,7 +331,8 @@ def one_line_summary(results: dict[str, Any]) -> str:
         return f"{kl} ({why}: no reduction), {passed}{warned}"
     oracle = filters["oracle"]["deception_reduction"]
     shown = "n/a" if oracle is None else f"{100 * oracle:.1f}%"
-    return f"reduction {100 * semcal['deception_reduction']:.1f}% (oracle {shown}), {passed}{warned}"
+    worse = "worse than no filter; " if semcal["deception_reduction"] < 0 else ""
+    return f"reduction {100 * semcal['deception_reduction']:.1f}% ({worse}oracle {shown}), {passed}{warned}"
 
 
 # ---------------------------------------------------------------------------------------
