@@ -113,18 +113,19 @@ SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$|^</?s>$")  # BOS / EOS the framing ad
 
 
 def text_cell(tokens: list[str], diffs: np.ndarray, limit: float, caption: str | None = None) -> str:
-    """The caption as the models scored it: each token coloured by its difference, the special tokens
-    the framing added left out, and the end of a caption cut at max_length (which no token scored)
-    shown uncoloured after the tokens. Without a caption, the tokens' own text."""
+    """The caption as the models scored it: each token coloured by its difference; a special token the
+    framing added (the end of text, which is scored too) as a mark drawn by the style sheet, not as text;
+    the end of a caption cut at max_length, which no token scored, uncoloured after the tokens. Without a
+    caption, the tokens' own text."""
     colours, dark = token_colours(diffs, limit)
     spans, covered = [], ""
     for token, d, colour, white in zip(tokens, diffs.tolist(), colours, dark, strict=True):
-        if SPECIAL_TOKEN.match(token):
-            continue
-        covered += readable(token)
+        special = bool(SPECIAL_TOKEN.match(token))
+        shown = "" if special else readable(token)
+        covered += shown
         spans.append(
-            f'<span class="tok" data-d="{d:.6g}" style="background:{colour}{";color:#fff" if white else ""}" '
-            f'title="{escape(repr(token))} {d:+.3f}">{escape(readable(token))}</span>'
+            f'<span class="tok" data-d="{d:.6g}" style="background:{colour}{";color:#fff" if white else ""}"'
+            f'{" data-special" if special else ""} title="{escape(repr(token))} {d:+.3f}">{escape(shown)}</span>'
         )
     caption = covered.strip() if caption is None else caption
     rest = _unscored_rest(caption, covered)
@@ -237,7 +238,7 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4
 table.texts th[data-sort] { cursor: pointer; background: #eee; } th[data-order=asc]::after { content: " ▲"; }
 th[data-order=desc]::after { content: " ▼"; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } .tok { padding: 1px 0; }
-.cut { color: #777; } td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
+.cut { color: #777; } .tok[data-special]::after { content: "\\2403"; } td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
 .legend { display: flex; align-items: center; gap: 0.5em; } .legend .bar { width: 300px; height: 14px; }
 .top { display: flex; flex-wrap: wrap; gap: 2em; } .top img { width: 540px; max-width: 100%; }
 table.summary th { text-align: left; font-weight: normal; } .note { color: #b42318; }

@@ -269,7 +269,12 @@ def _table_chunks(config: FilterConfig, input_format: str) -> Iterator[pd.DataFr
             yield files.read_parquet(config.input)
             return
         yield from files.read_csv(
-            config.input, keep_default_na=False, dtype=str, chunksize=config.batch_size, encoding=config.encoding
+            config.input,
+            keep_default_na=False,
+            dtype=str,
+            chunksize=config.batch_size,
+            encoding=config.encoding,
+            skip_blank_lines=False,  # a blank row is an empty text: an error record, and rows keep their numbers
         )
     except UserError:
         raise
