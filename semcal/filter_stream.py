@@ -336,6 +336,10 @@ def _parse_line(line: str, config: FilterConfig) -> tuple[str | None, dict[str, 
             return f"no {column!r} field (it has {', '.join(value) or 'none'})", {}
     if not isinstance(value[config.text_column], str):
         return f"{config.text_column!r} is not a string", {}
+    try:
+        value[config.text_column].encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate escape such as \ud800: no text can hold it
+        return f"{config.text_column!r} holds a lone surrogate ({err.object[err.start]!r}), which is not text", {}
     item = {"text": value[config.text_column]}
     if config.id_column:
         item["id"] = value[config.id_column]

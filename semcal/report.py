@@ -285,8 +285,10 @@ def _summary_header(results: dict) -> list[str]:
         )
     if results.get("kl_note"):
         lines.append(f"- {results['kl_note']}")
-    if results["warnings"]:
-        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in results["warnings"])]
+    # The evaluation stores the reliability warnings too; results written before it did get them here.
+    warnings = results["warnings"] + [w for w in reliability_warnings(results) if w not in results["warnings"]]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]
     return lines
 
 

@@ -236,3 +236,35 @@ def test_max_length_below_two_is_one_sentence():
 
     with pytest.raises(UserError, match="max_length=-5: .* set max_length to 2 or more"):
         frame_texts(None, ["a dog"], "bos_eos", -5)
+
+
+# ---- reports: a filter that makes things worse, a data set too small -------------------------------
+
+
+def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_table(tfidf_run, tmp_path):  # noqa: F811
+    import copy
+
+    from semcal import pipeline, report
+
+    results = copy.deepcopy(tfidf_run["results"])
+    evaluated = results["counts"]["evaluated"]
+    assert evaluated < report.MIN_EVALUATED_TEXTS
+    [small] = [w for w in results["warnings"] if "too small" in w]  # the evaluation itself says so
+    assert f"{evaluated} texts evaluated" in small and "at least 1000 evaluated texts" in small
+    assert "## Warnings" in (tfidf_run["root"] / "out" / "summary.md").read_text()
+
+    semcal = results["filters"]["semcal"]
+    semcal["deception_reduction"], semcal["kl_mean"] = -0.724, 1.724 * results["kl_general"]
+    worse, small_again = report.reliability_warnings(results)
+    assert "makes the stream worse than no filter: deception reduction -72.4%" in worse and small_again == small
+    assert "worse than no filter" in report.evaluation_summary_markdown(results)
+
+    folder = tmp_path / "run" / "evaluation" / results["distortion"]
+    files.write_json(folder / "results.json", results)
+    table = pipeline.write_table([tmp_path / "run"], tmp_path / "table")
+    assert "Warnings:" in table and f"run / {results['distortion']}: the filter tfidf_labmom makes the stream" in table
+    assert "Warnings:" in (tmp_path / "table.md").read_text()
+
+    results["counts"]["evaluated"], results["M"] = 100000, 2.0
+    semcal["deception_reduction"] = 0.5
+    assert report.reliability_warnings(results) == [], "enough texts and a reduction above 0: nothing to warn"
