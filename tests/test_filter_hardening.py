@@ -13,6 +13,8 @@ import sys
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from semcal import files, runstate
 from semcal.cli import main
@@ -268,3 +270,100 @@ def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_tab
     results["counts"]["evaluated"], results["M"] = 100000, 2.0
     semcal["deception_reduction"] = 0.5
     assert report.reliability_warnings(results) == [], "enough texts and a reduction above 0: nothing to warn"
+
+
+# ---- fuzz: mutated input lines -------------------------------------------------------------------
+
+FUZZ_LIMIT = 512  # bytes: lines past it stand for huge lines, without writing megabytes per example
+_texts_strategy = st.text(max_size=30)
+_fuzz_line = st.one_of(
+    _texts_strategy.map(lambda t: json.dumps({"text": t}).encode()),  # valid, escaped
+    _texts_strategy.map(lambda t: json.dumps({"text": t}, ensure_ascii=False).encode()),  # valid, raw UTF-8
+    _texts_strategy.map(lambda t: json.dumps({"text": t}, ensure_ascii=False).encode("latin-1", "replace")),
+    _texts_strategy.map(lambda t: json.dumps({"text": t}, ensure_ascii=False).encode("utf-16")),
+    _texts_strategy.map(str.encode),  # plain text where JSON is due
+    st.binary(max_size=40),  # any bytes: control characters, invalid UTF-8, NUL
+    st.integers(FUZZ_LIMIT, 3 * FUZZ_LIMIT).map(lambda n: b'{"text": "' + b"a" * n + b'"}'),  # huge
+    st.sampled_from(
+        [
+            b'{"text": "a dog',
+            b"[1, 2]",
+            b'{"text": 5}',
+            b'{"other": 1}',
+            b'{"text": ""}',
+            b'{"text": "\\ud800 lone"}',
+            b'{"text": "nul \\u0000 inside"}',
+            b"[" * 3000,
+            b'{"text": "x", "n": 1' + b"0" * 5000 + b"}",
+            b"\xef\xbb\xbf" + b'{"text": "after a byte order mark"}',
+            b"\r",
+            b"   ",
+        ]
+    ),
+)
+_fuzz_input = st.tuples(st.booleans(), st.lists(_fuzz_line, min_size=1, max_size=6), st.sampled_from(["file", "stdin"]))
+
+
+@pytest.fixture(scope="module")
+def cached_filter(tfidf_run):  # noqa: F811
+    """The module's filter, loaded once: each example then costs the filtering alone."""
+    from semcal.filtering import Filter
+
+    return Filter.load(tfidf_run["filter"])
+
+
+def _expected_lines(lines: list[bytes]) -> list[int]:
+    """The numbers of the lines that must each give one record: all but blank ones."""
+
+    def blank(line: bytes) -> bool:
+        try:
+            return not line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return False
+
+    return [number for number, line in enumerate(lines, 1) if not blank(line)]
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(_fuzz_input)
+def test_fuzz_mutated_lines_never_cost_a_traceback_or_the_existing_output(tfidf_run, cached_filter, tmp_path, case):  # noqa: F811
+    from unittest import mock
+
+    from semcal import filtering
+
+    valid_first, lines, where = case
+    if valid_first:  # past the first line, where a file with a bad one is refused as a whole
+        lines = [json.dumps({"text": "a dog barks"}).encode(), *lines]
+    data = b"".join(line.replace(b"\n", b" ") + b"\n" for line in lines)
+    lines = [line.replace(b"\n", b" ") for line in lines]
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(data)
+    output.write_text(PRECIOUS)
+    config = FilterConfig(filter=str(tfidf_run["filter"]), input=str(source), output=str(output), batch_size=2)
+    stdout = io.StringIO()
+    if where == "stdin":
+        config = FilterConfig(filter=str(tfidf_run["filter"]), input="-", output="-", stream=True, batch_size=2)
+    with (
+        mock.patch.object(filtering.Filter, "load", lambda folder: cached_filter),
+        mock.patch.object(files, "MAX_LINE_BYTES", FUZZ_LIMIT),
+        mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")),
+        mock.patch("sys.stdout", stdout),
+    ):
+        try:
+            filter_texts(config)
+        except UserError as err:
+            message = str(err)
+            assert "\n" not in message and ("set " in message or "give " in message), message
+            assert output.read_text() == PRECIOUS, "a refused run leaves the existing output as it was"
+            return
+    written = stdout.getvalue() if where == "stdin" else output.read_text(encoding="utf-8")
+    records = [json.loads(line) for line in written.split("\n") if line]  # not splitlines: U+0085 is no line end
+    assert [record["line"] for record in records] == _expected_lines(lines)
+    for record in records:
+        assert ("decision" in record) != ("error" in record), record
+        assert "error" not in record or record["error"].startswith(("line ", "row "))
+    assert not list(tmp_path.glob(".out.jsonl.tmp-*"))
