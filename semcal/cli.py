@@ -83,7 +83,9 @@ def _dispatch(command: str, rest: list[str], stages: dict, commands: dict) -> in
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
     if any(a in ("-h", "--help") for a in rest):
-        print(f"usage: semcal {command} [--name=value ...]\n\nsettings:\n{settings_help(config_cls)}")
+        notes = getattr(module, "HELP_NOTES", "")  # what the settings alone do not say (a stage's output)
+        text = f"usage: semcal {command} [--name=value ...]\n\nsettings:\n{settings_help(config_cls)}"
+        print(f"{text}\n\n{notes}" if notes else text)
         return 0
     getattr(module, function)(apply_overrides(config_cls(), rest))
     return 0

@@ -210,6 +210,9 @@ def run_script(
             print(
                 f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}"
             )
+            notes = getattr(sys.modules.get(config_cls.__module__), "HELP_NOTES", "")
+            if notes:
+                print(f"\n{notes}")
             return None
         return stage(apply_overrides(config, argv))
     except UserError as err:

@@ -117,6 +117,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         )
         results = collect_results(config, inputs, facts, accepted, runs)
         results["real_rows"] = data.form  # subset: marked rows of general_train; pooled: a corpus of its own
+        for warning in report.reliability_warnings(results):  # into summary.md and results.json too
+            log.warning("evaluate %s: %s", config.distortion, warning)
+            results["warnings"].append(warning)
         explained = fitted[config.filter].source.contributions(data.stream, config.top_tokens)
         results = write_outputs(staging, config, inputs, results, accepted, runs, explained, started)
         save_filter(fitted[config.filter], staging / "filter", facts["fingerprints"])
@@ -391,7 +394,8 @@ def one_line_summary(results: dict[str, Any]) -> str:
         return f"{kl} ({why}: no reduction), {passed}{warned}"
     oracle = results["filters"]["oracle"]["deception_reduction"]
     shown = "n/a" if oracle is None else f"{100 * oracle:.1f}%"
-    return f"reduction {100 * semcal['deception_reduction']:.1f}% (oracle {shown}), {passed}{warned}"
+    worse = "worse than no filter; " if semcal["deception_reduction"] < 0 else ""
+    return f"reduction {100 * semcal['deception_reduction']:.1f}% ({worse}oracle {shown}), {passed}{warned}"
 
 
 # ---------------------------------------------------------------------------------------

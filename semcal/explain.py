@@ -15,6 +15,7 @@ import argparse
 import base64
 import json
 import logging
+import re
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -107,14 +108,38 @@ def token_colours(diffs: np.ndarray, limit: float) -> tuple[list[str], list[bool
     return [to_hex(c) for c in colours], list(np.abs(shade - 0.5) > 0.35)  # white text on the darkest ends
 
 
-def text_cell(tokens: list[str], diffs: np.ndarray, limit: float) -> str:
+SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$|^</?s>$")  # BOS / EOS the framing added: <|endoftext|>, <s>, </s>
+
+
+def text_cell(tokens: list[str], diffs: np.ndarray, limit: float, caption: str | None = None) -> str:
+    """The caption as the models scored it: each token coloured by its difference; a special token the
+    framing added (the end of text, which is scored too) as a mark drawn by the style sheet, not as text;
+    the end of a caption cut at max_length, which no token scored, uncoloured after the tokens. Without a
+    caption, the tokens' own text."""
     colours, dark = token_colours(diffs, limit)
-    spans = [
-        f'<span class="tok" data-d="{d:.6g}" style="background:{colour}{";color:#fff" if white else ""}" '
-        f'title="{escape(repr(token))} {d:+.3f}">{escape(readable(token))}</span>'
-        for token, d, colour, white in zip(tokens, diffs.tolist(), colours, dark, strict=True)
-    ]
-    return f'<td class="text" data-value="{escape(readable("".join(tokens)).strip())}">{"".join(spans)}</td>'
+    spans, covered = [], ""
+    for token, d, colour, white in zip(tokens, diffs.tolist(), colours, dark, strict=True):
+        special = bool(SPECIAL_TOKEN.match(token))
+        shown = "" if special else readable(token)
+        covered += shown
+        spans.append(
+            f'<span class="tok" data-d="{d:.6g}" style="background:{colour}{";color:#fff" if white else ""}"'
+            f'{" data-special" if special else ""} title="{escape(repr(token))} {d:+.3f}">{escape(shown)}</span>'
+        )
+    caption = covered.strip() if caption is None else caption
+    rest = _unscored_rest(caption, covered)
+    if rest:
+        spans.append(f'<span class="cut" title="cut at max_length: not scored">{escape(rest)}</span>')
+    return f'<td class="text" data-value="{escape(caption)}">{"".join(spans)}</td>'
+
+
+def _unscored_rest(caption: str, covered: str) -> str:
+    """The end of `caption` after the text its scored tokens cover ("" when they cover it all, or when the
+    tokenizer changed the text so that the two cannot be lined up)."""
+    for whole, part in ((caption, covered), (caption.strip(), covered.strip())):
+        if whole.startswith(part):
+            return whole[len(part) :]
+    return ""
 
 
 def number_cell(value: float) -> str:
@@ -129,7 +154,7 @@ def rows_html(shown: pd.DataFrame, tokens: dict, limit: float) -> str:
         cells = [
             f'<td class="num" data-value="{int(row.text_id)}">{int(row.text_id)}</td>',
             f'<td data-value="{escape(str(row.label))}">{escape(str(row.label))}</td>',
-            text_cell(*tokens[int(row.text_id)], limit),
+            text_cell(*tokens[int(row.text_id)], limit, getattr(row, "text", None)),
             number_cell(float(row.score)),
             number_cell(float(row.accept_prob)),
             f'<td class="{decision}" data-value="{decision}">{decision}</td>',
@@ -212,7 +237,7 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4
 table.texts th[data-sort] { cursor: pointer; background: #eee; } th[data-order=asc]::after { content: " ▲"; }
 th[data-order=desc]::after { content: " ▼"; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } .tok { padding: 1px 0; }
-td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
+.cut { color: #777; } .tok[data-special]::after { content: "\\2403"; } td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
 .legend { display: flex; align-items: center; gap: 0.5em; } .legend .bar { width: 300px; height: 14px; }
 .top { display: flex; flex-wrap: wrap; gap: 2em; } .top img { width: 540px; max-width: 100%; }
 table.summary th { text-align: left; font-weight: normal; } .note { color: #b42318; }
@@ -260,13 +285,8 @@ def explain(folder: Path, output: Path, rows: int) -> Path:
     per_text = folder / PER_TEXT_NAME
     if not per_text.is_file():
         raise UserError(f"{per_text} is missing; re-run `semcal evaluate` to write it.")
-    results = files.read_json(folder / RESULTS_NAME)
-    if results.get("stage") != "evaluate" or "filters" not in results:
-        raise UserError(
-            f"{folder / RESULTS_NAME} is not an evaluation's results; pass a folder `semcal evaluate` wrote."
-        )
-    table = files.read_csv(per_text, usecols=["text_id", "label", "score", "accept_prob"], keep_default_na=False)
-    table["score"] = pd.to_numeric(table["score"], errors="coerce")  # an empty score (a filter without one): NaN
+    results = read_results(folder)
+    table = read_per_text(per_text)
     tokens = token_table(folder, results)
     lacking = sorted(set(table["text_id"].astype(int)) - set(tokens))
     if lacking:
@@ -288,6 +308,42 @@ def explain(folder: Path, output: Path, rows: int) -> Path:
         output,
     )
     return output
+
+
+def read_results(folder: Path) -> dict:
+    """results.json of an evaluation; one sentence when it is not JSON or not an evaluation's."""
+    path = folder / RESULTS_NAME
+    try:
+        results = files.read_json(path)
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise UserError(
+            f"{path} cannot be read ({str(err)[:120]}); re-run `semcal evaluate` to write it again."
+        ) from None
+    if not isinstance(results, dict) or results.get("stage") != "evaluate" or "filters" not in results:
+        raise UserError(f"{path} is not an evaluation's results; pass a folder `semcal evaluate` wrote.")
+    return results
+
+
+def read_per_text(path: Path) -> pd.DataFrame:
+    """The per-text table (its caption column too, when there is one); one sentence when it is empty,
+    not a CSV or lacks a column."""
+    wanted = ["text_id", "label", "score", "accept_prob"]
+    try:
+        table = files.read_csv(path, usecols=lambda column: column in {*wanted, "text"}, keep_default_na=False)
+        missing = [column for column in wanted if column not in table.columns]
+        if missing:
+            raise KeyError(f"no column {', '.join(missing)}")
+        table["text_id"] = table["text_id"].astype(int)
+        table["accept_prob"] = table["accept_prob"].astype(float)
+    except (ValueError, KeyError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise UserError(
+            f"{path} is not a per-text table of an evaluation ({str(err).strip()[:120] or type(err).__name__}); "
+            "re-run `semcal evaluate` to write it again."
+        ) from None
+    if table.empty:
+        raise UserError(f"{path} holds no texts; re-run `semcal evaluate` to write it again.")
+    table["score"] = pd.to_numeric(table["score"], errors="coerce")  # an empty score (a filter without one): NaN
+    return table
 
 
 def main(argv: Sequence[str]) -> int:

@@ -9,6 +9,7 @@ half-written artifact in place of a good one.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as _dt
 import hashlib
@@ -18,7 +19,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -363,12 +364,15 @@ def save_pretrained(folder: str | Path, *objects: Any) -> Path:
 
 def write_safetensors(path: str | Path, arrays: dict[str, Any]) -> Path:
     """Numpy arrays as a safetensors file (plain tensors, safe to load from anyone; never pickle)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors' save_file creates its file mode 0600; the bytes written as every other file here
+    # get the usual permissions (the umask's), so a filter folder can be shared like the rest of a run.
+    data = save({name: _contiguous(array) for name, array in arrays.items()})
     tmp = _tmp_path(path)
-    save_file({name: _contiguous(array) for name, array in arrays.items()}, str(tmp))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
 
@@ -389,8 +393,9 @@ class RecordWriter:
     """Write records (dicts) as JSON lines or CSV rows to a file or standard output ("-"), a
     batch at a time, each batch flushed so a reader sees every decision as soon as it is made.
 
-    A file is written beside its target and moved into place on close, also after an error,
-    so what was written is never lost and a reader never sees a half-written line.
+    A file is built beside its target (`.NAME.tmp-PID`) and moved into place only when the
+    `with` block ends without an error: a failed or interrupted run leaves an existing output
+    as it was, never a partial one in its place. Standard output is written as it comes.
     """
 
     def __init__(self, path: str | Path, columns: Sequence[str]):
@@ -418,28 +423,97 @@ class RecordWriter:
         self.handle.flush()
 
     def close(self) -> None:
+        """Swap the complete file in for the target."""
         if self.path is None:
             return
         self.handle.close()
         os.replace(_tmp_path(self.path), self.path)
 
+    def discard(self) -> None:
+        """Drop what was written; the target stays as it was."""
+        if self.path is None:
+            return
+        self.handle.close()
+        _tmp_path(self.path).unlink(missing_ok=True)
+
     def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, error_type: Any, *exc: Any) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove the temporary files (`.NAME.tmp-PID`) that killed writers of `path` left beside it.
+
+    Call it only while holding `path`'s lock (semcal.runstate.hold_lock): then no live writer owns one.
+    """
+    path = Path(path)
+    leftovers = sorted(path.parent.glob(f".{path.name}.tmp-*")) if path.parent.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def iter_lines(path: str | Path) -> Iterable[str]:
-    """The lines of a text file (or of standard input for "-"), one at a time, without line ends."""
+MAX_LINE_BYTES = 1 << 20  # a longer line is an error record, read past in blocks: memory stays bounded
+LONG_LINE = f"longer than {MAX_LINE_BYTES >> 20} MiB"  # the problem of such a line
+
+
+def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, str | None]]:
+    """(text, problem) of each line of a text file (or of standard input for "-"), one at a time,
+    without line ends. Each line is decoded on its own, so a line that is not valid in `encoding`
+    (or longer than MAX_LINE_BYTES) gives ("", what is wrong with it) and the lines after it still come."""
     if str(path) == "-":
-        for line in sys.stdin:
-            yield line.rstrip("\r\n")
+        yield from _decoded_lines(_stdin_bytes(), encoding)
         return
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield line.rstrip("\r\n")
+    with open(path, "rb") as handle:
+        yield from _decoded_lines(_byte_lines(handle), encoding)
+
+
+def _stdin_bytes() -> Iterator[bytes | None]:
+    """Standard input's lines as bytes: decoded here, line by line, not by the interpreter's stdin,
+    which would let an undecodable byte through as a surrogate that crashes the output later."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        yield from _byte_lines(buffer)
+        return
+    for line in sys.stdin:  # a text stream without bytes underneath (tests, notebooks)
+        yield line.encode("utf-8", "surrogateescape")
+
+
+def _byte_lines(handle: Any) -> Iterator[bytes | None]:
+    """The lines of a binary handle; None for a line over MAX_LINE_BYTES, whose rest is skipped."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield line
+
+
+def _decoded_lines(lines: Iterable[bytes | None], encoding: str) -> Iterator[tuple[str, str | None]]:
+    nul_is_binary = codecs.lookup(encoding).name in ("utf-8", "ascii", "latin-1", "iso8859-1", "cp1252")
+    for line in lines:
+        if line is None:
+            yield "", LONG_LINE
+            continue
+        try:
+            text = line.decode(encoding).rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            yield "", f"not valid {encoding} (byte {line[err.start]:#04x} at byte {err.start + 1} of the line)"
+            continue
+        if nul_is_binary and "\0" in text:  # valid, but a NUL byte means binary data or UTF-16
+            yield "", f"holds a NUL character (at {text.index(chr(0)) + 1}): binary data, or text in UTF-16"
+            continue
+        yield text, None

@@ -16,6 +16,7 @@ and max_length: `check_sibling_tokenizers` refuses an output that would not.
 from __future__ import annotations
 
 import logging
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ def frame_and_count_cuts(
 ) -> tuple[list[list[int]], int]:
     """`frame_texts`, and how many texts were longer than max_length tokens (and so cut)."""
     check_framing(framing)
+    if not isinstance(max_length, numbers.Integral) or max_length < 2:
+        # Below 2 no token is left to score, and a negative one would cut from the end instead.
+        raise UserError(
+            f"max_length={max_length!r}: a framed text needs at least 2 tokens (one is scored); set max_length to 2 "
+            "or more (the model's record, or the score setting)."
+        )
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if framing == "bos_eos":
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

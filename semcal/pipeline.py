@@ -340,8 +340,14 @@ def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
 def write_table(run_dirs: Sequence[Path], output_stem: Path) -> str:
     """The paper-style table of the run folders' evaluations, as Markdown and CSV."""
     results = collect_results(run_dirs)
-    rows = [report.results_table_row(result, dataset_label=Path(result["run_dir"]).name) for result in results]
+    labels = [Path(result["run_dir"]).name for result in results]
+    rows = [
+        report.results_table_row(result, dataset_label=label) for result, label in zip(results, labels, strict=True)
+    ]
     table = report.format_table(rows)
+    warnings = report.table_warnings(results, labels)
+    if warnings:  # beside the numbers they qualify, in the file and on the screen
+        table += "\nWarnings:\n\n" + "".join(f"- {warning}\n" for warning in warnings)
     files.write_text(output_stem.with_suffix(".md"), table + "\n")
     numeric = [report.results_table_row(r, dataset_label=Path(r["run_dir"]).name, numeric=True) for r in results]
     files.write_csv(output_stem.with_suffix(".csv"), pd.DataFrame(numeric))

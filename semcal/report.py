@@ -7,6 +7,47 @@ import pandas as pd
 
 from semcal import filters as filter_names
 
+# Below these, an evaluation's figures are mostly sampling noise: the KL of a sample of n texts over
+# K labels is biased up by about (K - 1) / (2n), and a run's filtered sample is evaluated / M texts.
+MIN_EVALUATED_TEXTS = 1000
+MIN_ACCEPTED_PER_LABEL = 10  # expected accepted texts per label in one rejection-sampling run
+
+
+def reliability_warnings(results: dict) -> list[str]:
+    """What a reader must know before trusting the deception reduction of `results`: that the filter
+    makes the stream worse than no filter, or that the data set is too small for the figures to mean much."""
+    warnings = []
+    semcal, oracle = results["filters"]["semcal"], results["filters"].get("oracle", {})
+    reduction = _as_float(semcal.get("deception_reduction"))
+    if reduction is not None and reduction < 0:
+        warnings.append(
+            f"the filter {results['filter_name']} makes the stream worse than no filter: deception reduction "
+            f"{_percent(reduction)}% (KL(filtered‖real) {format_number(semcal['kl_mean'])} above KL(general‖real) "
+            f"{format_number(results['kl_general'])}; the oracle reaches {_percent(oracle.get('deception_reduction'))}%). "
+            "Do not deploy it: try another filter setting, or more data."
+        )
+    evaluated, labels, m = results["counts"]["evaluated"], max(len(results["labels"]), 1), float(results["M"])
+    accepted = evaluated / m if m > 0 else float(evaluated)
+    if evaluated < MIN_EVALUATED_TEXTS or accepted / labels < MIN_ACCEPTED_PER_LABEL:
+        bias = (labels - 1) / (2 * max(accepted, 1.0))
+        warnings.append(
+            f"the data set is too small for these figures to mean much: {evaluated} texts evaluated, about "
+            f"{accepted:.0f} accepted a run over {labels} labels (semcal asks for at least {MIN_EVALUATED_TEXTS} "
+            f"evaluated texts and {MIN_ACCEPTED_PER_LABEL} accepted texts per label a run); the KL of so few texts "
+            f"is biased up by about (labels - 1) / (2 × accepted) = {format_number(bias, 3)}, against "
+            f"KL(general‖real) = {format_number(results['kl_general'])}."
+        )
+    return warnings
+
+
+def table_warnings(results_list: list[dict], dataset_labels: list[str]) -> list[str]:
+    """The reliability warnings of each row of a results table, as "data set / split: warning"."""
+    return [
+        f"{label} / {results['distortion']}: {warning}"
+        for results, label in zip(results_list, dataset_labels, strict=True)
+        for warning in reliability_warnings(results)
+    ]
+
 
 def _table_filters(results: dict) -> list:
     """The filters that get a column in the results table: always (oracle, classifier), or when
@@ -202,8 +243,10 @@ def _summary_header(results: dict) -> list[str]:
         )
     if results.get("kl_note"):
         lines.append(f"- {results['kl_note']}")
-    if results["warnings"]:
-        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in results["warnings"])]
+    # The evaluation stores the reliability warnings too; results written before it did get them here.
+    warnings = results["warnings"] + [w for w in reliability_warnings(results) if w not in results["warnings"]]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]
     return lines
 
 

@@ -74,3 +74,40 @@ def test_missing_run_split_or_table_is_a_user_error(tmp_path):
     (tmp_path / "run" / "evaluation" / "mild" / "per_text.csv").unlink()
     with pytest.raises(UserError, match="per_text.csv is missing"):
         animate.main([str(tmp_path / "run"), "--split=mild"])
+
+
+@pytest.mark.parametrize(
+    "frames, duration, message",
+    [
+        (100000, 0.001, "--frames must be 1 to 600"),
+        (600, 1.0, "600 frames a second, over the 50"),
+        (60, 100000.0, "--duration must be above 0 and at most 600 s"),
+        (0, 6.0, "--frames must be 1 to 600"),
+    ],
+)
+def test_frames_and_durations_beyond_sensible_limits_are_refused_at_once(tmp_path, capsys, frames, duration, message):
+    write_run(tmp_path / "run")
+    argv = ["animate", str(tmp_path / "run"), "--split=mild", f"--frames={frames}", f"--duration={duration}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--frames=60 --duration=6" in err
+    assert not (tmp_path / "run" / "evaluation" / "mild" / "stream.gif").exists()
+
+
+def test_frames_are_held_as_palette_images(tmp_path, monkeypatch):
+    """Memory stays bounded: each frame waits for the GIF as 1 byte a pixel, not 4."""
+    from matplotlib.animation import PillowWriter
+
+    held = []
+    writer_class = animate._palette_writer(PillowWriter)
+    original = writer_class.finish
+
+    def finish(self):
+        held.extend(frame.mode for frame in self._frames)
+        original(self)
+
+    monkeypatch.setattr(writer_class, "finish", finish)
+    monkeypatch.setattr(animate, "_palette_writer", lambda _: writer_class)
+    write_run(tmp_path / "run")
+    assert animate.main([str(tmp_path / "run"), "--split=mild", "--frames=4", "--duration=1"]) == 0
+    assert held == ["P"] * 4

@@ -113,7 +113,8 @@ def test_tokens_read_as_the_text(page):
     assert "Ġ" not in shown and " " in shown
     text_id = int(re.search(r'<tr data-text-id="(\d+)">', page["html"]).group(1))
     caption = page["per_text"].set_index("text_id").loc[text_id, "text"]
-    assert html.unescape(shown).startswith(caption)
+    assert html.unescape(shown) == caption and html.unescape(first.group(1)) == caption
+    assert ">&lt;|endoftext|&gt;<" not in page["html"], "the framing's special tokens are not shown as text"
 
 
 def test_the_page_is_reproducible(page, tmp_path):
@@ -174,6 +175,34 @@ def test_user_mistakes_are_one_clear_message(tmp_path, moved_run, capsys):
         explain_main([str(moved_run), f"--output={tmp_path / 'page.html'}"])
     with pytest.raises(UserError, match="per_text.csv is missing"):
         explain_main([str(moved_run), "--split=mild"])
+
+
+def test_a_broken_results_json_or_per_text_table_is_one_clear_message(tmp_path, capsys):
+    folder = tmp_path / "evaluation"
+    folder.mkdir()
+    (folder / "per_text.csv").write_text("")
+    (folder / "results.json").write_text('{"stage": "evaluate", "filters": ')  # cut short
+    assert main(["explain", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "results.json cannot be read" in err and "re-run `semcal evaluate`" in err and "Traceback" not in err
+    files.write_json(folder / "results.json", {"stage": "evaluate", "filters": {}})
+    for content, message in (("", "is not a per-text table"), ("text_id,label,score,accept_prob\n", "holds no texts")):
+        (folder / "per_text.csv").write_text(content)
+        assert main(["explain", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "re-run `semcal evaluate`" in err and "Traceback" not in err
+
+
+def test_the_text_cell_shows_the_caption_not_the_models_cut_tokens():
+    from semcal.explain import text_cell
+
+    tokens = ["a", "Ġdog", "Ġbarks", "<|endoftext|>"]
+    cell = text_cell(tokens, np.array([0.5, -0.5, 0.1, 0.2]), 1.0, "a dog barks")
+    assert 'data-value="a dog barks"' in cell and cell.count('class="tok"') == 4, "every scored token is coloured"
+    assert re.search(r'class="tok"[^>]* data-special title="&#x27;&lt;\|endoftext\|&gt;&#x27; \+0.200"></span>', cell)
+    cut = text_cell(tokens[:2], np.array([0.5, -0.5]), 1.0, "a dog barks at the mailman")  # cut at max_length
+    assert 'data-value="a dog barks at the mailman"' in cut
+    assert re.search(r'<span class="cut" title="cut at max_length: not scored"> barks at the mailman</span>', cut)
 
 
 # ---------------------------------------------------------------------------------------

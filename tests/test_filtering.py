@@ -226,7 +226,7 @@ def test_a_wrong_text_column_and_empty_input_are_one_clear_message(tfidf_run, tm
     assert code == 2 and "holds no texts" in err and not output.exists()
 
 
-def test_what_was_written_before_an_error_is_kept(tfidf_run, tmp_path, monkeypatch):
+def test_an_interrupted_run_leaves_the_existing_output_as_it_was(tfidf_run, tmp_path, monkeypatch):
     from semcal import filtering
     from semcal.filter_stream import FilterConfig, filter_texts
 
@@ -243,10 +243,12 @@ def test_what_was_written_before_an_error_is_kept(tfidf_run, tmp_path, monkeypat
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(tfidf_run["per_text"]["text"].tolist()[:5]) + "\n")
     output = tmp_path / "out.jsonl"
+    output.write_text("precious\n")
     config = FilterConfig(filter=str(tfidf_run["filter"]), input=str(source), output=str(output), batch_size=2)
     with pytest.raises(KeyboardInterrupt):
         filter_texts(config)
-    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [1, 2]
+    assert output.read_text() == "precious\n", "nothing half-written replaces a finished output"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".out.jsonl.lock", "out.jsonl", "texts.txt"]
 
 
 def test_a_live_stream_gets_each_decision_before_the_next_line(tfidf_run):
