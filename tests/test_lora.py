@@ -186,3 +186,17 @@ def test_smollm2_lora_adapter_trains_and_scores(tmp_path):
     model, tokenizer = load_model_and_tokenizer(str(adapter))
     log_probs = np.concatenate([lp for _, lp in token_log_probs_of(model, tokenizer, heldout, max_length=24)])
     assert -log_probs.mean() == pytest.approx(record["final_eval_loss"], rel=1e-3)
+
+
+def test_lora_in_two_processes_matches_one_process(workspace, tmp_path):
+    from tests.test_distributed import overrides, torchrun
+
+    one = files.read_record(finetune(_lora(workspace["data"], workspace["base"], tmp_path / "one", lora_merge=False)))
+    config = _lora(workspace["data"], workspace["base"], tmp_path / "two", batch_size=8, lora_merge=False)
+    result = torchrun(2, "finetune", *overrides(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = files.read_record(tmp_path / "two")
+    assert two["processes"] == 2 and two["steps"] == one["steps"], "two processes take the steps of one"
+    assert lora.is_adapter(tmp_path / "two") and two["lora"] == one["lora"] | {"base": one["lora"]["base"]}
+    losses = [[epoch["eval_loss"] for epoch in record["eval_loss_per_epoch"]] for record in (one, two)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=0.1)
