@@ -82,7 +82,8 @@ class Size:
 LM = {"max_length": "64", "batch_size": "16", "eval_batch_size": "64", "lora_alpha": "32"}
 SCRATCH = {"n_layer": "2", "n_embd": "128", "n_head": "4", "vocab_size": "2048", "max_length": "64", "batch_size": "32"}
 SIZES = {
-    # Expected times of full are estimates for an H100/H200 (no GPU has run it yet); small's were measured on 2 CPUs.
+    # Expected times: full's are estimates for an H100/H200 (no GPU has run it); small's (a), (b) were measured on
+    # 2 busy CPUs, its (c) is a guess that a busy machine overruns (BENCHMARKS.md).
     "full": Size(
         (12, 768, 12), 4820, 8000, None, None, ("mild", "moderate", "severe"),
         {**LM, "num_epochs": "2", "batch_size": "32"}, {**SCRATCH, "num_epochs": "3"}, 1000,
