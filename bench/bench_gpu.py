@@ -350,7 +350,7 @@ def part_quality(args: argparse.Namespace, size: Size, out: Path) -> dict[str, A
         target = runs["pretrained_paper"] / shared
         if not target.exists():
             shutil.copytree(runs["pretrained"] / shared, target, copy_function=os.link)
-    paper_evaluation = {**common["evaluation_settings"], "filter": "variant", "score": "clipped", "normalize": "none"}
+    paper_evaluation = {**common["evaluation_settings"], "filter": "clipped"}
     started = time.perf_counter()
     run_pipeline(
         PipelineConfig(
