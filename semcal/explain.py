@@ -2,11 +2,12 @@
 HTML page per evaluation (no network, no external scripts).
 
 The page holds the evaluation's summary numbers (results.json), its label-distribution figure
-(embedded as a data URI) and a sortable table of texts: each token coloured by its
-log p_real - log p_general (the two score files the evaluation read, checked against their
-fingerprints), the filter's score and acceptance probability, and a decision drawn with the
-evaluation's seed: one uniform draw per text, the same draws as the evaluation's first
-Monte Carlo run.
+(embedded as a data URI) and a sortable table of texts: the tokens or n-grams that pushed THE
+filter's score up and down most (per_text.csv, from the filter's own source), for a
+language-model filter each token coloured by its log p_real - log p_general (the two score
+files the evaluation read, checked against their fingerprints), the filter's score and
+acceptance probability, and a decision drawn with the evaluation's seed: one uniform draw
+per text, the same draws as the evaluation's first Monte Carlo run.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from semcal.config import UserError
 from semcal.evaluation_inputs import join_scores
 from semcal.layout import FIGURE_STEM, PAGE_NAME, PER_TEXT_NAME, RESULTS_NAME, RunLayout
 from semcal.report import format_number
+from semcal.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
+LANGUAGE_MODEL_SOURCES = tuple(name for name, source in SOURCES.items() if source.language_models)
 COLORMAP = "RdBu"  # diverging: red where the general model likes a token more, blue where the real one does
 
 
@@ -147,14 +150,23 @@ def number_cell(value: float) -> str:
     return f'<td class="num" data-value="{value!r}">{shown}</td>'
 
 
+def plain_cell(value: object, css: str = "") -> str:
+    text = "" if value is None or value != value else str(value)  # NaN: an empty cell of per_text.csv
+    return f'<td{f" class={chr(34)}{css}{chr(34)}" if css else ""} data-value="{escape(text)}">{escape(text)}</td>'
+
+
 def rows_html(shown: pd.DataFrame, tokens: dict, limit: float) -> str:
     rows = []
     for row in shown.itertuples(index=False):
         decision = "accepted" if row.accepted else "rejected"
+        caption = getattr(row, "text", None)
+        scored = tokens.get(int(row.text_id))
         cells = [
             f'<td class="num" data-value="{int(row.text_id)}">{int(row.text_id)}</td>',
             f'<td data-value="{escape(str(row.label))}">{escape(str(row.label))}</td>',
-            text_cell(*tokens[int(row.text_id)], limit, getattr(row, "text", None)),
+            text_cell(*scored, limit, caption) if scored else plain_cell(caption, "text"),
+            plain_cell(getattr(row, "tokens_up", ""), "why"),
+            plain_cell(getattr(row, "tokens_down", ""), "why"),
             number_cell(float(row.score)),
             number_cell(float(row.accept_prob)),
             f'<td class="{decision}" data-value="{decision}">{decision}</td>',
@@ -236,7 +248,7 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }
 table.texts th[data-sort] { cursor: pointer; background: #eee; } th[data-order=asc]::after { content: " ▲"; }
 th[data-order=desc]::after { content: " ▼"; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } .tok { padding: 1px 0; }
+td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } td.why { font-size: 85%; max-width: 20em; } .tok { padding: 1px 0; }
 .cut { color: #777; } .tok[data-special]::after { content: "\\2403"; } td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
 .legend { display: flex; align-items: center; gap: 0.5em; } .legend .bar { width: 300px; height: 14px; }
 .top { display: flex; flex-wrap: wrap; gap: 2em; } .top img { width: 540px; max-width: 100%; }
@@ -246,15 +258,23 @@ table.summary th { text-align: left; font-weight: normal; } .note { color: #b423
 
 def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFrame, tokens: dict, seed: int) -> str:
     title = f"semcal explain: {'/'.join(Path(results['dataset_name']).parts[-2:])} / {results['distortion']}"
-    shown_diffs = np.concatenate([tokens[int(i)][1] for i in shown["text_id"]] or [np.zeros(1)])
+    shown_diffs = np.concatenate([tokens[int(i)][1] for i in shown["text_id"] if int(i) in tokens] or [np.zeros(1)])
     limit = float(np.percentile(np.abs(shown_diffs), 95)) or 1.0
+    source = results["filters"]["semcal"].get("log_ratio", results["filter_name"])
+    why = (
+        f"<p>pushed up / pushed down: the {'tokens' if tokens else 'n-grams'} that moved the score of "
+        f"{escape(results['filter_name'])} most, from its own source ({escape(str(source))}), with their "
+        "contribution to the log-ratio.</p>"
+    )
+    legend = legend_html(limit) if tokens else ""
     which = (
         f"all {len(table)} evaluated texts"
         if len(shown) == len(table)
         else f"{len(shown)} of the {len(table)} evaluated texts, a uniform random sample (numpy default_rng({seed}), "
         "drawn after the decisions), in text_id order"
     )
-    headers = [("text_id", "number"), ("label", "text"), ("text", "text"), ("score", "number")]
+    headers = [("text_id", "number"), ("label", "text"), ("text", "text")]
+    headers += [("pushed_up", "text"), ("pushed_down", "text"), ("score", "number")]
     headers += [("accept_prob", "number"), ("decision", "text")]
     head = "".join(f'<th id="col-{name}" data-sort="{kind}">{name}</th>' for name, kind in headers)
     return f"""<!DOCTYPE html>
@@ -270,7 +290,7 @@ def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFr
 <p>Showing {escape(which)}. Score and accept_prob are the filter's (per_text.csv); the decision is one uniform draw
 per text u &lt; accept_prob from numpy default_rng(seed={seed}), the evaluation's seed, over all texts in per_text.csv
 order: the same draws as the evaluation's first Monte Carlo run. Click a column header to sort.</p>
-{legend_html(limit)}
+{why}{legend}
 <table class="texts"><thead><tr>{head}</tr></thead>
 <tbody>
 {rows_html(shown, tokens, limit)}
@@ -287,8 +307,11 @@ def explain(folder: Path, output: Path, rows: int) -> Path:
         raise UserError(f"{per_text} is missing; re-run `semcal evaluate` to write it.")
     results = read_results(folder)
     table = read_per_text(per_text)
-    tokens = token_table(folder, results)
-    lacking = sorted(set(table["text_id"].astype(int)) - set(tokens))
+    # Tokens are coloured for a filter over the language models, whose scores the evaluation read.
+    source = results["filters"]["semcal"].get("log_ratio")
+    colour = source in LANGUAGE_MODEL_SOURCES and bool(results["config"].get("general_scores_csv"))
+    tokens = token_table(folder, results) if colour else {}
+    lacking = sorted(set(table["text_id"].astype(int)) - set(tokens)) if colour else []
     if lacking:
         raise UserError(
             f"the score files lack text_id {lacking[:5]} of {per_text}; re-run `semcal evaluate` on the current scores."
@@ -325,11 +348,12 @@ def read_results(folder: Path) -> dict:
 
 
 def read_per_text(path: Path) -> pd.DataFrame:
-    """The per-text table (its caption column too, when there is one); one sentence when it is empty,
+    """The per-text table (its caption and pushing-token columns too, when there are); one sentence when it is empty,
     not a CSV or lacks a column."""
     wanted = ["text_id", "label", "score", "accept_prob"]
     try:
-        table = files.read_csv(path, usecols=lambda column: column in {*wanted, "text"}, keep_default_na=False)
+        shown = {*wanted, "text", "tokens_up", "tokens_down"}
+        table = files.read_csv(path, usecols=lambda column: column in shown, keep_default_na=False)
         missing = [column for column in wanted if column not in table.columns]
         if missing:
             raise KeyError(f"no column {', '.join(missing)}")

@@ -19,7 +19,7 @@ from semcal.cli import main
 from semcal.config import UserError
 from semcal.explain import main as explain_main
 from semcal.filtering import draw
-from tests.test_filtering import lm_run  # noqa: F401  (the fixture: two tiny language models and their evaluation)
+from tests.test_filtering import lm_run, tfidf_run  # noqa: F401  (fixtures: an LM and a TF-IDF evaluation)
 
 ROWS = 25  # of the fixture's 40 texts: the page shows a sample
 BROWSERS = (
@@ -239,3 +239,19 @@ def test_a_browser_renders_the_table_and_the_token_colours(page, tmp_path):
     ids = [int(text_id) for text_id in re.findall(r'<tr data-text-id="(\d+)">', dom)]
     scores = page["per_text"].set_index("text_id").loc[ids, "score"].to_numpy()
     assert len(ids) == ROWS and (np.diff(scores) <= 0).all() and (np.diff(ids) != 1).any()
+
+
+def test_a_text_filter_is_explained_by_its_own_n_grams(tfidf_run):  # noqa: F811
+    """THE filter tfidf_labmom decides from TF-IDF n-grams: the page lists them, and colours no LM tokens."""
+    folder = tfidf_run["root"] / "out"
+    assert main(["explain", str(folder), "--rows=10"]) == 0
+    text = (folder / "explain.html").read_text(encoding="utf-8")
+    assert 'class="tok"' not in text and "from its own source (tfidf)" in text
+    rows = re.findall(r'<tr data-text-id="(\d+)">(.*?)</tr>', text, flags=re.S)
+    per_text = tfidf_run["per_text"].set_index("text_id")
+    assert len(rows) == 10
+    for text_id, cells in rows:
+        up = per_text.loc[int(text_id), "tokens_up"]
+        assert f'<td class="why" data-value="{html.escape(up)}">' in cells
+        for ngram in re.findall(r"'([^']+)' [+-]", up):
+            assert ngram in per_text.loc[int(text_id), "text"].lower()
