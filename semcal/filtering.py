@@ -168,14 +168,15 @@ class Filter:
         m = spec.get("m")
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not np.isfinite(m) or m < 1.0:
             raise UserError(f"{path}: 'm' must be a finite number >= 1 (got {m!r}): the filter is damaged.")
-        source_class = SOURCES.get(spec.get("source"))  # type: ignore[arg-type]
+        source_name = spec.get("source")
+        source_class = SOURCES.get(source_name) if isinstance(source_name, str) else None
         if source_class is None:
             raise UserError(
                 f"{path}: 'source' {spec.get('source')!r} is not one of {sorted(SOURCES)}: the filter is damaged."
             )
         saved_calibration = spec.get("calibration")
         name = saved_calibration.get("name") if isinstance(saved_calibration, dict) else None
-        if name not in CALIBRATIONS:
+        if not isinstance(name, str) or name not in CALIBRATIONS:
             raise UserError(
                 f"{path}: the calibration name {name!r} is not one of {sorted(CALIBRATIONS)}: the filter is damaged."
             )

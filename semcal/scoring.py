@@ -253,12 +253,15 @@ def token_log_probs_of(
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 32,
     max_batch_tokens: int = 4096,
+    warn_cuts: bool = True,
 ) -> list[tuple[list[str], np.ndarray]]:
-    """(scored tokens, their log-probs) of each text, in input order: the library entry point."""
+    """(scored tokens, their log-probs) of each text, in input order: the library entry point.
+    `warn_cuts`: say how many texts were cut at max_length (once per batch of texts, not per model)."""
     device = next(model.parameters()).device
     max_length = min(max_length, model_positions(model) or max_length)
     framed, cut = frame_and_count_cuts(tokenizer, texts, framing, max_length)
-    report_cut("scoring", cut, max_length, f"only their first {max_length} tokens are scored")
+    if warn_cuts:
+        report_cut("scoring", cut, max_length, f"only their first {max_length} tokens are scored")
     results: list[Any] = [None] * len(texts)
     for batch in plan_batches([len(ids) for ids in framed], batch_size, max_batch_tokens):
         sequences = [framed[position] for position in batch]

@@ -501,9 +501,12 @@ class LanguageModelSource(Source):
         if not self.loaded:
             raise UserError(f"the {self.name} source has no language models loaded: load the filter from its folder.")
         scored = {}
-        for role, (model, tokenizer) in self.loaded.items():
+        for number, (role, (model, tokenizer)) in enumerate(self.loaded.items()):
             saved = self.models[role]
-            scored[role] = token_log_probs_of(model, tokenizer, texts, saved["framing"], saved["max_length"], 32, 4096)
+            # Both models cut the same texts: say so once.
+            scored[role] = token_log_probs_of(
+                model, tokenizer, texts, saved["framing"], saved["max_length"], 32, 4096, warn_cuts=number == 0
+            )
         first, second = (scored[role] for role in self.roles)
         diffs = [calibration.token_differences(a[1], b[1]) for a, b in zip(first, second, strict=True)]
         return [tokens for tokens, _ in first], diffs

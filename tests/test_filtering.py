@@ -316,3 +316,13 @@ def test_streaming_keeps_the_id_column_of_each_json_line(tfidf_run, monkeypatch,
     code, out, err = _run(argv, capsys)
     assert code == 0, err
     assert [json.loads(line)["id"] for line in out.splitlines()] == ["clip-0", "clip-1", "clip-2"]
+
+
+def test_the_cut_warning_of_a_language_model_filter_is_said_once(lm_run, caplog):
+    """Both models cut the same long text at max_length: one warning, not one per model."""
+    model = Filter.load(lm_run["filter"])
+    long_text = " ".join(["a dog barks in the park"] * 200)
+    with caplog.at_level("WARNING"):
+        model.score([long_text, "a dog barks"])
+    cuts = [record for record in caplog.records if "longer than max_length" in record.getMessage()]
+    assert len(cuts) == 1
