@@ -29,6 +29,8 @@ import numpy as np
 
 from semcal import files
 from semcal.demo_data import generate_demo
+from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.evaluation_inputs import SCORE_FILES
 from semcal.pipeline import PipelineConfig, run_pipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,16 +60,22 @@ FINETUNE_SETTINGS = {
 }
 
 
-def run_one(name: str, seed: int, root: Path, paper: bool = False) -> dict:
-    """One `semcal run`; returns its folder and wall times (all, and the control models' part)."""
+def run_one(
+    name: str, seed: int, root: Path, paper: bool = False, distort_seed: int = 0, text_only: bool = False
+) -> dict:
+    """One `semcal run`; returns its folder and wall times (all, and the control models' part).
+
+    text_only: no language model is trained; every filter that needs none is measured."""
     spec = dict(DATASETS[name])
     if name == "demo":
         source = root / "demo-source"
         if not source.exists():
             files.save_dataset_dict(generate_demo(3000, 1000, seed=0), source)
         spec["dataset_name"] = str(source)
-    run_dir = root / f"{name}-{'paper-' if paper else ''}seed{seed}"
+    direction = f"-d{distort_seed}" if distort_seed else ""
+    run_dir = root / f"{name}{direction}-{'paper-' if paper else ''}{'text' if text_only else f'seed{seed}'}"
     started = time.perf_counter()
+    evaluation_settings = {"filter": "clipped"} if paper else {}
     run_pipeline(
         PipelineConfig(
             **spec,
@@ -75,11 +83,24 @@ def run_one(name: str, seed: int, root: Path, paper: bool = False) -> dict:
             splits=SPLITS,
             seed=seed,
             init_real_from_general=not paper,
-            control="none" if paper else "matched",
+            control="none" if paper or text_only else "matched",
+            distort_settings={"seed": str(distort_seed)},
             finetune_settings=dict(FINETUNE_SETTINGS),
-            evaluation_settings={"filter": "clipped"} if paper else {},
+            evaluation_settings={"candidates": "false"} if text_only else evaluation_settings,
         )
     )
+    if text_only:  # the run measured THE filter alone: measure every candidate that needs no language model
+        for split in SPLITS:
+            evaluate(
+                EvaluationConfig(
+                    dataset_name=str(run_dir / "data"),
+                    distortion=split,
+                    text_column=spec["text_column"],
+                    label_column=spec["label_column"],
+                    **dict.fromkeys(SCORE_FILES),
+                    output_dir=str(run_dir / "evaluation" / split),
+                )
+            )
     wall = time.perf_counter() - started
 
     def stage_seconds(patterns: tuple[str, ...]) -> float:
@@ -168,12 +189,23 @@ def main() -> None:
     parser.add_argument("--datasets", default="demo,audiocaps,ag_news")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/quality")
+    parser.add_argument("--distort_seeds", default="0", help="distortion directions: distort's seed, e.g. 0,1,2")
+    parser.add_argument("--text_only", action="store_true", help="no language models: the filters that need none")
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True, help="the paper's method too")
     args = parser.parse_args()
     root, seeds = Path(args.root), [int(s) for s in args.seeds.split(",")]
+    directions = [int(s) for s in args.distort_seeds.split(",")]
     started = time.perf_counter()
-    runs = {name: [run_one(name, seed, root) for seed in seeds] for name in args.datasets.split(",")}
-    paper_runs = {name: run_one(name, seeds[0], root, paper=True) for name in runs} if args.paper else {}
+    runs = {
+        f"{name} d{direction}" if len(directions) > 1 else name: [
+            run_one(name, seed, root, distort_seed=direction, text_only=args.text_only)
+            for seed in (seeds[:1] if args.text_only else seeds)
+        ]
+        for name in args.datasets.split(",")
+        for direction in directions
+    }
+    paper = args.paper and not args.text_only
+    paper_runs = {name: run_one(name.split()[0], seeds[0], root, paper=True) for name in runs} if paper else {}
     table = summarise(runs, paper_runs)
     Path(root, "quality.md").write_text(table + "\n")
     print(f"\n{table}\n\nbench_quality: {time.perf_counter() - started:.0f}s in all; table in {root}/quality.md")

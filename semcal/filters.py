@@ -40,12 +40,16 @@ CANDIDATES = (
     "control_sum_labmom",
     "tfidf_mom",
     "tfidf_labmom",
+    "joint_labmom",
     "ngram_labmom",
     "embedding_labmom",
     "stack_labmom",
 )
 # Columns of the results table: always, or when measured.
-TABLE_ALWAYS, TABLE_MEASURED = ("oracle", "classifier"), ("clipped_stream", "tfidf_labmom", "stack_labmom")
+TABLE_ALWAYS, TABLE_MEASURED = (
+    ("oracle", "classifier"),
+    ("clipped_stream", "tfidf_labmom", "joint_labmom", "stack_labmom"),
+)
 # What to give for each need when the chosen filter lacks it (FitData.has).
 NEEDS_HELP = {
     "lm": "general_scores_csv and real_scores_csv (per-token log-probs of general_test under both models)",

@@ -375,10 +375,14 @@ class LabelPosteriorSource(Source):
     _min_df_texts = 1000  # from this many texts on, n-grams seen once are left out (3x faster, no loss)
 
     def fit(self, data: FitData) -> np.ndarray:
+        self.fit_rows(data, np.flatnonzero(data.in_general))
+        return self.log_ratio(data.heldout_items)
+
+    def fit_rows(self, data: FitData, general: np.ndarray) -> None:
+        """Fit P(y | x) and p on the general rows `general`; q on every real row."""
         from sklearn.linear_model import LogisticRegression
 
         names = np.asarray(data.labels, dtype=object)
-        general = np.flatnonzero(data.in_general)
         train_labels = names[data.label_codes[general]].astype(str)
         real_labels = names[data.label_codes[data.is_real]].astype(str)
         self.vectorizer = tfidf_vectorizer(min_df=2 if len(general) >= self._min_df_texts else 1)
@@ -388,7 +392,10 @@ class LabelPosteriorSource(Source):
         p = np.array([np.mean(train_labels == label) for label in self.classes])
         q = np.array([np.mean(real_labels == label) for label in self.classes])
         self.label_ratio, self.coef, self.intercept = q / p, model.coef_, model.intercept_
-        return self.log_ratio(data.heldout_items)
+
+    def log_posterior(self, items: Items) -> np.ndarray:
+        """log P(y | x) per item and label (columns: self.classes), floored."""
+        return np.log(np.maximum(self._posterior(items)[1], _MIN_PROBABILITY))
 
     def _posterior(self, items: Items) -> tuple[Any, np.ndarray, np.ndarray]:
         from scipy.special import expit, softmax
@@ -450,6 +457,109 @@ class LabelPosteriorSource(Source):
         )
         source.vectorizer.idf_ = arrays["idf"]
         source.coef, source.intercept, source.label_ratio = arrays["coef"], arrays["intercept"], arrays["label_ratio"]
+        return source
+
+
+class JointSource(Source):
+    """The TF-IDF log-ratio and the label posterior's log-probabilities together:
+    l(x) = beta . [l_tfidf(x), log P(y | x) for each label], P(y | x) fitted on the general
+    training rows' labels, beta chosen so the held-out general rows, weighted by
+    min(1, exp(l + c) / M) with c the stream shift, show the real rows' label distribution
+    (the KL between the two, with a ridge on the posterior's weights chosen by 2-fold
+    cross-validation on the held-out rows). K + 1 numbers fitted on held-out rows: a label-aware
+    calibration of two views, one that knows membership and one that knows labels."""
+
+    name, label, needs = "joint", "TF-IDF + label posterior", ("heldout_rows", "labels", "membership")
+    ridges = (1e-3, 1e-2, 1e-1, 1.0)
+    _kl_floor = 1e-3  # added to each label share before the KL: labels with few held-out rows stay finite
+
+    def fit(self, data: FitData) -> np.ndarray:
+        self.tfidf = fitted(data, "tfidf")
+        self.posterior = LabelPosteriorSource()
+        self.posterior.arrays_name, self.posterior.vocabulary_name = (
+            "joint_posterior.safetensors",
+            "joint_vocabulary.json",
+        )
+        self.posterior.fit_rows(data, np.flatnonzero(data.in_general & ~data.heldout))
+        heldout, stream = self._features(data.heldout_items), self._features(data.stream)
+        self.center, self.scale = stream.mean(axis=0), stream.std(axis=0)
+        self.scale[self.scale == 0] = 1.0
+        heldout, stream = (heldout - self.center) / self.scale, (stream - self.center) / self.scale
+        weighted = data.heldout_in_general
+        codes = data.label_codes[data.heldout]
+        real = np.bincount(data.label_codes[data.is_real], minlength=len(data.labels)).astype(np.float64)
+        target = real / real.sum()
+        self.ridge = self._choose_ridge(heldout, stream, codes, weighted, target, data.m, data.seed)
+        self.beta = self._fit_beta(heldout, stream, codes, weighted, target, data.m, self.ridge)
+        return heldout @ self.beta
+
+    def _features(self, items: Items) -> np.ndarray:
+        return np.column_stack([self.tfidf.log_ratio(items), self.posterior.log_posterior(items)])
+
+    def _loss(self, beta, heldout, stream, codes, weighted, target, m, ridge) -> float:
+        from scipy.special import rel_entr
+
+        shift = ratio_calibration.stream_shift(stream @ beta, m)
+        accept = ratio_calibration.calibrated_accept(heldout @ beta, m, 1.0, shift) * weighted
+        if accept.sum() <= 0:
+            return float("inf")
+        mix = np.bincount(codes, weights=accept, minlength=len(target)) / accept.sum()
+        kl = float(np.sum(rel_entr(target + self._kl_floor, mix + self._kl_floor)))
+        return kl + ridge * float(np.sum(beta[1:] ** 2))
+
+    def _fit_beta(self, heldout, stream, codes, weighted, target, m, ridge) -> np.ndarray:
+        from scipy.optimize import minimize
+
+        start = np.zeros(heldout.shape[1])
+        start[0] = 1.0  # the TF-IDF ratio as it is
+        found = minimize(self._loss, start, args=(heldout, stream, codes, weighted, target, m, ridge), method="Powell")
+        return np.asarray(found.x, dtype=np.float64)
+
+    def _choose_ridge(self, heldout, stream, codes, weighted, target, m, seed) -> float:
+        """The ridge whose beta, fitted on one half of the held-out rows, best matches labels on the other."""
+        halves = np.random.default_rng(seed).permutation(len(codes)) % 2
+        scores = []
+        for ridge in self.ridges:
+            total = 0.0
+            for half in (0, 1):
+                fit, check = halves == half, halves != half
+                beta = self._fit_beta(heldout[fit], stream, codes[fit], weighted[fit], target, m, ridge)
+                total += self._loss(beta, heldout[check], stream, codes[check], weighted[check], target, m, 0.0)
+            scores.append(total)
+        return float(self.ridges[int(np.argmin(scores))])
+
+    def log_ratio(self, items: Items) -> np.ndarray:
+        return ((self._features(items) - self.center) / self.scale) @ self.beta
+
+    def contributions(self, items: Items, count: int) -> list[tuple[str, str]]:
+        return self.tfidf.contributions(items, count)  # the membership view's n-grams
+
+    def params(self) -> dict[str, Any]:
+        labels = [f"log P({label})" for label in self.posterior.classes]
+        weights = dict(zip(["tfidf", *labels], (self.beta / self.scale).tolist(), strict=True))
+        return {"weights": weights, "ridge": self.ridge, **self.tfidf.params()}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        arrays = {"beta": self.beta, "center": self.center, "scale": self.scale}
+        return {
+            "arrays": _write_arrays(folder, "joint.safetensors", arrays),
+            "ridge": self.ridge,
+            "tfidf": self.tfidf.save(folder),
+            "posterior": self.posterior.save(folder),
+        }
+
+    @classmethod
+    def load(cls, folder: Path, saved: dict[str, Any]) -> JointSource:
+        source = cls()
+        source.tfidf = TfidfSource.load(folder, saved.get("tfidf") or {})
+        source.posterior = LabelPosteriorSource.load(folder, saved.get("posterior") or {})
+        width = 1 + len(source.posterior.classes)
+        shapes = {"beta": (width,), "center": (width,), "scale": (width,)}
+        arrays = read_arrays(folder, saved.get("arrays", "joint.safetensors"), shapes)
+        source.beta, source.center, source.scale = arrays["beta"], arrays["center"], arrays["scale"]
+        if not (source.scale > 0).all():
+            raise UserError(f"{folder}: the joint source's scales must be positive: the filter is damaged.")
+        source.ridge = _number(saved, "ridge", f"{folder} source", low=0.0)
         return source
 
 
@@ -652,6 +762,7 @@ SOURCES: dict[str, type[Source]] = {
         NgramSource,
         EmbeddingSource,
         LabelPosteriorSource,
+        JointSource,
         ClippedSource,
         LanguageModelSource,
         ControlSource,
