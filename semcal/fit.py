@@ -7,7 +7,11 @@
 optional and the real corpus need not be drawn from the stream. Both are read as every
 stage reads data (a CSV / Parquet / JSONL file, a saved data set, a Hub id, `PATH:SPLIT`).
 `heldout_fraction` of each corpus is held out: the source (default `tfidf`, no language
-model to train) is fitted on the rest, its calibration on the held-out rows:
+model to train) is fitted on the rest, its calibration on the held-out rows. A
+language-model source (`clipped`, `sum`, `stack`) first fine-tunes a general model on the
+stream sample and a real model on the trusted corpus (both from `base_model`, with
+`finetune_settings`) and scores the held-out rows of both with both, the way the pipeline
+does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
 
 - without labels, `mom`: the held-out stream rows weighted by their acceptance must have the
   held-out trusted rows' means of another estimate (the hashed n-gram ratio);
@@ -33,7 +37,7 @@ label_distributions.png.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +50,15 @@ from semcal.data import heldout_mask, load_corpus
 from semcal.filtering import FORMAT_VERSION, Filter
 from semcal.filters import NEEDS_HELP, missing_needs
 from semcal.fit_data import FitData, Items
+from semcal.fit_models import models_folder, train_and_score
 from semcal.ratio_calibration import effective_sample_share, two_sample_auc
 from semcal.runstate import StageOutput
 from semcal.sources import SOURCES, tfidf_vectorizer
 
 log = logging.getLogger(__name__)
 
-TEXT_SOURCES = tuple(name for name, source in SOURCES.items() if not source.language_models)
+# Every source but the control one, which needs a third, matched control model.
+FIT_SOURCES = tuple(name for name in SOURCES if name != "control_sum")
 MIN_ROWS = 20  # per corpus: fewer leave too few held-out rows to calibrate on
 PASS_RATE_GRID = tuple(float(rate) for rate in np.geomspace(0.02, 0.8, 10))  # searched when pass_rate is not set
 
@@ -65,11 +71,15 @@ class FitConfig:
     text_column: str = "text"  # column holding the texts, in both corpora
     label_column: str | None = None  # optional labels in both corpora: calibrate on the label distribution
     label_map: str | None = None  # fine-to-coarse label map (label_maps/ name or JSON path)
-    source: str = "tfidf"  # tfidf, ngram, embedding, or label_posterior (needs labels)
+    source: str = (
+        "tfidf"  # tfidf, ngram, embedding, joint / label_posterior (labels), clipped / sum / stack (trains LMs)
+    )
     calibration: str | None = None  # none: mom without labels, labmom with them; or any calibration
     pass_rate: float | None = None  # share of the stream to pass (1/M); none: derived from the data (module doc)
     heldout_fraction: float = 0.2  # share of each corpus held out to calibrate on
     embedding_model: str | None = None  # a sentence-encoder folder, for source=embedding
+    base_model: str = "scratch"  # language-model sources: the base of both models (scratch, a Hub id/folder, .gguf)
+    finetune_settings: dict[str, str] = field(default_factory=dict)  # language-model sources: finetune settings
     seed: int = 0  # seed of the held-out split and the classifiers
     overwrite: bool = False  # discard an unfinished fit of other settings left beside output
 
@@ -97,6 +107,9 @@ def fit(config: FitConfig) -> dict[str, Any]:
     if output.up_to_date(identity):
         return files.read_json(output.path / "fit_results.json")
     data = fit_data(config, general_texts, real_texts, general_labels, real_labels)
+    if SOURCES[config.source].language_models:
+        log.info("training and scoring the general and real language models in %s", models_folder(config.output))
+        add_language_models(data, *train_and_score(config, general_texts, real_texts))
     missing = missing_needs(
         config.source if calibration_name == "none" else f"{config.source}_{calibration_name}", data
     )
@@ -131,11 +144,15 @@ def fit(config: FitConfig) -> dict[str, Any]:
 
 def check_settings(config: FitConfig) -> str:
     """Setting problems seen before reading anything; returns the calibration to use."""
-    if config.source not in TEXT_SOURCES:
-        lm = config.source in SOURCES
+    if config.source not in FIT_SOURCES:
+        control = config.source == "control_sum"
         raise UserError(
-            f"source={config.source!r} is not one of {', '.join(TEXT_SOURCES)}"
-            + (": a language-model source needs fine-tuned models; use `semcal run` for it." if lm else ".")
+            f"source={config.source!r} is not one of {', '.join(FIT_SOURCES)}"
+            + (
+                ": the control source needs a matched control model; use `semcal run --control=matched`."
+                if control
+                else "."
+            )
         )
     calibration_name = config.calibration or ("labmom" if config.label_column else "mom")
     if calibration_name not in CALIBRATIONS:
@@ -160,7 +177,8 @@ def fit_data(config: FitConfig, general: list[str], real: list[str], general_lab
     heldout = np.concatenate(
         [
             heldout_mask(np.arange(n_general), n_general, config.heldout_fraction, config.seed),
-            heldout_mask(np.arange(n_real), n_real, config.heldout_fraction, config.seed + 1),
+            # The seed of the general rows too: the language models' fine-tuning holds out the same rows.
+            heldout_mask(np.arange(n_real), n_real, config.heldout_fraction, config.seed),
         ]
     )
     labels = codes = None
@@ -173,6 +191,16 @@ def fit_data(config: FitConfig, general: list[str], real: list[str], general_lab
     stream = Items([texts[i] for i in np.flatnonzero(heldout[:n_general])])
     common = {"form": "pooled", "labels": labels, "label_codes": codes, "embedding_model": config.embedding_model}
     return FitData(texts, is_real, heldout, stream, m=1.0 / (config.pass_rate or 0.5), seed=config.seed, **common)
+
+
+def add_language_models(data: FitData, heldout_items: Items, models: dict[str, Any]) -> None:
+    """The held-out rows with their per-token differences, the held-out stream rows as the stream."""
+    if heldout_items.texts != data.heldout_items.texts:
+        raise UserError(
+            "the language models scored other held-out rows than the fit holds out: fit again with overwrite=true."
+        )
+    data.heldout_items, data.models = heldout_items, models
+    data.stream = heldout_items.select(np.arange(len(data.stream)))  # the held-out general rows come first
 
 
 def choose_pass_rate(data: FitData, source: str, calibration_name: str) -> tuple[float, dict[str, float]]:
@@ -225,12 +253,8 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig) -> dic
         "calibration": stream_filter.link.to_dict(),
         "stats": stream_filter.stats,
         "log_ratio": {
-            "real": stream_filter.source.log_ratio(
-                Items([t for t, r in zip(heldout_items.texts, is_real, strict=True) if r])
-            ),
-            "general": stream_filter.source.log_ratio(
-                Items([t for t, r in zip(heldout_items.texts, is_real, strict=True) if not r])
-            ),
+            "real": stream_filter.source.log_ratio(heldout_items.select(is_real)),
+            "general": stream_filter.source.log_ratio(heldout_items.select(~is_real)),
             "general_accept": stream_accept,
         },
     }

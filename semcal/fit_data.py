@@ -42,6 +42,15 @@ class Items:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def select(self, rows: np.ndarray) -> Items:
+        """The items at `rows` (indices or a boolean mask), with what was precomputed for them."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+
+        def pick(values):
+            return None if values is None else [values[i] for i in rows]
+
+        return Items(pick(self.texts), pick(self.tokens), pick(self.diffs), pick(self.control_diffs))
+
 
 @dataclass
 class FitData:

@@ -111,7 +111,7 @@ def test_bad_settings_are_one_sentence_before_any_work(tmp_path, capsys):
     texts.to_csv(tmp_path / "a.csv", index=False)
     base = FitConfig(real=str(tmp_path / "a.csv"), general=str(tmp_path / "a.csv"), output=str(tmp_path / "out"))
     cases = {
-        "source": ("clipped", "a language-model source needs fine-tuned models; use `semcal run`"),
+        "source": ("control_sum", "the control source needs a matched control model"),
         "pass_rate": (1.5, "pass_rate must be between 0 and 1"),
         "calibration": ("nope", "calibration='nope' is not one of"),
         "real": (str(tmp_path / "missing.csv"), "does not exist"),
@@ -128,3 +128,37 @@ def test_bad_settings_are_one_sentence_before_any_work(tmp_path, capsys):
     assert main(["fit", "--real=nothing.csv"]) == 2
     assert "Traceback" not in capsys.readouterr().err
     json.dumps(base.__dict__)
+
+
+def test_a_language_model_source_trains_scores_and_saves_its_models(tmp_path):
+    """source=sum: a general and a real model fine-tuned (tiny, from scratch) beside the filter; the saved
+    filter runs them on new texts exactly as the fit scored the held-out stream (which passes 1/M)."""
+    from semcal.demo_data import generate_demo
+    from tests.test_pipeline import TINY_FINETUNE
+
+    demo = generate_demo(n_train=400, n_test=10, seed=3)["general_train"]
+    texts, labels = list(demo["text"]), list(demo["label"])
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "stream.csv", index=False)
+    trusted = [text for text, label in zip(texts, labels, strict=True) if label in ("animals", "weather")]
+    pd.DataFrame({"text": trusted}).to_csv(tmp_path / "real.csv", index=False)
+    config = FitConfig(
+        real=str(tmp_path / "real.csv"),
+        general=str(tmp_path / "stream.csv"),
+        output=str(tmp_path / "filter"),
+        source="sum",
+        pass_rate=0.3,
+        finetune_settings=dict(TINY_FINETUNE),
+    )
+    results = fit(config)
+    assert results["filter"] == "sum_mom"
+    models = tmp_path / "filter.models" / "models"
+    assert (models / "general" / "semcal_record.json").is_file() and (models / "real" / "semcal_record.json").is_file()
+    state = files.read_json(tmp_path / "filter" / "filter.json")["source_state"]
+    assert state["models"]["real"]["path"] == "../filter.models/models/real"  # moves with the filter folder
+    loaded = Filter.load(tmp_path / "filter")
+    stream = files.read_json(tmp_path / "filter" / "fit_results.json")["counts"]["general_heldout"]
+    from semcal.data import heldout_mask
+
+    held = [texts[i] for i in np.flatnonzero(heldout_mask(np.arange(400), 400, 0.2, 0))]
+    assert len(held) == stream
+    assert loaded.accept_probs(held).mean() == pytest.approx(0.3, abs=1e-6)
