@@ -208,10 +208,16 @@ def format_table(rows: list[dict]) -> str:
 def evaluation_summary_markdown(results: dict) -> str:
     """summary.md of one evaluation: settings, warnings, KL of every filter and variant, scores,
     label distributions."""
+    from semcal import item_report  # it formats with this module's helpers
+
     lines = _summary_header(results) + _summary_filters(results) + _summary_distributions(results)
     figures = results.get("outputs", {}).get("figures", [])
     if figures:
         lines += ["", f"![label distributions]({figures[0]})"]
+    if "per_item" in results:  # results written before per-item metrics have none
+        lines += item_report.per_item_lines(results["per_item"], results["filter_name"])
+        lines += item_report.decision_lines(results.get("decisions"))
+        lines += [f"\n![reliability]({name})" for name in results.get("outputs", {}).get("reliability", [])]
     return "\n".join(lines) + "\n"
 
 
