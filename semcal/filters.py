@@ -40,6 +40,7 @@ CANDIDATES = (
     "control_sum_labmom",
     "tfidf_mom",
     "tfidf_labmom",
+    "tfidf_likelihood",  # per-item probability by membership log-likelihood, beside labmom (issue 17)
     "ngram_labmom",
     "embedding_labmom",
     "stack_labmom",

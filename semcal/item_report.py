@@ -121,7 +121,7 @@ def plot_reliability(block: dict[str, Any], title: str, chosen: str | None = Non
     figure.supxlabel("predicted acceptance (membership probability), bin mean", fontsize=9)
     figure.supylabel("observed share of real-split members", fontsize=9)
     figure.suptitle(f"{title}\nreliability on held-out rows (× = constant predictor)", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))  # room for the two-line title
     return figure
 
 
