@@ -109,7 +109,7 @@ def rows(all_results: dict[str, list[dict[str, dict]]]) -> tuple[list[str], list
                 pass_rates = " / ".join(_mean_std([100 * d[mode]["pass_rate"] for d in decisions]) for mode in MODES)
                 modes.append(
                     f"| {name} | {split} | {filter_name} | {cells[0]} ({sample_expected}) | {cells[1]} | {cells[2]} | "
-                    f"{pass_rates} | {100 / per_seed[0]['M']:.3g} |"
+                    f"{pass_rates} | {_mean_std([100 / r['M'] for r in per_seed])} |"
                 )
     return items, modes
 
