@@ -10,9 +10,7 @@ from semcal.filter_stream import FilterConfig, filter_texts
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
 input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), a media folder, or - (stdin)
-output = (
-    "-"  # a .csv or .jsonl file (an existing one is replaced when the run succeeds), or - (standard output, JSON lines)
-)
+output = "-"  # a .csv or .jsonl file (replaced only when the run succeeds), or - (standard output, JSON lines)
 text_column = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
 id_column = None  # the field holding each item's id; none: its row or line number (from 1)
 input_format = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
@@ -20,6 +18,10 @@ encoding = "utf-8"  # the text encoding of the input (CSV, JSONL, text, standard
 stream = False  # read JSON lines from standard input as they come; write each batch at once
 batch_size = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
 seed = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+decision = "sample"  # sample (a seeded draw below accept_prob), threshold (accept_prob >= tau) or top (of a window)
+rate = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
+max_false_rejection = None  # threshold: tau rejects at most this share of held-out real rows
+window = 1000  # top: items ranked together (decisions come once a window is full)
 top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
 captions_from = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
 # ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ candidates = True  # also measure every calibrated filter and the label-posterio
 embedding_model = None  # a sentence-encoder folder (e.g. MiniLM's): the embedding_labmom filter
 min_kl_general = 0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
 top_tokens = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
+decision_window = 1000  # decision mode top: texts ranked together (results.json `decisions`)
 output_dir = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
 overwrite = False  # discard an unfinished evaluation of other settings left beside output_dir
 # ----------------------------------------------------------------------------------------

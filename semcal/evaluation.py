@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, distributed, files, filters, report, runstate
+from semcal import calibration, distributed, files, filters, item_evaluation, item_report, report, runstate
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.data import real_split_name
 from semcal.evaluation_inputs import SCORE_FILES, EvaluationInputs, fit_data, has_language_model_scores, load_inputs
@@ -74,6 +74,7 @@ class EvaluationConfig:
         0.01  # below this KL(general||real) counts as ~0: KL values are reported instead of a reduction
     )
     top_tokens: int = 3  # per text, how many tokens pushing the score up and down per_text.csv lists
+    decision_window: int = 1000  # decision mode top: texts ranked together (results.json `decisions`)
     output_dir: str = "runs/demo/evaluation/mild"  # where results.json, summary.md, per_text.csv and the figure go
     overwrite: bool = False  # discard an unfinished evaluation of other settings left beside output_dir
 
@@ -117,6 +118,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         )
         results = collect_results(config, inputs, facts, accepted, runs)
         results["real_rows"] = data.form  # subset: marked rows of general_train; pooled: a corpus of its own
+        results["per_item"] = item_evaluation.per_item(fitted, data)
+        results["decisions"] = _decisions(inputs, accepted, results, config)
         for warning in report.reliability_warnings(results):  # into summary.md and results.json too
             log.warning("evaluate %s: %s", config.distortion, warning)
             results["warnings"].append(warning)
@@ -165,6 +168,23 @@ def _acceptance(fitted: Filter) -> Acceptance:
     return Acceptance(calibration.accept_probs(scores, fitted.m), scores, stats)
 
 
+def _decisions(
+    inputs: EvaluationInputs, accepted: dict[str, Acceptance], results: dict[str, Any], config: EvaluationConfig
+) -> dict[str, Any]:
+    """Each decision mode's deception reduction beside sampling (semcal.item_evaluation)."""
+    kl_general = float("nan") if results["kl_general_is_zero"] else results["kl_general"]
+    return item_evaluation.decision_modes(
+        {name: acceptance.accept for name, acceptance in accepted.items() if name != "no_filter"},
+        {**results["filters"], **results["variants"]},
+        inputs.test_codes,
+        inputs.real,
+        kl_general,
+        1.0 / inputs.m,
+        config.kl_epsilon,
+        config.decision_window,
+    )
+
+
 def save_filter(fitted: Filter, folder: Path, fingerprints: dict[str, Any]) -> bool:
     """Save THE filter into the staging folder; False with one log line when it cannot be saved
     (a language-model filter whose score files carry no model record)."""
@@ -191,7 +211,7 @@ def check_settings(config: EvaluationConfig) -> None:
         )
     if not 0.0 <= config.top_p <= 1.0:
         raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")
-    problems = below_minimum(config, {"n_runs": 1, "seed": 0, "top_tokens": 0})
+    problems = below_minimum(config, {"n_runs": 1, "seed": 0, "top_tokens": 0, "decision_window": 1})
     if problems:
         raise UserError("; ".join(problems) + ".")
     if config.kl_epsilon < 0:
@@ -432,6 +452,9 @@ def write_outputs(
         "summary": "summary.md",
         "per_text": PER_TEXT_NAME,
         "figures": [path.name for path in figure_paths],
+        "reliability": item_report.write_reliability(
+            folder, results.get("per_item"), f"{shown_name} / {config.distortion}", chosen
+        ),
     }
     results["elapsed_s"] = round(time.perf_counter() - started, 3)
     results = files.plain_json(results)

@@ -212,6 +212,21 @@ def figure_html(folder: Path) -> str:
     return f'<img alt="label distributions" src="data:image/png;base64,{data}">'
 
 
+def reliability_html(folder: Path) -> str:
+    """The reliability diagram the evaluation drew (semcal.item_report), or a line saying it is missing."""
+    from semcal.item_report import FIGURE_STEM as RELIABILITY_STEM
+
+    png = folder / f"{RELIABILITY_STEM}.png"
+    if not png.is_file():
+        return f'<p class="note">No reliability diagram: re-run <code>semcal evaluate</code> to draw {escape(png.name)}.</p>'
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (
+        "<p>Each filter's acceptance as the probability that a held-out general_train row belongs to the real split "
+        "(binned), against the share that does; × marks the constant predictor 1/M.</p>"
+        f'<img class="reliability" alt="reliability diagram" src="data:image/png;base64,{data}">'
+    )
+
+
 def legend_html(limit: float) -> str:
     stops = ", ".join(token_colours(np.linspace(-limit, limit, 9), limit)[0])
     return (
@@ -252,6 +267,7 @@ td.text { white-space: pre-wrap; max-width: 60em; line-height: 1.6; } td.why { f
 .cut { color: #777; } .tok[data-special]::after { content: "\\2403"; } td.accepted { color: #1a7f37; font-weight: bold; } td.rejected { color: #b42318; }
 .legend { display: flex; align-items: center; gap: 0.5em; } .legend .bar { width: 300px; height: 14px; }
 .top { display: flex; flex-wrap: wrap; gap: 2em; } .top img { width: 540px; max-width: 100%; }
+img.reliability { max-width: 100%; }
 table.summary th { text-align: left; font-weight: normal; } .note { color: #b42318; }
 """
 
@@ -286,6 +302,8 @@ def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFr
 {summary_html(results)}</div>
 <div><h2>Label distributions</h2>
 {figure_html(folder)}</div></div>
+<h2>Reliability: is the acceptance a calibrated probability?</h2>
+{reliability_html(folder)}
 <h2>Texts</h2>
 <p>Showing {escape(which)}. Score and accept_prob are the filter's (per_text.csv); the decision is one uniform draw
 per text u &lt; accept_prob from numpy default_rng(seed={seed}), the evaluation's seed, over all texts in per_text.csv

@@ -10,8 +10,10 @@ file is captioned first, as the captioning stage's output folder `captions_from`
 record's model, task or prompt, generation settings and batch size), and its id is its path
 relative to the folder; a file that cannot be decoded gets an error record. The captions
 are not written anywhere but the output. Writes one record per item: id, text, score,
-accept_prob, decision (a uniform draw from one generator seeded by `seed`, one per item in
-input order: the same seed gives the same decisions, whatever the batch size), and the
+accept_prob, decision (by `decision`, semcal.decisions: `sample`, a uniform draw from one
+generator seeded by `seed`, one per item in input order, the same seed giving the same
+decisions whatever the batch size; `threshold`, a(x) >= tau with tau from the saved filter
+for `rate` or `max_false_rejection`; `top`, the highest share of each `window` items), and the
 tokens (tfidf: n-grams) that pushed the score up and down most; as CSV or JSON lines by the
 output's extension, or JSON lines on standard output (log lines then go to standard error).
 
@@ -45,9 +47,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semcal import distributed, files, runstate
+from semcal import decisions, distributed, files, runstate
 from semcal.config import UserError, below_minimum
-from semcal.filtering import Filter, draw
+from semcal.filtering import Filter
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,10 @@ HELP_NOTES = """output columns (one record per input item; JSON lines hold only 
   text         the text scored (a media file: its caption)
   score        the filter's calibrated log-ratio s(x): the higher, the more the text looks like the real stream
   accept_prob  a(x) = min(1, exp(s(x)) / M): the probability of letting the item through
-  decision     true or false: one uniform draw below accept_prob, from one generator seeded by --seed
+  decision     true or false: by --decision: sample (default), one uniform draw below accept_prob from one
+               generator seeded by --seed; threshold, accept_prob >= tau (from the saved filter: the stream passes
+               --rate, default 1/M, or at most --max_false_rejection of held-out real rows are rejected); top, the
+               highest accept_prob share (--rate) of each --window items
   tokens_up    the tokens (tfidf: n-grams) that pushed the score up most, e.g. 'dog' +1.230; 'barks' +0.410
   tokens_down  the tokens that pushed the score down most
   line         the item's line (or row) number in the input
@@ -81,6 +86,12 @@ class FilterConfig:
     stream: bool = False  # read JSON lines from standard input as they come; write each batch at once
     batch_size: int = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
     seed: int = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+    decision: str = (
+        "sample"  # sample (seeded draw below accept_prob), threshold (accept_prob >= tau) or top (share of each window)
+    )
+    rate: float | None = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
+    max_false_rejection: float | None = None  # threshold: tau rejects at most this share of held-out real rows
+    window: int = decisions.DEFAULT_WINDOW  # top: items ranked together (decisions come once a window is full)
     top_tokens: int = 3  # per item, how many tokens pushing the score up and down to list (0: none)
     captions_from: str | None = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
 
@@ -99,13 +110,17 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
         if first is None:
             raise UserError(f"input {config.input} holds no texts: give a file (or standard input) with some.")
         counts = {"items": 0, "accepted": 0, "errors": 0}
-        rng = np.random.default_rng(config.seed)
+        decide = decisions.decider(
+            config.decision, 1.0 / model.m, model.thresholds, config.rate, config.max_false_rejection, config.seed
+        )
+        log.info("filter: decision=%s%s", config.decision, f" (tau {decide.tau:.4g})" if decide.tau is not None else "")
+        batch_size = config.window if config.decision == "top" else config.batch_size
         with contextlib.redirect_stdout(records_to):
             writer = files.RecordWriter(config.output, COLUMNS)
         try:
             with writer:
-                for batch in _batches(itertools.chain([first], items), config.batch_size):
-                    writer.write(_judge(model, batch, rng, config, counts))
+                for batch in _batches(itertools.chain([first], items), batch_size):
+                    writer.write(_judge(model, batch, decide, config, counts))
         except BrokenPipeError:
             _reader_gone(records_to)
         seconds = time.perf_counter() - started
@@ -159,9 +174,10 @@ def _check_output(output: str) -> None:
 
 def _check_settings(config: FilterConfig) -> str:
     """The input's format; every setting problem before the filter loads."""
-    problems = below_minimum(config, {"batch_size": 1, "top_tokens": 0, "seed": 0})
+    problems = below_minimum(config, {"batch_size": 1, "top_tokens": 0, "seed": 0, "window": 1})
     if problems:
         raise UserError("; ".join(problems) + ".")
+    decisions.check_settings(config.decision, config.rate, config.max_false_rejection)
     if config.input_format is not None and config.input_format not in FORMATS:
         raise UserError(f"input_format={config.input_format!r} is not one of {FORMATS} (or none: by extension).")
     if config.stream and config.input != "-":
@@ -411,20 +427,20 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 # ---- scoring a batch ----------------------------------------------------------------------------
 
 
-def _judge(model: Filter, batch: list[Item], rng: np.random.Generator, config: FilterConfig, counts) -> list[Item]:
+def _judge(model: Filter, batch: list[Item], decide: decisions.Decider, config: FilterConfig, counts) -> list[Item]:
     """The batch's records in input order: each text's score, acceptance and decision; errors as they were."""
     texts = [item for item in batch if "text" in item]
     scored = model.score([item["text"] for item in texts], config.top_tokens) if texts else None
-    decisions = draw(scored.accept, rng) if texts else []
+    decided = decide(scored.accept) if texts else []
     for position, item in enumerate(texts):
         item.update(
             score=float(scored.scores[position]),
             accept_prob=float(scored.accept[position]),
-            decision=bool(decisions[position]),
+            decision=bool(decided[position]),
             tokens_up=scored.tokens_up[position],
             tokens_down=scored.tokens_down[position],
         )
     counts["items"] += len(texts)
-    counts["accepted"] += int(np.sum(decisions))
+    counts["accepted"] += int(np.sum(decided))
     counts["errors"] += len(batch) - len(texts)
     return [item if "text" in item else {"id": None, **item} for item in batch]

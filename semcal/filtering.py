@@ -30,6 +30,7 @@ import numpy as np
 from semcal import calibration, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
+from semcal.decisions import Thresholds, draw
 from semcal.fit_data import FitData, Items
 from semcal.sources import SOURCES, Source, fit_source
 
@@ -73,6 +74,8 @@ class Filter:
         # The pair's name; a label-moment filter that fell back to the label posterior keeps the name it was fitted as.
         self.name = name or filter_name(source.name, calibration_name)
         self.fitted_stream: np.ndarray | None = None  # the source's log-ratio of the fit's stream
+        # Acceptance quantiles of the fit's stream and held-out real rows: decision=threshold (semcal.decisions).
+        self.thresholds: Thresholds | None = None
 
     # ---- fitting ----------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ class Filter:
         if source.params():
             stats["estimator"] = source.params()
         if fit.no_shift and source_name != FALLBACK_SOURCE and data.has("labels"):
-            plug_in, _ = fit_source(data, FALLBACK_SOURCE)
+            plug_in, heldout = fit_source(data, FALLBACK_SOURCE)
             stream = plug_in.log_ratio(data.stream)
             fitted = ratio_calibration.calibrate_stream(stream, data.m, "fixed")
             no_shift_in = stats
@@ -98,6 +101,7 @@ class Filter:
             source, link = plug_in, Link(temperature=fitted.temperature, shift=fitted.shift)
         fitted_filter = cls(source, calibration_name, link, data.m, stats, filter_name(source_name, calibration_name))
         fitted_filter.fitted_stream = stream
+        fitted_filter.thresholds = _thresholds(fitted_filter, stream, heldout, data)
         return fitted_filter
 
     # ---- applying ---------------------------------------------------------------------------------
@@ -136,6 +140,7 @@ class Filter:
             "calibration": {"name": self.calibration, **self.link.to_dict()},
             "m": self.m,
             "pass_rate": 1.0 / self.m,
+            **({"decision_thresholds": self.thresholds.to_dict()} if self.thresholds else {}),
             "source_state": self.source.save(folder),
             "fitted_on": fitted_on or {},
             "stats": files.plain_json(self.stats),
@@ -187,6 +192,8 @@ class Filter:
         source = source_class.load(folder, state)
         stats = spec.get("stats") if isinstance(spec.get("stats"), dict) else {}
         loaded = cls(source, name, link, float(m), stats, str(spec.get("filter") or filter_name(source.name, name)))
+        if "decision_thresholds" in spec:  # filters saved before decision modes have none
+            loaded.thresholds = Thresholds.from_dict(spec["decision_thresholds"], str(path))
         log.info("loaded filter %s (M %.3g) from %s", loaded.name, loaded.m, folder)
         return loaded
 
@@ -195,6 +202,10 @@ def _items(texts: list[str] | Items) -> Items:
     return texts if isinstance(texts, Items) else Items(list(texts))
 
 
-def draw(accept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniform draw per text from `rng`: drawing batch after batch gives the same decisions as all at once."""
-    return rng.random(len(accept)) < accept
+def _thresholds(fitted: Filter, stream: np.ndarray, heldout: np.ndarray | None, data: FitData) -> Thresholds:
+    """The fitted filter's acceptance quantiles of the stream and of the held-out real rows."""
+    accept = calibration.accept_probs(fitted.link.apply(stream, fitted.m), fitted.m)
+    real = None
+    if heldout is not None and len(heldout) == int(data.heldout.sum()):
+        real = calibration.accept_probs(fitted.link.apply(heldout[data.heldout_is_real], fitted.m), fitted.m)
+    return Thresholds.of(accept, real)

@@ -41,6 +41,7 @@ CANDIDATES = (
     "tfidf_mom",
     "tfidf_labmom",
     "joint_labmom",
+    "tfidf_likelihood",  # per-item probability by membership log-likelihood, beside labmom (issue 17)
     "ngram_labmom",
     "embedding_labmom",
     "stack_labmom",

@@ -30,8 +30,11 @@ Writes into `output` (built beside and swapped in whole): the filter (filter.jso
 arrays, semcal.filtering), fit_report.md and fit_results.json (pass rate, effective sample
 size, the classifier two-sample test of trusted vs stream before and after weighting the
 stream by acceptance, and with labels the label distributions and KL before and after),
-log_ratio.png (the log-ratio of trusted vs stream texts) and, with labels,
-label_distributions.png.
+log_ratio.png (the log-ratio of trusted vs stream texts), reliability.png and, with labels,
+label_distributions.png. Per-item calibration (semcal.item_metrics): the filter's acceptance
+of the held-out rows of both corpora as a forecast of which corpus a row is from, converted to
+the pooled probability n_r r / (n_r r + n_g) with r = M a(x) (the corpora are not a subset),
+against the constant forecast n_r / (n_r + n_g).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, distributed, files, report, runstate
+from semcal import calibration, distributed, files, item_evaluation, item_report, report, runstate
 from semcal.calibrations import CALIBRATIONS
 from semcal.config import UserError, config_to_dict
 from semcal.data import heldout_mask, load_corpus
@@ -260,6 +263,8 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig) -> dic
     }
     if data.label_codes is not None:
         results["labels"] = label_check(data, rows, is_real, accept)
+    # Membership = which corpus; the pooled rows' P(real | x) is converted from a(x) (item_evaluation.CONVERSION).
+    results["per_item"] = item_evaluation.per_item({stream_filter.name: stream_filter}, data)
     return results
 
 
@@ -292,6 +297,8 @@ def write_figures(folder: Path, stream_filter: Filter, data: FitData, results: d
     ratios = results.pop("log_ratio")
     figure = report.plot_log_ratios(ratios["real"], ratios["general"], ratios["general_accept"], stream_filter.name)
     written = files.save_figure(figure, folder / "log_ratio")
+    reliability = item_report.write_reliability(folder, results.get("per_item"), "semcal fit", stream_filter.name)
+    written += [folder / name for name in reliability]
     if "labels" in results:
         frame = pd.DataFrame(results["labels"]["distributions"])
         frame.columns = ["trusted (held out)", "stream (held out)", "accepted stream (expected)"]

@@ -165,6 +165,7 @@ def results_table_row(
             "pass_rate_pct": pct(semcal["pass_rate_mean"]),
             "ideal_pass_rate_pct": pct(results["ideal_pass_rate"]),
         }
+        row |= _brier_cells(results, numeric=True)
         blocks = [(f.name, filters.get(f.name)) for f in _table_filters(results)]
         for name, block in blocks + [(name, results["variants"].get(name)) for name in variants]:
             row[f"{name}_kl_mean"] = _as_float(block["kl_mean"]) if block else None
@@ -177,12 +178,28 @@ def results_table_row(
         "KL(filtered||real)": _mean_std(semcal["kl_mean"], semcal["kl_std"]),
         "deception reduction (%)": _reduction_cell(results, semcal),
         "pass rate (%)": _percent(semcal["pass_rate_mean"]),
+        **_brier_cells(results, numeric=False),
     }
     for f in _table_filters(results):
         row[f"{f.label} reduction (%)"] = _reduction_cell(results, filters.get(f.name))
     for name in variants:
         row[f"{name} reduction (%)"] = _reduction_cell(results, results["variants"].get(name))
     return row
+
+
+def _brier_cells(results: dict, numeric: bool) -> dict:
+    """THE filter's per-item Brier score on held-out rows beside the constant predictor's (semcal.item_metrics)."""
+    block = results.get("per_item") or {}
+    metrics = block.get("filters", {}).get(results["filter_name"])
+    reference = block.get("reference")
+    if numeric:
+        return {
+            "brier": metrics["brier"] if metrics else None,
+            "brier_constant": reference["brier"] if reference else None,
+            "sn34": metrics["sn34"] if metrics else None,
+        }
+    shown = f"{format_number(metrics['brier'], 3)} ({format_number(reference['brier'], 3)})" if metrics else "—"
+    return {"Brier (constant)": shown}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -208,10 +225,16 @@ def format_table(rows: list[dict]) -> str:
 def evaluation_summary_markdown(results: dict) -> str:
     """summary.md of one evaluation: settings, warnings, KL of every filter and variant, scores,
     label distributions."""
+    from semcal import item_report  # it formats with this module's helpers
+
     lines = _summary_header(results) + _summary_filters(results) + _summary_distributions(results)
     figures = results.get("outputs", {}).get("figures", [])
     if figures:
         lines += ["", f"![label distributions]({figures[0]})"]
+    if "per_item" in results:  # results written before per-item metrics have none
+        lines += item_report.per_item_lines(results["per_item"], results["filter_name"])
+        lines += item_report.decision_lines(results.get("decisions"))
+        lines += [f"\n![reliability]({name})" for name in results.get("outputs", {}).get("reliability", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -408,6 +431,10 @@ def fit_report_markdown(results: dict) -> str:
                 f"| {label} | {format_number(dist['real'][label], 3)} | {format_number(dist['stream'][label], 3)} | "
                 f"{format_number(dist['accepted'][label], 3)} |"
             )
+    if "per_item" in results:
+        from semcal import item_report  # it formats with this module's helpers
+
+        lines += item_report.per_item_lines(results["per_item"], results["filter"])
     for figure in results.get("figures", []):
         lines += ["", f"![{figure}]({figure})"]
     lines += ["", f"Apply it: `semcal filter --filter={config['output']} --input=NEW_TEXTS --output=decisions.csv`"]

@@ -193,14 +193,19 @@ def test_results_table_row_and_markdown(mild_run):
         "KL(filtered||real)",
         "deception reduction (%)",
         "pass rate (%)",
+        "Brier (constant)",
         "oracle reduction (%)",
         "classifier reduction (%)",
     ]
     assert row["data set"] == "toy" and row["split"] == "mild"
+    per_item = results["per_item"]
+    brier, constant = per_item["filters"][results["filter_name"]]["brier"], per_item["reference"]["brier"]
+    assert row["Brier (constant)"] == f"{report.format_number(brier, 3)} ({report.format_number(constant, 3)})"
     assert row["deception reduction (%)"] == f"{100 * results['filters']['semcal']['deception_reduction']:.1f}"
     assert " ± " in row["KL(filtered||real)"]
     numeric = report.results_table_row(results, numeric=True, variants=("sum",))
     assert numeric["oracle_reduction_pct"] == pytest.approx(100 * results["filters"]["oracle"]["deception_reduction"])
+    assert numeric["brier"] == pytest.approx(brier) and numeric["brier_constant"] == pytest.approx(constant)
     assert numeric["sum_reduction_pct"] == pytest.approx(100 * results["variants"]["sum"]["deception_reduction"])
     table = report.format_table([row, row])
     assert table.count("\n") == 4 and table.startswith("| data set | split |")
