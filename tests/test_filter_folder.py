@@ -45,13 +45,16 @@ def _edit(folder: Path, change) -> Path:
     return folder
 
 
-def _set(path: str, value):
+def _set(path: str | tuple[str, ...], value):
+    """Set the field at `path` (dotted, or a tuple of keys); nothing when a parent is no longer an object."""
+
     def change(spec):
-        *parents, key = path.split(".")
+        *parents, key = path.split(".") if isinstance(path, str) else path
         node = spec
         for parent in parents:
-            node = node[parent]
-        node[key] = value
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node[key] = value
 
     return change
 
@@ -135,13 +138,13 @@ JSON_VALUES = st.one_of(
 )
 
 
-def _paths(spec, prefix=""):
-    """Every field of filter.json, as a dotted path."""
+def _paths(spec, prefix=()):
+    """Every field of filter.json, as a tuple of keys."""
     for key, value in spec.items():
-        path = f"{prefix}{key}"
+        path = (*prefix, key)
         yield path
         if isinstance(value, dict):
-            yield from _paths(value, f"{path}.")
+            yield from _paths(value, path)
 
 
 def _mutate(folder: Path, mutation) -> None:
@@ -159,13 +162,14 @@ def _mutate(folder: Path, mutation) -> None:
         _edit(folder, _set(paths[pick % len(paths)], value))
     elif kind == "drop":
         paths = sorted(_paths(files.read_json(folder / "filter.json")))
-        *parents, key = paths[pick % len(paths)].split(".")
+        *parents, key = paths[pick % len(paths)]
 
         def drop(spec):
             node = spec
             for parent in parents:
-                node = node[parent]
-            node.pop(key, None)
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(key, None)
 
         _edit(folder, drop)
     elif kind == "delete":
