@@ -28,7 +28,7 @@ from semcal import files, filtering
 from semcal.config import UserError
 from semcal.evaluation_inputs import join_scores
 from semcal.layout import FIGURE_STEM, PAGE_NAME, PER_TEXT_NAME, RESULTS_NAME, RunLayout
-from semcal.report import format_number
+from semcal.numbers import format_number
 from semcal.sources import SOURCES
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal.report import format_number
+from semcal.numbers import format_number
 
 FIGURE_STEM = "reliability"  # reliability.png beside results.json (and in a semcal fit folder)
 METRICS = (("brier", "Brier"), ("log_loss", "log loss"), ("roc_auc", "AUC"), ("mcc", "MCC"), ("ece", "ECE"))

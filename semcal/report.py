@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from semcal import filters as filter_names
+from semcal.numbers import format_number
 
 # Below these, an evaluation's figures are mostly sampling noise: the KL of a sample of n texts over
 # K labels is biased up by about (K - 1) / (2n), and a run's filtered sample is evaluated / M texts.
@@ -87,19 +88,6 @@ def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str
 
 # ---------------------------------------------------------------------------------------
 # Evaluation results (results.json of semcal.evaluation) as Markdown and table rows.
-
-
-def format_number(value, digits: int = 4) -> str:
-    """A result number for people: n/a for missing, "inf" as written, else `digits` significant digits."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    if value != value:  # NaN
-        return "n/a"
-    if value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
 
 
 def _percent(value, digits: int = 1) -> str:
@@ -432,7 +420,7 @@ def fit_report_markdown(results: dict) -> str:
                 f"{format_number(dist['accepted'][label], 3)} |"
             )
     if "per_item" in results:
-        from semcal import item_report  # it formats with this module's helpers
+        from semcal import item_report  # drawn only for results that hold the per-item blocks
 
         lines += item_report.per_item_lines(results["per_item"], results["filter"])
     for figure in results.get("figures", []):
