@@ -10,7 +10,9 @@ from semcal.filter_stream import FilterConfig, filter_texts
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
 input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), a media folder, or - (stdin)
-output = "-"  # a .csv or .jsonl file (an existing one is replaced when the run succeeds), or - (standard output, JSON lines)
+output = (
+    "-"  # a .csv or .jsonl file (an existing one is replaced when the run succeeds), or - (standard output, JSON lines)
+)
 text_column = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
 id_column = None  # the field holding each item's id; none: its row or line number (from 1)
 input_format = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
@@ -20,6 +22,9 @@ batch_size = 32  # texts scored together (streaming: 1 gives a decision per line
 seed = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
 top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
 captions_from = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
+adapt = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
+alarm = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
+adapt_settings = {}  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
