@@ -10,7 +10,9 @@ filter and corrects it from the stream itself, item by item, in input order:
 - `prior` (filters that carry a label posterior P(y | x)): the window's label prior p' by
   maximum likelihood (the EM of Saerens, Latinne & Decaestecker, 2002), then the ratio for the
   new prior, r'(x) = q(x) / p'(x) = r(x) / Z(x) with Z(x) = sum_y P(y | x) p'(y) / p(y) (under
-  label shift p'(x) / p(x) = Z(x)); and the rate offset on top, so the pass rate stays 1/M.
+  label shift p'(x) / p(x) = Z(x)). The saved shift stays: the pass rate follows the corrected
+  ratio (below 1/M where p' asks for more than M allows, as the oracle's); `prior_rate` adds
+  the rate offset on top, so it stays 1/M (the accepted mix then moves off where it must clip).
 - `refit` (text filters, given the trusted texts): every `refit_every` items a TF-IDF source is
   fitted afresh on the trusted texts against the last `refit_window` stream texts (bounded:
   at most `max_trusted` trusted texts), its log-ratio taken with temperature 1; the rate offset
@@ -314,7 +316,7 @@ class Adapter:
     def _start_window(self, reference: DriftReference) -> None:
         """The estimation window starts as the reference sample's last `window` items (see the module doc)."""
         scores = self.link.apply(reference.log_ratio, self.model.m)
-        self.window.push(scores, reference.posterior if self._uses_posterior() else None)
+        self.window.push(scores, reference.posterior if self.mode == "prior" else None)
         self._estimate()
 
     def _uses_posterior(self) -> bool:

@@ -127,8 +127,8 @@ def test_rate_keeps_the_pass_rate_on_target_where_the_frozen_filter_does_not(dem
 def test_decisions_do_not_depend_on_the_batch_size(demo):
     rows = _stream(demo, [demo["p"], _flood(demo)], 400)
     for mode in ("prior", "rate"):
-        one, _, _ = _run(demo, rows, mode, batch=7)
-        other, _, _ = _run(demo, rows, mode, batch=333)
+        one, _, _ = _run(demo, rows, mode, "auto", batch=7)
+        other, _, _ = _run(demo, rows, mode, "auto", batch=333)
         np.testing.assert_allclose(one, other, rtol=0, atol=1e-12)
 
 
