@@ -28,7 +28,7 @@ on the undrifted streams (the Done criterion: the best adaptive mode >= 80% of i
 switch), windows to recover after each abrupt switch, pass rate off target, alarms (windows
 after a switch until the first; per window on the undrifted streams) and throughput.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/bench_drift.py                 # all three, about 5 min on 2 cores
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_drift.py                 # all three, 11 min on 2 shared cores
     PYTHONPATH=$PWD .venv/bin/python bench/bench_drift.py --datasets=demo # quick
 
 Writes runs/bench_drift/bench_drift.json, bench_drift.md and windowed_kl.png.
@@ -348,6 +348,7 @@ def figure(report: list[dict], path: Path) -> None:
             ax.axvline(switch, color="grey", alpha=0.3)
         ax.set(title=entry["dataset"], xlabel="stream item", ylabel="KL(accepted || real), per 500 items")
         ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylim(bottom=0)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
