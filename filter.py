@@ -10,9 +10,7 @@ from semcal.filter_stream import FilterConfig, filter_texts
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
 input = "-"  # CSV / JSONL / Parquet file, a text file (one text a line), a media folder, or - (stdin)
-output = (
-    "-"  # a .csv or .jsonl file (an existing one is replaced when the run succeeds), or - (standard output, JSON lines)
-)
+output = "-"  # a .csv or .jsonl file (an existing one is replaced when the run succeeds), or - (standard output, JSON lines)
 text_column = "text"  # the field holding each item's text (CSV, JSONL, Parquet)
 id_column = None  # the field holding each item's id; none: its row or line number (from 1)
 input_format = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
