@@ -24,6 +24,9 @@ max_false_rejection = None  # threshold: tau rejects at most this share of held-
 window = 1000  # top: items ranked together (decisions come once a window is full)
 top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
 captions_from = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
+adapt = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
+alarm = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
+adapt_settings = {}  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ HELP_NOTES = """output columns (one record per input item; JSON lines hold only 
   tokens_down  the tokens that pushed the score down most
   line         the item's line (or row) number in the input
   error        why the item got no decision (not JSON, not valid in --encoding, an empty text, ...); else empty
+  alarm        with --alarm: a drift alarm, a record of its own naming the window and the statistic (JSON lines
+               add window, first_item, last_item, statistic, value, threshold)
 an existing output file is replaced, but only when the run succeeds: a failed or interrupted run leaves it as it
 was, and a second run writing the same file at the same time is refused."""
 
@@ -94,6 +96,15 @@ class FilterConfig:
     window: int = decisions.DEFAULT_WINDOW  # top: items ranked together (decisions come once a window is full)
     top_tokens: int = 3  # per item, how many tokens pushing the score up and down to list (0: none)
     captions_from: str | None = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
+    adapt: str = (
+        "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
+    )
+    alarm: str = (
+        "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
+    )
+    adapt_settings: dict[str, str] = field(
+        default_factory=dict
+    )  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
 
 
 @distributed.main_process_only
@@ -105,6 +116,7 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
     quiet = contextlib.redirect_stdout(sys.stderr) if config.output == "-" else contextlib.nullcontext()
     with quiet, _sole_writer(config.output):
         model = Filter.load(config.filter)
+        adapter = adaptation(model, config)  # None: the saved filter as it is
         items = _read_items(config, input_format)
         first = next(items, None)
         if first is None:
@@ -116,11 +128,12 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
         log.info("filter: decision=%s%s", config.decision, f" (tau {decide.tau:.4g})" if decide.tau is not None else "")
         batch_size = config.window if config.decision == "top" else config.batch_size
         with contextlib.redirect_stdout(records_to):
-            writer = files.RecordWriter(config.output, COLUMNS)
+            writer = files.RecordWriter(config.output, COLUMNS + (["alarm"] if adapter else []))
         try:
             with writer:
                 for batch in _batches(itertools.chain([first], items), batch_size):
-                    writer.write(_judge(model, batch, decide, config, counts))
+                    writer.write(_judge(adapter or model, batch, decide, config, counts))
+                    writer.write([alarm.record() for alarm in adapter.pop_alarms()] if adapter else [])
         except BrokenPipeError:
             _reader_gone(records_to)
         seconds = time.perf_counter() - started
@@ -180,6 +193,7 @@ def _check_settings(config: FilterConfig) -> str:
     decisions.check_settings(config.decision, config.rate, config.max_false_rejection)
     if config.input_format is not None and config.input_format not in FORMATS:
         raise UserError(f"input_format={config.input_format!r} is not one of {FORMATS} (or none: by extension).")
+    _check_adapt(config)
     if config.stream and config.input != "-":
         raise UserError("stream=true reads JSON lines from standard input: set input=- (or stream=false for a file).")
     try:
@@ -427,7 +441,37 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 # ---- scoring a batch ----------------------------------------------------------------------------
 
 
-def _judge(model: Filter, batch: list[Item], decide: decisions.Decider, config: FilterConfig, counts) -> list[Item]:
+def _check_adapt(config: FilterConfig) -> None:
+    from semcal.adapt import ALARMS, MODES
+
+    if config.adapt not in MODES:
+        raise UserError(f"adapt={config.adapt!r} is not one of {', '.join(MODES)}.")
+    if config.alarm not in ALARMS:
+        raise UserError(f"alarm={config.alarm!r} is not one of {', '.join(ALARMS)}.")
+    if config.adapt_settings and config.adapt == "none" and config.alarm == "none":
+        raise UserError("adapt_settings are given but adapt=none and alarm=none: set adapt or alarm, or drop them.")
+
+
+def adaptation(model: Filter, config: FilterConfig) -> Any:
+    """The adaptive filter of semcal.adapt for adapt / alarm (None when both are none)."""
+    from semcal import adapt
+    from semcal.config import apply_overrides
+    from semcal.data import load_corpus
+
+    if config.adapt == "none" and config.alarm == "none":
+        return None
+    settings = dict(config.adapt_settings)
+    trusted_path, trusted_column = settings.pop("trusted", None), settings.pop("trusted_column", config.text_column)
+    overrides = [f"--{name}={value}" for name, value in settings.items()]
+    try:
+        chosen = apply_overrides(adapt.AdaptSettings(), overrides)
+    except UserError as err:
+        raise UserError(f"adapt_settings: {err}") from None
+    trusted = load_corpus(trusted_path, "trusted", trusted_column)[0] if trusted_path else None
+    return adapt.Adapter(model, config.adapt, config.alarm, chosen, trusted)
+
+
+def _judge(model: Any, batch: list[Item], decide: decisions.Decider, config: FilterConfig, counts) -> list[Item]:
     """The batch's records in input order: each text's score, acceptance and decision; errors as they were."""
     texts = [item for item in batch if "text" in item]
     scored = model.score([item["text"] for item in texts], config.top_tokens) if texts else None

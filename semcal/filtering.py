@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, files, ratio_calibration
+from semcal import calibration, drift, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
 from semcal.decisions import Thresholds, draw
@@ -76,6 +76,11 @@ class Filter:
         self.fitted_stream: np.ndarray | None = None  # the source's log-ratio of the fit's stream
         # Acceptance quantiles of the fit's stream and held-out real rows: decision=threshold (semcal.decisions).
         self.thresholds: Thresholds | None = None
+        # Drift (semcal.adapt): the fit's data until saved; once loaded, the reference of its stream and,
+        # for a filter fitted with labels, its label posterior P(y | x).
+        self.fit_data: FitData | None = None
+        self.drift: Any = None
+        self.label_posterior: Source | None = None
 
     # ---- fitting ----------------------------------------------------------------------------------
 
@@ -100,7 +105,7 @@ class Filter:
             stats.update(estimator=plug_in.params(), no_shift_in=no_shift_in)
             source, link = plug_in, Link(temperature=fitted.temperature, shift=fitted.shift)
         fitted_filter = cls(source, calibration_name, link, data.m, stats, filter_name(source_name, calibration_name))
-        fitted_filter.fitted_stream = stream
+        fitted_filter.fitted_stream, fitted_filter.fit_data = stream, data
         fitted_filter.thresholds = _thresholds(fitted_filter, stream, heldout, data)
         return fitted_filter
 
@@ -145,6 +150,9 @@ class Filter:
             "fitted_on": fitted_on or {},
             "stats": files.plain_json(self.stats),
         }
+        drift_entry = drift.save(self, folder)
+        if drift_entry is not None:
+            spec["drift"] = drift_entry
         files.write_json(folder / SPEC_NAME, spec, strict=True)
         return folder
 
@@ -194,6 +202,7 @@ class Filter:
         loaded = cls(source, name, link, float(m), stats, str(spec.get("filter") or filter_name(source.name, name)))
         if "decision_thresholds" in spec:  # filters saved before decision modes have none
             loaded.thresholds = Thresholds.from_dict(spec["decision_thresholds"], str(path))
+        loaded.drift, loaded.label_posterior = drift.load(folder, spec.get("drift"), str(path))
         log.info("loaded filter %s (M %.3g) from %s", loaded.name, loaded.m, folder)
         return loaded
 

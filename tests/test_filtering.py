@@ -66,8 +66,11 @@ def lm_run(tmp_path_factory):
 
 def test_the_evaluation_saves_its_filter_without_pickles(tfidf_run):
     folder = tfidf_run["filter"]
-    names = ["filter.json", "tfidf.safetensors", "tfidf_vocabulary.json"]
+    names = ["drift", "filter.json", "tfidf.safetensors", "tfidf_vocabulary.json"]
     assert sorted(path.name for path in folder.iterdir()) == names
+    # The drift reference and label posterior (semcal.drift): plain arrays and JSON too.
+    drift_names = ["label_posterior.safetensors", "label_vocabulary.json", "reference.safetensors"]
+    assert sorted(path.name for path in (folder / "drift").iterdir()) == drift_names
     spec = files.read_json(folder / "filter.json")
     calibration = tfidf_run["results"]["filters"]["tfidf_labmom"]["calibration"]
     assert spec["filter"] == "tfidf_labmom" and spec["source"] == "tfidf" and spec["format_version"] == 2

@@ -1,0 +1,191 @@
+"""Adaptive filtering of a drifting stream and drift alarms (semcal.adapt, semcal filter --adapt)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from semcal import files
+from semcal.adapt import Adapter, AdaptSettings, em_prior
+from semcal.calibration import kl_divergence
+from semcal.config import UserError
+from semcal.data import heldout_mask
+from semcal.demo_data import generate_demo_rows
+from semcal.distort import label_scores, plan_tilt
+from semcal.filter_stream import FilterConfig, filter_texts
+from semcal.filtering import Filter
+from semcal.fit_data import FitData, Items
+
+WINDOW = 500
+
+
+def _codes(labels: list[str], names: list[str]) -> np.ndarray:
+    return np.array([names.index(label) for label in labels])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """tfidf_labmom on the demo's general_train with a tilt real split (KL 0.6), saved and loaded."""
+    train, train_labels = generate_demo_rows(2000, 0)
+    test, test_labels = generate_demo_rows(1000, 1)
+    names = sorted(set(train_labels))
+    codes, test_codes = _codes(train_labels, names), _codes(test_labels, names)
+    counts = plan_tilt(np.bincount(codes, minlength=len(names)), 0.6, label_scores(len(names), 0))
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.choice(np.flatnonzero(codes == y), c, replace=False) for y, c in enumerate(counts)])
+    n = len(train)
+    data = FitData(
+        train,
+        np.isin(np.arange(n), real),
+        heldout_mask(np.arange(n), n, 0.2, 42),
+        Items(test),
+        m=n / len(real),
+        labels=names,
+        label_codes=codes,
+    )
+    folder = tmp_path_factory.mktemp("adapt") / "filter"
+    Filter.fit("tfidf", "labmom", data).save(folder)
+    q = np.bincount(codes[real], minlength=len(names)) / len(real)
+    p = np.bincount(test_codes, minlength=len(names)) / len(test_codes)
+    return {"folder": folder, "test": test, "codes": test_codes, "q": q, "p": p, "trusted": [train[i] for i in real]}
+
+
+def _stream(demo, mixes: list[np.ndarray], per_mix: int, seed: int = 1) -> np.ndarray:
+    """Rows of general_test: per_mix items from each label mix in turn (with replacement)."""
+    rng = np.random.default_rng(seed)
+    pools = [np.flatnonzero(demo["codes"] == y) for y in range(len(demo["p"]))]
+    labels = np.concatenate([rng.choice(len(mix), size=per_mix, p=mix) for mix in mixes])
+    return np.array([pools[y][rng.integers(len(pools[y]))] for y in labels])
+
+
+def _flood(demo) -> np.ndarray:
+    """A tilt of the test mix at KL 0.8: an adversary floods other categories."""
+    counts = plan_tilt(np.round(demo["p"] * 1e6).astype(np.int64), 0.8, label_scores(len(demo["p"]), 11))
+    return counts / counts.sum()
+
+
+def _run(demo, rows: np.ndarray, mode: str, alarm: str = "none", batch: int = 250, **settings):
+    adapter = Adapter(Filter.load(demo["folder"]), mode, alarm, AdaptSettings(**settings), trusted=demo["trusted"])
+    texts = [demo["test"][i] for i in rows]
+    accept, alarms = [], []
+    for start in range(0, len(texts), batch):
+        accept.append(adapter.score(texts[start : start + batch]).accept)
+        alarms += adapter.pop_alarms()
+    return np.concatenate(accept), alarms, adapter
+
+
+def _reductions(demo, rows: np.ndarray, accept: np.ndarray) -> np.ndarray:
+    """Per window: 1 - KL(expected accepted mix || real) / KL(window mix || real)."""
+    k, out = len(demo["q"]), []
+    for start in range(0, len(rows), WINDOW):
+        labels, weights = demo["codes"][rows[start : start + WINDOW]], accept[start : start + WINDOW]
+        window = np.bincount(labels, minlength=k) / len(labels)
+        accepted = np.bincount(labels, weights=weights, minlength=k) / weights.sum()
+        out.append(1 - kl_divergence(accepted, demo["q"], 1e-6) / kl_divergence(window, demo["q"], 1e-6))
+    return np.array(out)
+
+
+def test_em_recovers_a_known_label_prior():
+    # Three labels with Gaussian features: the exact posterior under p, items drawn under p'.
+    rng = np.random.default_rng(0)
+    p, shifted, means = np.array([0.5, 0.3, 0.2]), np.array([0.1, 0.3, 0.6]), np.array([-2.0, 0.0, 2.0])
+    labels = rng.choice(3, size=4000, p=shifted)
+    x = rng.normal(means[labels], 1.0)
+    likelihood = np.exp(-0.5 * (x[:, None] - means[None, :]) ** 2) * p
+    posterior = likelihood / likelihood.sum(axis=1, keepdims=True)
+    assert np.abs(em_prior(posterior, p) - shifted).max() < 0.03
+    # A batch of windows at once gives each window's own estimate.
+    stacked = em_prior(np.stack([posterior[:2000], posterior[2000:]]), p)
+    assert stacked.shape == (2, 3) and np.abs(stacked - shifted).max() < 0.04
+
+
+def test_a_synthetic_drift_defeats_the_frozen_filter_and_prior_recovers(demo):
+    rows = _stream(demo, [demo["p"], _flood(demo)], 2000)
+    undrifted = _reductions(demo, rows[:2000], _run(demo, rows[:2000], "none")[0]).mean()
+    after = {mode: _reductions(demo, rows, _run(demo, rows, mode)[0])[4:].mean() for mode in ("none", "prior")}
+    assert after["none"] < 0.8 * undrifted  # the frozen filter lets the flood through
+    assert after["prior"] >= 0.8 * undrifted  # the EM prior puts the accepted mix back
+
+
+def test_rate_keeps_the_pass_rate_on_target_where_the_frozen_filter_does_not(demo):
+    # The label the trusted texts favour most floods the stream: the frozen filter passes far more than 1/M.
+    favoured = np.eye(len(demo["p"]))[np.argmax(demo["q"] / demo["p"])]
+    rows = _stream(demo, [demo["p"], 0.5 * demo["p"] + 0.5 * favoured], 3000)
+    target = 1 / Filter.load(demo["folder"]).m
+    off = {}
+    for mode in ("none", "rate"):
+        pass_rates = _run(demo, rows, mode)[0].reshape(-1, WINDOW).mean(axis=1)
+        off[mode] = np.abs(pass_rates / target - 1)
+    assert off["none"].max() > 0.2
+    # Every window but the one the switch falls in (the items judged before the change is seen).
+    assert np.delete(off["rate"], 6).max() < 0.1 and off["rate"][6] < 0.25
+
+
+def test_decisions_do_not_depend_on_the_batch_size(demo):
+    rows = _stream(demo, [demo["p"], _flood(demo)], 400)
+    for mode in ("prior", "rate"):
+        one, _, _ = _run(demo, rows, mode, "auto", batch=7)
+        other, _, _ = _run(demo, rows, mode, "auto", batch=333)
+        np.testing.assert_allclose(one, other, rtol=0, atol=1e-12)
+
+
+def test_alarms_fire_after_a_switch_and_stay_quiet_on_the_undrifted_stream(demo):
+    quiet = _stream(demo, [demo["p"]], 5000, seed=7)
+    assert len(_run(demo, quiet, "none", "auto")[1]) <= 1  # 10 windows at a 1% rate: 2 or more has p 0.4%
+    rows = _stream(demo, [demo["p"], _flood(demo)], 2000)
+    alarms = _run(demo, rows, "none", "auto")[1]
+    assert alarms and 5 <= alarms[0].window <= 6  # within two windows of the switch after window 4
+    assert alarms[0].statistic == "label_prior_kl" and alarms[0].value > alarms[0].threshold
+    assert "window 5 (texts 2001-2500)" in alarms[0].message()
+
+
+def test_semcal_filter_adapts_and_writes_alarm_records(demo, tmp_path):
+    rows = _stream(demo, [demo["p"], _flood(demo)], 1000)
+    source = tmp_path / "stream.jsonl"
+    source.write_text("".join(json.dumps({"text": demo["test"][i]}) + "\n" for i in rows))
+    output = tmp_path / "decisions.jsonl"
+    config = FilterConfig(filter=str(demo["folder"]), input=str(source), output=str(output), batch_size=64)
+    config.adapt, config.alarm, config.adapt_settings = "prior", "auto", {"alarm_window": "250"}
+    counts = filter_texts(config)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    alarms = [record for record in records if "alarm" in record]
+    assert counts["items"] == 2000 and len(records) == 2000 + len(alarms)
+    assert alarms and alarms[0]["statistic"] == "label_prior_kl" and alarms[0]["window"] in (5, 6)
+    # the same items, the adapted acceptances of the Python object
+    accept = np.array([record["accept_prob"] for record in records if "alarm" not in record])
+    np.testing.assert_allclose(accept, _run(demo, rows, "prior", alarm_window=250, batch=64)[0], atol=1e-9)
+
+
+def test_prior_needs_a_label_posterior_and_old_filters_still_load(demo, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(demo["folder"], old)
+    spec = files.read_json(old / "filter.json")
+    del spec["drift"]
+    files.write_json(old / "filter.json", spec)
+    shutil.rmtree(old / "drift")
+    model = Filter.load(old)
+    assert model.drift is None and model.label_posterior is None
+    with pytest.raises(UserError, match="adapt=prior needs a label posterior.*adapt=rate"):
+        Adapter(model, "prior")
+    with pytest.raises(UserError, match="alarm=auto compares the stream"):
+        Adapter(model, "none", "auto")
+    Adapter(model, "rate").score(demo["test"][:60])  # rate needs nothing but the filter
+    with pytest.raises(UserError, match="adapt=refit refits a TF-IDF source on the trusted texts"):
+        Adapter(model, "refit")
+
+
+def test_a_damaged_drift_reference_is_refused(demo, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(demo["folder"], damaged)
+    files.write_safetensors(damaged / "drift" / "reference.safetensors", {"log_ratio": np.zeros(3)})
+    with pytest.raises(UserError, match="reference.safetensors"):
+        Filter.load(damaged)
+
+
+def test_refit_refits_on_the_trusted_texts_every_period(demo):
+    rows = _stream(demo, [demo["p"], _flood(demo)], 600)
+    accept, _, adapter = _run(demo, rows, "refit", refit_every=400, refit_window=400, max_trusted=300)
+    assert adapter.refits == 3 and np.all((accept >= 0) & (accept <= 1))
