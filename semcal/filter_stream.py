@@ -88,23 +88,15 @@ class FilterConfig:
     stream: bool = False  # read JSON lines from standard input as they come; write each batch at once
     batch_size: int = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
     seed: int = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
-    decision: str = (
-        "sample"  # sample (seeded draw below accept_prob), threshold (accept_prob >= tau) or top (share of each window)
-    )
+    decision: str = "sample"  # sample (seeded draw below accept_prob), threshold (accept_prob >= tau) or top
     rate: float | None = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
     max_false_rejection: float | None = None  # threshold: tau rejects at most this share of held-out real rows
     window: int = decisions.DEFAULT_WINDOW  # top: items ranked together (decisions come once a window is full)
     top_tokens: int = 3  # per item, how many tokens pushing the score up and down to list (0: none)
     captions_from: str | None = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
-    adapt: str = (
-        "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
-    )
-    alarm: str = (
-        "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
-    )
-    adapt_settings: dict[str, str] = field(
-        default_factory=dict
-    )  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
+    adapt: str = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, EM), refit
+    alarm: str = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio
+    adapt_settings: dict[str, str] = field(default_factory=dict)  # window=500,update_every=25,trusted=PATH,...
 
 
 @distributed.main_process_only

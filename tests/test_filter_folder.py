@@ -173,7 +173,7 @@ def _mutate(folder: Path, mutation) -> None:
 
         _edit(folder, drop)
     elif kind == "delete":
-        victims = sorted(folder.iterdir())
+        victims = sorted(path for path in folder.rglob("*") if path.is_file())
         victims[pick % len(victims)].unlink()
     else:  # "truncate" or "scale" an array file
         arrays = files.read_safetensors(folder / "tfidf.safetensors")
