@@ -15,11 +15,13 @@ output = "runs/fit/filter"  # the filter folder to write (semcal filter --filter
 text_column = "text"  # column holding the texts, in both corpora
 label_column = None  # optional labels in both corpora: calibrate on the label distribution
 label_map = None  # fine-to-coarse label map (label_maps/ name or JSON path)
-source = "tfidf"  # tfidf, ngram, embedding, or label_posterior (needs labels)
+source = "tfidf"  # tfidf, ngram, embedding, joint / label_posterior (labels), clipped / sum / stack (trains LMs)
 calibration = None  # none: mom without labels, labmom with them; or any calibration
 pass_rate = None  # share of the stream to pass (1/M); none: derived from the data
 heldout_fraction = 0.2  # share of each corpus held out to calibrate on
 embedding_model = None  # a sentence-encoder folder, for source=embedding
+base_model = "scratch"  # language-model sources: the base of both models (scratch, a Hub id/folder, .gguf)
+finetune_settings = {}  # language-model sources: finetune settings, e.g. {"n_layer": "2", "num_epochs": "3"}
 seed = 0  # seed of the held-out split and the classifiers
 overwrite = False  # discard an unfinished fit of other settings left beside output
 # ----------------------------------------------------------------------------------------
