@@ -44,7 +44,7 @@ import numpy as np
 
 from semcal import calibration
 from semcal.config import UserError
-from semcal.fit_data import FitData, Items
+from semcal.fit_data import FitData, Items, Scored
 from semcal.ratio_calibration import stream_shift
 
 log = logging.getLogger(__name__)
@@ -325,8 +325,7 @@ class Adapter:
     # ---- judging --------------------------------------------------------------------------------
 
     def score(self, texts: list[str] | Items, top_tokens: int = 0):
-        """Per text the adapted score and acceptance (semcal.filtering.Scored), in input order."""
-        from semcal.filtering import Scored
+        """Per text the adapted score and acceptance (semcal.fit_data.Scored), in input order."""
 
         items = texts if isinstance(texts, Items) else Items(list(texts))
         scores = np.zeros(len(items))

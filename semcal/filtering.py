@@ -21,7 +21,6 @@ still loads) with their weights fingerprints (a changed model is refused).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from semcal import calibration, drift, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
 from semcal.decisions import Thresholds, draw
-from semcal.fit_data import FitData, Items
+from semcal.fit_data import FitData, Items, Scored
 from semcal.sources import SOURCES, Source, fit_source
 
 log = logging.getLogger(__name__)
@@ -44,17 +43,6 @@ FALLBACK_SOURCE = "label_posterior"  # what labmom falls back to when the labels
 
 def filter_name(source: str, calibration_name: str) -> str:
     return source if calibration_name == "none" else f"{source}_{calibration_name}"
-
-
-@dataclass
-class Scored:
-    """Per text: the score s(x), the acceptance, and the tokens (or n-grams) that pushed the score
-    up and down most, e.g. "'dog' +1.230; 'barks' +0.410"."""
-
-    scores: np.ndarray
-    accept: np.ndarray
-    tokens_up: list[str]
-    tokens_down: list[str]
 
 
 class Filter:

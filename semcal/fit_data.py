@@ -16,7 +16,7 @@ general_test in the evaluation, the held-out general rows in semcal fit.
 
 `Items` are texts to score, with what was precomputed for them (the language models'
 per-token differences read from score files): a source reads what it needs, and computes
-the rest (loads its models) only when it is missing.
+the rest (loads its models) only when it is missing. `Scored` is what a filter says of items.
 """
 
 from __future__ import annotations
@@ -50,6 +50,17 @@ class Items:
             return None if values is None else [values[i] for i in rows]
 
         return Items(pick(self.texts), pick(self.tokens), pick(self.diffs), pick(self.control_diffs))
+
+
+@dataclass
+class Scored:
+    """Per text: the score s(x), the acceptance, and the tokens (or n-grams) that pushed the score
+    up and down most, e.g. "'dog' +1.230; 'barks' +0.410"."""
+
+    scores: np.ndarray
+    accept: np.ndarray
+    tokens_up: list[str]
+    tokens_down: list[str]
 
 
 @dataclass
