@@ -84,8 +84,12 @@ def read_evaluation(run_dir: Path, split: str) -> Evaluation:
     for path in (layout.per_text(split), layout.results(split)):
         if not path.is_file():
             raise UserError(f"{path} is missing; re-run `semcal evaluate` for split {split!r} to write it.")
-    results = files.read_json(layout.results(split))
-    table = files.read_csv(layout.per_text(split), usecols=["label", "accept_prob"])
+    from semcal.explain import read_per_text, read_results  # the checked readers of an evaluation's files
+
+    results = read_results(layout.evaluation_dir(split))
+    table = read_per_text(layout.per_text(split))
+    if not isinstance(results.get("labels"), list) or not isinstance(results.get("distributions"), dict):
+        raise UserError(f"{layout.results(split)} lacks its labels or distributions; re-run `semcal evaluate`.")
     labels = [str(label) for label in results["labels"]]
     unknown = sorted(set(table["label"].astype(str)) - set(labels))
     if unknown:
@@ -93,7 +97,12 @@ def read_evaluation(run_dir: Path, split: str) -> Evaluation:
             f"{layout.per_text(split)} has labels {unknown} not in {RESULTS_NAME}; re-run `semcal evaluate`."
         )
     codes = table["label"].astype(str).map({label: code for code, label in enumerate(labels)}).to_numpy()
-    real = np.array([results["distributions"]["real_train"][label] for label in labels], dtype=np.float64)
+    try:
+        real = np.array([results["distributions"]["real_train"][label] for label in labels], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{layout.results(split)} has no real_train share of every label; re-run `semcal evaluate`."
+        ) from None
     return Evaluation(labels, real, str(results["filter_name"]), codes, table["accept_prob"].to_numpy(np.float64))
 
 

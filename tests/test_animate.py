@@ -23,11 +23,12 @@ def write_run(run_dir, split="mild", n=40, seed=1):
     split_dir.mkdir(parents=True)
     labels = rng.choice(LABELS, size=n)
     accept = np.where(labels == "a", 0.2, 0.9)
-    pd.DataFrame({"text_id": range(n), "label": labels, "accept_prob": accept, "text": "t"}).to_csv(
+    pd.DataFrame({"text_id": range(n), "label": labels, "score": 0.0, "accept_prob": accept, "text": "t"}).to_csv(
         split_dir / "per_text.csv", index=False
     )
     real = {"a": 0.2, "b": 0.4, "c": 0.4}
-    results = {"labels": LABELS, "filter_name": "semcal", "distributions": {"real_train": real}}
+    results = {"stage": "evaluate", "filters": {}, "labels": LABELS, "filter_name": "semcal"}
+    results["distributions"] = {"real_train": real}
     (split_dir / "results.json").write_text(json.dumps(results))
     return labels, accept
 
@@ -71,6 +72,16 @@ def test_missing_run_split_or_table_is_a_user_error(tmp_path):
     write_run(tmp_path / "run")
     with pytest.raises(UserError, match="no evaluation of split 'severe'.*mild"):
         animate.main([str(tmp_path / "run"), "--split=severe"])
+    results = tmp_path / "run" / "evaluation" / "mild" / "results.json"
+    good = results.read_text()
+    for broken, message in (
+        ("{ not json", "cannot be read"),
+        ('{"stage": "evaluate", "filters": {}}', "lacks its labels"),
+    ):
+        results.write_text(broken)
+        with pytest.raises(UserError, match=message):
+            animate.main([str(tmp_path / "run"), "--split=mild"])
+    results.write_text(good)
     (tmp_path / "run" / "evaluation" / "mild" / "per_text.csv").unlink()
     with pytest.raises(UserError, match="per_text.csv is missing"):
         animate.main([str(tmp_path / "run"), "--split=mild"])
