@@ -143,13 +143,9 @@ def measure(inputs: EvaluationInputs, data: FitData, config: EvaluationConfig):
             accept = calibration.oracle_accept_probs(inputs.test_codes, inputs.real, inputs.general, inputs.m)
             accepted[name] = Acceptance(accept)
         else:
-            source, calibration_name = filters.ALIASES.get(name) or (
-                filters.describe(name).source,
-                filters.describe(name).calibration,
-            )
+            described = filters.describe(name)  # an alias (classifier) keeps its own name
             log.debug("fitting filter %s", name)
-            fitted[name] = Filter.fit(source, calibration_name, data)
-            fitted[name].name = name
+            fitted[name] = Filter.fit(described.source, described.calibration, data, name)
             accepted[name] = _acceptance(fitted[name])
     return fitted, accepted
 
@@ -228,9 +224,7 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError(
             f"embedding_model={config.embedding_model} is not a folder (a sentence encoder's, e.g. MiniLM)."
         )
-    chosen = filters.describe(config.filter)
-    source, calibration_class = SOURCES[chosen.source], filters.CALIBRATIONS[chosen.calibration]
-    if source.language_models and (calibration_class.uses_heldout or "heldout" in source.needs) and not given:
+    if "heldout" in filters.needs(config.filter) and not given:
         raise UserError(
             f"filter={config.filter} needs {filters.NEEDS_HELP['heldout']}. Score them with token_sequence_probs, "
             f"or choose a filter without held-out scores (e.g. clipped, or {filters.DEFAULT_FILTER})."
@@ -262,11 +256,7 @@ def _check_language_model_scores(config: EvaluationConfig) -> None:
 def check_chosen(data: FitData, config: EvaluationConfig) -> None:
     """THE filter is refused before any work when its inputs are missing."""
     name = config.filter
-    source, calibration_name = filters.ALIASES.get(name) or (
-        filters.describe(name).source,
-        filters.describe(name).calibration,
-    )
-    missing = filters.missing_needs(source if calibration_name == "none" else f"{source}_{calibration_name}", data)
+    missing = filters.missing_needs(name, data)
     if missing:
         raise UserError(
             f"filter={name} needs {'; and '.join(filters.NEEDS_HELP[need] for need in missing)}. Give them, or choose "

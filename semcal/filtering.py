@@ -30,6 +30,7 @@ from semcal import calibration, drift, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
 from semcal.decisions import Thresholds, draw
+from semcal.filters import filter_name
 from semcal.fit_data import FitData, Items, Scored
 from semcal.sources import SOURCES, Source, fit_source
 
@@ -39,10 +40,6 @@ FORMAT_VERSION = 2
 FOLDER_NAME = "filter"
 SPEC_NAME = "filter.json"
 FALLBACK_SOURCE = "label_posterior"  # what labmom falls back to when the labels show no shift
-
-
-def filter_name(source: str, calibration_name: str) -> str:
-    return source if calibration_name == "none" else f"{source}_{calibration_name}"
 
 
 class Filter:
@@ -73,7 +70,7 @@ class Filter:
     # ---- fitting ----------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, source_name: str, calibration_name: str, data: FitData) -> Filter:
+    def fit(cls, source_name: str, calibration_name: str, data: FitData, name: str | None = None) -> Filter:
         """Fit the source (shared through data.cache) and the calibration on `data`. A label-moment
         calibration that finds no label shift falls back to the label-posterior source with the stream
         shift (the one estimate that still moves the stream's label mix toward the real one)."""
@@ -92,7 +89,9 @@ class Filter:
             stats = {"log_ratio": FALLBACK_SOURCE, "calibration_method": "stream", "calibration": fitted.to_dict()}
             stats.update(estimator=plug_in.params(), no_shift_in=no_shift_in)
             source, link = plug_in, Link(temperature=fitted.temperature, shift=fitted.shift)
-        fitted_filter = cls(source, calibration_name, link, data.m, stats, filter_name(source_name, calibration_name))
+        fitted_filter = cls(
+            source, calibration_name, link, data.m, stats, name or filter_name(source_name, calibration_name)
+        )
         fitted_filter.fitted_stream, fitted_filter.fit_data = stream, data
         fitted_filter.thresholds = _thresholds(fitted_filter, stream, heldout, data)
         return fitted_filter
@@ -103,7 +102,11 @@ class Filter:
         return self.link.apply(self.source.log_ratio(items), self.m)
 
     def accept_probs(self, texts: list[str] | Items) -> np.ndarray:
-        return calibration.accept_probs(self.scores(_items(texts)), self.m)
+        return self.accept_of(self.source.log_ratio(_items(texts)))
+
+    def accept_of(self, log_ratio: np.ndarray) -> np.ndarray:
+        """The acceptance of items whose source log-ratio is already computed."""
+        return calibration.accept_probs(self.link.apply(log_ratio, self.m), self.m)
 
     def decide(self, texts: list[str] | Items, seed: int = 0) -> np.ndarray:
         """Accept (True) or reject each text: a seeded uniform draw below its acceptance probability."""

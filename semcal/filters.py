@@ -77,6 +77,11 @@ class FilterName:
     label: str
 
 
+def filter_name(source: str, calibration: str) -> str:
+    """The name of a pair: `<source>_<calibration>`, or the source alone for calibration `none`."""
+    return source if calibration == "none" else f"{source}_{calibration}"
+
+
 def describe(name: str) -> FilterName:
     """The meaning of a filter name; ValueError for a name that is no pair."""
     if name in LABEL_REFERENCES:
@@ -107,10 +112,7 @@ def _split(name: str) -> tuple[str, str]:
 
 def choices() -> list[str]:
     """Names the `filter` setting accepts: every source x calibration pair and the aliases."""
-    pairs = [
-        describe(source if cal == "none" else f"{source}_{cal}").name for source in SOURCES for cal in CALIBRATIONS
-    ]
-    return [*pairs, *ALIASES]
+    return [*(filter_name(source, cal) for source in SOURCES for cal in CALIBRATIONS), *ALIASES]
 
 
 def is_filter(name: str) -> bool:
@@ -120,14 +122,21 @@ def is_filter(name: str) -> bool:
         return False
 
 
-def missing_needs(name: str, data: FitData) -> list[str]:
-    """What `data` lacks for the filter `name` (NEEDS_HELP explains each)."""
+def needs(name: str) -> list[str]:
+    """The inputs (FitData.has) the filter `name` cannot be fitted without: its source's and its
+    calibration's, and held-out scores where the calibration reads the held-out log-ratio of a
+    language-model source."""
     described = describe(name)
     source, calibration = SOURCES[described.source], CALIBRATIONS[described.calibration]
-    needs = list(source.needs) + list(calibration.needs)
+    wanted = list(source.needs) + list(calibration.needs)
     if calibration.uses_heldout and source.language_models:
-        needs.append("heldout")
-    return [need for need in dict.fromkeys(needs) if not data.has(need)]
+        wanted.append("heldout")
+    return list(dict.fromkeys(wanted))
+
+
+def missing_needs(name: str, data: FitData) -> list[str]:
+    """What `data` lacks for the filter `name` (NEEDS_HELP explains each)."""
+    return [need for need in needs(name) if not data.has(need)]
 
 
 def needs_language_models(name: str) -> bool:
@@ -140,7 +149,7 @@ def measured(chosen: str, data: FitData, candidates: bool, classifier: bool) -> 
     """The filters an evaluation measures: the references, THE filter, the variants and (with
     `candidates`) the candidates whose inputs are there, each once, in table order."""
     names = [*LABEL_REFERENCES, chosen]
-    names += [f"{s}_{c}" if c != "none" else s for s in VARIANT_SOURCES for c in VARIANT_CALIBRATIONS]
+    names += [filter_name(source, cal) for source in VARIANT_SOURCES for cal in VARIANT_CALIBRATIONS]
     names += ["classifier"] if classifier else []
     names += list(CANDIDATES) if candidates else []
     keep = [name for name in names if name in LABEL_REFERENCES or name == chosen or not missing_needs(name, data)]

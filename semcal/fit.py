@@ -51,7 +51,7 @@ from semcal.calibrations import CALIBRATIONS
 from semcal.config import UserError, config_to_dict
 from semcal.data import heldout_mask, load_corpus
 from semcal.filtering import FORMAT_VERSION, Filter
-from semcal.filters import NEEDS_HELP, missing_needs
+from semcal.filters import NEEDS_HELP, filter_name, missing_needs
 from semcal.fit_data import FitData, Items
 from semcal.fit_models import models_folder, train_and_score
 from semcal.ratio_calibration import effective_sample_share, two_sample_auc
@@ -113,18 +113,17 @@ def fit(config: FitConfig) -> dict[str, Any]:
     if SOURCES[config.source].language_models:
         log.info("training and scoring the general and real language models in %s", models_folder(config.output))
         add_language_models(data, *train_and_score(config, general_texts, real_texts))
-    missing = missing_needs(
-        config.source if calibration_name == "none" else f"{config.source}_{calibration_name}", data
-    )
+    missing = missing_needs(filter_name(config.source, calibration_name), data)
     if missing:
         raise UserError(
             f"source={config.source} calibration={calibration_name} needs {'; '.join(NEEDS_HELP[n] for n in missing)}."
         )
     with output.building(identity) as staging:
+        features = heldout_features(data)  # of the two-sample test: the pass-rate search and the check
         searched = {}
         if config.pass_rate is None:
             log.info("choosing the pass rate: %d fits of %s_%s", len(PASS_RATE_GRID), config.source, calibration_name)
-            rate, searched = choose_pass_rate(data, config.source, calibration_name)
+            rate, searched = choose_pass_rate(data, config.source, calibration_name, features)
             data.m = 1.0 / rate
         log.info(
             "fitting %s with %s on %d trusted and %d stream texts (M %.3g)",
@@ -135,7 +134,7 @@ def fit(config: FitConfig) -> dict[str, Any]:
             data.m,
         )
         stream_filter = Filter.fit(config.source, calibration_name, data)
-        results = check_filter(stream_filter, data, config)
+        results = check_filter(stream_filter, data, config, features)
         results["pass_rate_search"] = searched
         stream_filter.save(staging, fitted_on=fingerprints)
         results["figures"] = write_figures(staging, stream_filter, data, results)
@@ -206,12 +205,14 @@ def add_language_models(data: FitData, heldout_items: Items, models: dict[str, A
     data.stream = heldout_items.select(np.arange(len(data.stream)))  # the held-out general rows come first
 
 
-def choose_pass_rate(data: FitData, source: str, calibration_name: str) -> tuple[float, dict[str, float]]:
+def choose_pass_rate(
+    data: FitData, source: str, calibration_name: str, features: Any
+) -> tuple[float, dict[str, float]]:
     """The pass rate at which the accepted held-out stream is hardest to tell from the held-out
     trusted texts (the classifier two-sample AUC, weighted by acceptance, is lowest), over
     PASS_RATE_GRID; and the AUC at each rate. Too high a rate lets unlike texts through, too low
     a one keeps only the most extreme trusted-looking texts: both are told apart."""
-    features, is_real = heldout_features(data)
+    is_real = data.heldout_is_real
     aucs = {}
     for rate in PASS_RATE_GRID:
         data.m = 1.0 / rate
@@ -222,19 +223,19 @@ def choose_pass_rate(data: FitData, source: str, calibration_name: str) -> tuple
     return float(best), aucs
 
 
-def heldout_features(data: FitData) -> tuple[Any, np.ndarray]:
-    """TF-IDF features of the held-out rows (fitted on the training rows) and which are trusted."""
+def heldout_features(data: FitData) -> Any:
+    """TF-IDF features of the held-out rows, fitted on the training rows."""
     # n-grams seen at least twice: the test needs no rare n-grams, and its fits get several times faster.
     vectorizer = tfidf_vectorizer(min_df=2).fit(data.texts_of(data.train_rows))
-    return vectorizer.transform(data.heldout_items.texts), data.heldout_is_real
+    return vectorizer.transform(data.heldout_items.texts)
 
 
-def check_filter(stream_filter: Filter, data: FitData, config: FitConfig) -> dict[str, Any]:
-    """The label-free check on held-out rows and, with labels, the label distributions."""
-    rows = data.heldout_rows
-    heldout_items = data.heldout_items
-    accept = stream_filter.accept_probs(heldout_items)
-    features, is_real = heldout_features(data)
+def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, features: Any) -> dict[str, Any]:
+    """The label-free check on held-out rows (`features`: heldout_features) and, with labels, the
+    label distributions."""
+    rows, is_real = data.heldout_rows, data.heldout_is_real
+    log_ratio = stream_filter.source.log_ratio(data.heldout_items)
+    accept = stream_filter.accept_of(log_ratio)
     stream_accept = accept[~is_real]
     results: dict[str, Any] = {
         "stage": "fit",
@@ -256,8 +257,8 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig) -> dic
         "calibration": stream_filter.link.to_dict(),
         "stats": stream_filter.stats,
         "log_ratio": {
-            "real": stream_filter.source.log_ratio(heldout_items.select(is_real)),
-            "general": stream_filter.source.log_ratio(heldout_items.select(~is_real)),
+            "real": log_ratio[is_real],
+            "general": log_ratio[~is_real],
             "general_accept": stream_accept,
         },
     }

@@ -581,17 +581,20 @@ class LanguageModelSource(Source):
 
     name, label, needs, language_models = "sum", "sum", ("lm",), True
     roles: ClassVar[tuple[str, str]] = ("real", "general")  # log p_<first> - log p_<second>
+    diffs_field: ClassVar[str] = "diffs"  # the Items field that holds those differences when precomputed
 
     def __init__(self) -> None:
         self.top_p, self.models, self.loaded = 0.75, {}, {}
 
     def fit(self, data: FitData) -> np.ndarray | None:
         self.top_p, self.models = data.top_p, dict(data.models or {})
-        return self.log_ratio(data.heldout_items) if data.has("heldout") else None
+        precomputed = getattr(data.heldout_items, self.diffs_field) is not None
+        return self.log_ratio(data.heldout_items) if precomputed and len(data.heldout_items) else None
 
     def _diffs(self, items: Items) -> tuple[list[list[str]], list[np.ndarray]]:
-        if items.diffs is not None:
-            return items.tokens or [[] for _ in items.diffs], items.diffs
+        diffs = getattr(items, self.diffs_field)
+        if diffs is not None:
+            return items.tokens or [[] for _ in diffs], diffs
         return self._model_diffs(items.texts)
 
     def score_of(self, diffs: list[np.ndarray]) -> np.ndarray:
@@ -674,15 +677,7 @@ class ControlSource(LanguageModelSource):
     uniform subset of general, so what real learned beyond the label shift cancels."""
 
     name, label, needs, roles = "control_sum", "control sum", ("control",), ("real", "control")
-
-    def fit(self, data: FitData) -> np.ndarray:
-        self.top_p, self.models = data.top_p, dict(data.models or {})
-        return self.log_ratio(data.heldout_items)
-
-    def _diffs(self, items: Items) -> tuple[list[list[str]], list[np.ndarray]]:
-        if items.control_diffs is not None:
-            return items.tokens or [[] for _ in items.control_diffs], items.control_diffs
-        return self._model_diffs(items.texts)
+    diffs_field = "control_diffs"
 
 
 class StackSource(Source):
