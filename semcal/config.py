@@ -176,6 +176,15 @@ def apply_overrides(config: C, argv: Sequence[str]) -> C:
     return dataclasses.replace(config, **changes)
 
 
+def apply_settings(config: C, settings: dict[str, str], where: str) -> C:
+    """A copy of `config` with `settings` (name -> value, as a `name=value,...` setting gives them)
+    applied; a bad one is a UserError that names the setting `where` they came from."""
+    try:
+        return apply_overrides(config, [f"--{name}={value}" for name, value in settings.items()])
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
 def below_minimum(config: Any, minimums: dict[str, int]) -> list[str]:
     """One problem per setting below its minimum, e.g. "n_runs must be at least 1 (got 0)"; none is not checked."""
     problems = []

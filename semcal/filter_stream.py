@@ -447,18 +447,14 @@ def _check_adapt(config: FilterConfig) -> None:
 def adaptation(model: Filter, config: FilterConfig) -> Any:
     """The adaptive filter of semcal.adapt for adapt / alarm (None when both are none)."""
     from semcal import adapt
-    from semcal.config import apply_overrides
+    from semcal.config import apply_settings
     from semcal.data import load_corpus
 
     if config.adapt == "none" and config.alarm == "none":
         return None
     settings = dict(config.adapt_settings)
     trusted_path, trusted_column = settings.pop("trusted", None), settings.pop("trusted_column", config.text_column)
-    overrides = [f"--{name}={value}" for name, value in settings.items()]
-    try:
-        chosen = apply_overrides(adapt.AdaptSettings(), overrides)
-    except UserError as err:
-        raise UserError(f"adapt_settings: {err}") from None
+    chosen = apply_settings(adapt.AdaptSettings(), settings, "adapt_settings")
     trusted = load_corpus(trusted_path, "trusted", trusted_column)[0] if trusted_path else None
     return adapt.Adapter(model, config.adapt, config.alarm, chosen, trusted)
 

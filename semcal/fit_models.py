@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from semcal import files
-from semcal.config import UserError, apply_overrides
+from semcal.config import UserError, apply_settings
 from semcal.data import GENERAL_TRAIN
 from semcal.fit_data import Items
 
@@ -70,7 +70,7 @@ def train_and_score(config: Any, general: list[str], real: list[str]) -> tuple[I
             seed=config.seed,
             **held_out,
         )
-        finetune(_with(settings, config.finetune_settings))
+        finetune(apply_settings(settings, config.finetune_settings, "finetune_settings"))
     scores: dict[tuple[str, str], str] = {}
     for split in splits:
         for role in ROLES:
@@ -104,10 +104,3 @@ def train_and_score(config: Any, general: list[str], real: list[str]) -> tuple[I
         control_scores_csv=None,
     )
     return Items(texts, tokens, diffs), model_records(records)
-
-
-def _with(settings: Any, overrides: dict[str, str]) -> Any:
-    try:
-        return apply_overrides(settings, [f"--{name}={value}" for name, value in overrides.items()])
-    except UserError as err:
-        raise UserError(f"finetune_settings: {err}") from None

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from semcal import console, data, distributed, files, filters, report, runstate
-from semcal.config import UserError, apply_overrides, config_to_dict, to_arguments
+from semcal.config import UserError, apply_settings, config_to_dict, to_arguments
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
 from semcal.evaluation_inputs import SCORE_FILES
@@ -74,13 +74,6 @@ class DemoConfig:
     n_test: int = 1000  # synthetic general_test captions
     seed: int = 0  # seed of the synthetic data and of training
     nproc_per_node: int = 1  # processes (GPUs) on this machine: >1 relaunches the demo under torchrun
-
-
-def _with_settings(config: Any, settings: dict[str, str], where: str) -> Any:
-    try:
-        return apply_overrides(config, [f"--{name}={value}" for name, value in settings.items()])
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
 
 
 @dataclass
@@ -150,7 +143,7 @@ def _without_scores(evaluation_config: EvaluationConfig) -> EvaluationConfig:
 
 def _distort_config(config: PipelineConfig, held: dict[str, HeldSplit]) -> DistortConfig:
     """Distort draws every split the data set does not hold; it keeps and reports the held ones."""
-    return _with_settings(
+    return apply_settings(
         DistortConfig(
             dataset_name=config.dataset_name,
             output_dir=str(RunLayout(config.run_dir).data),
@@ -178,7 +171,7 @@ def _finetune_configs(config: PipelineConfig) -> list[FinetuneConfig]:
     if config.control == "matched":
         targets += [(data.control_split_name(split), str(layout.control_model(split))) for split in config.splits]
     return [
-        _with_settings(
+        apply_settings(
             FinetuneConfig(
                 dataset_name=str(layout.data),
                 split_name=split_name,
@@ -201,7 +194,7 @@ def _score_configs(config: PipelineConfig, finetune_configs: list[FinetuneConfig
     """Each model scores general_test and the held-out general_train rows."""
     layout = RunLayout(config.run_dir)
     return [
-        _with_settings(
+        apply_settings(
             ScoreConfig(
                 dataset_name=str(layout.data),
                 split_name=split_name,
@@ -226,7 +219,7 @@ def _evaluation_configs(config: PipelineConfig) -> list[EvaluationConfig]:
         return str(layout.score_file(scored, model_name))
 
     return [
-        _with_settings(
+        apply_settings(
             EvaluationConfig(
                 dataset_name=str(layout.data),
                 distortion=split,
