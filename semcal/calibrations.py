@@ -40,6 +40,7 @@ import numpy as np
 from semcal import calibration, ratio_calibration
 from semcal.config import UserError
 from semcal.fit_data import FitData
+from semcal.sources import SOURCES, fit_source, saved_number
 
 LINKS = ("linear", "logistic")
 
@@ -72,14 +73,7 @@ class Link:
                 f"{where}: 'calibration' must have a link of {LINKS} (got {saved!r}): the filter is damaged."
             )
         keys = ("intercept", "slope") if saved["link"] == "logistic" else ("temperature", "shift")
-        values = {}
-        for key in keys:
-            value = saved.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise UserError(
-                    f"{where}: calibration {key!r} must be a finite number (got {value!r}): the filter is damaged."
-                )
-            values[key] = float(value)
+        values = {key: saved_number(saved, key, where, what=f"calibration {key!r}") for key in keys}
         return cls(saved["link"], **values)
 
 
@@ -167,8 +161,6 @@ class StreamShift(Calibration):
     name, label = "stream", "stream"
 
     def fit(self, fit: CalibrationInput) -> Link:
-        from semcal.sources import fit_source
-
         if not fit.data.has("heldout_rows"):
             return _calibrated(fit, "fixed", detector=None)
         detector = fit_source(fit.data, "tfidf")[1]
@@ -207,8 +199,6 @@ def other_views(data: FitData, source: str) -> dict[str, np.ndarray]:
     """Instruments of the label-free moments: held-out log-ratios of other sources, whose errors are
     not the source's. For a language-model source the TF-IDF one; for a text source the language
     models' (and the embedding one when given), else the hashed n-gram one."""
-    from semcal.sources import SOURCES, fit_source
-
     views: dict[str, np.ndarray] = {}
     if SOURCES[source].language_models:
         views["tfidf"] = fit_source(data, "tfidf")[1]

@@ -32,7 +32,7 @@ from semcal.config import UserError
 from semcal.decisions import Thresholds, draw
 from semcal.filters import filter_name
 from semcal.fit_data import FitData, Items, Scored
-from semcal.sources import SOURCES, Source, fit_source
+from semcal.sources import SOURCES, Source, fit_source, saved_number
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,7 @@ class Filter:
                 f"{path} has format_version {version!r}; this semcal reads the integer {FORMAT_VERSION}: fit the "
                 "filter again with this semcal (semcal fit, or re-run the evaluation)."
             )
-        m = spec.get("m")
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not np.isfinite(m) or m < 1.0:
-            raise UserError(f"{path}: 'm' must be a finite number >= 1 (got {m!r}): the filter is damaged.")
+        m = saved_number(spec, "m", str(path), low=1)
         source_name = spec.get("source")
         source_class = SOURCES.get(source_name) if isinstance(source_name, str) else None
         if source_class is None:

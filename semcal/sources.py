@@ -159,10 +159,15 @@ def read_vocabulary(folder: Path, file_name: str, n_columns: int) -> dict[str, i
     return vocabulary
 
 
-def _number(saved: dict[str, Any], key: str, where: str, low: float = -np.inf) -> float:
+def saved_number(saved: dict[str, Any], key: str, where: str, low: float = -np.inf, what: str | None = None) -> float:
+    """A number read from a filter folder's JSON: finite, at least `low`, else refused naming `where` and
+    the field (`what`, default the key)."""
     value = saved.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < low:
-        raise UserError(f"{where}: {key!r} must be a finite number >= {low} (got {value!r}): the filter is damaged.")
+        bound = f" >= {low}" if low > -np.inf else ""
+        raise UserError(
+            f"{where}: {what or repr(key)} must be a finite number{bound} (got {value!r}): the filter is damaged."
+        )
     return float(value)
 
 
@@ -225,7 +230,7 @@ class TfidfSource(Source):
         )
         source.vectorizer.idf_ = arrays["idf"]
         source.coef, source.intercept = arrays["coef"], float(arrays["intercept"][0])
-        source.prior = _number(saved, "prior", f"{folder} source", low=_MIN_PROBABILITY)
+        source.prior = saved_number(saved, "prior", f"{folder} source", low=_MIN_PROBABILITY)
         if source.prior >= 1.0:
             raise UserError(f"{folder} source: 'prior' must be below 1 (got {source.prior}): the filter is damaged.")
         source.form, source.n_train = _form(saved, folder), 0
@@ -292,7 +297,7 @@ class NgramSource(Source):
         arrays = read_arrays(folder, saved.get("arrays", cls.arrays_name), {"bucket_log_ratio": (None,)})
         source.bucket_log_ratio = arrays["bucket_log_ratio"]
         source.vectorizer = text_features.hashing_vectorizer(len(source.bucket_log_ratio))
-        source.offset = _number(saved, "offset", f"{folder} source")
+        source.offset = saved_number(saved, "offset", f"{folder} source")
         return source
 
 
@@ -362,7 +367,10 @@ class EmbeddingSource(Source):
         shapes = {"mean": (None,), "scale": (None,), "coef": (None,), "intercept": (1,)}
         arrays = read_arrays(folder, saved.get("arrays", cls.arrays_name), shapes)
         source.mean, source.scale, source.coef, source.intercept = (arrays[k] for k in shapes)
-        source.prior, source.form = _number(saved, "prior", f"{folder} source", _MIN_PROBABILITY), _form(saved, folder)
+        source.prior, source.form = (
+            saved_number(saved, "prior", f"{folder} source", _MIN_PROBABILITY),
+            _form(saved, folder),
+        )
         return source
 
 
@@ -559,7 +567,7 @@ class JointSource(Source):
         source.beta, source.center, source.scale = arrays["beta"], arrays["center"], arrays["scale"]
         if not (source.scale > 0).all():
             raise UserError(f"{folder}: the joint source's scales must be positive: the filter is damaged.")
-        source.ridge = _number(saved, "ridge", f"{folder} source", low=0.0)
+        source.ridge = saved_number(saved, "ridge", f"{folder} source", low=0.0)
         return source
 
 
@@ -639,7 +647,7 @@ class LanguageModelSource(Source):
         from semcal.models import check_model_record, load_model_and_tokenizer
 
         source = cls()
-        source.top_p = _number(saved, "top_p", f"{folder} source", low=0.0)
+        source.top_p = saved_number(saved, "top_p", f"{folder} source", low=0.0)
         models = saved.get("models")
         if not isinstance(models, dict) or any(not isinstance(models.get(role), dict) for role in cls.roles):
             raise UserError(
