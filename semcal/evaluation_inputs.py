@@ -115,15 +115,13 @@ def fit_data(inputs: EvaluationInputs, config: EvaluationConfig) -> FitData:
             **common,
         )
     n_real = len(inputs.real_train_texts)
-    real_rows = np.arange(n_real)
-    real_heldout = heldout_mask(real_rows, n_real, DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED)
-    held_real = [inputs.real_train_texts[i] for i in real_rows[real_heldout]]
-    return FitData(
-        list(inputs.general_train_texts) + list(inputs.real_train_texts),
-        np.concatenate([np.zeros(n_general, dtype=bool), np.ones(n_real, dtype=bool)]),
-        np.concatenate([heldout, real_heldout]),
-        form="pooled",
-        label_codes=np.concatenate([inputs.general_train_codes, inputs.real_train_codes]),
+    real_heldout = heldout_mask(np.arange(n_real), n_real, DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED)
+    held_real = [text for text, held in zip(inputs.real_train_texts, real_heldout, strict=True) if held]
+    return FitData.pooled(
+        inputs.general_train_texts,
+        inputs.real_train_texts,
+        (heldout, real_heldout),
+        (inputs.general_train_codes, inputs.real_train_codes),
         heldout_items=Items(heldout_items.texts + held_real),  # the real rows have no scores: no LM diffs
         **common,
     )

@@ -176,23 +176,30 @@ def fit_data(config: FitConfig, general: list[str], real: list[str], general_lab
     """The pooled corpus (general rows, then real rows), each corpus's held-out rows, the held-out
     stream rows as the stream, and M from pass_rate or the data."""
     n_general, n_real = len(general), len(real)
-    heldout = np.concatenate(
-        [
-            heldout_mask(np.arange(n_general), n_general, config.heldout_fraction, config.seed),
-            # The seed of the general rows too: the language models' fine-tuning holds out the same rows.
-            heldout_mask(np.arange(n_real), n_real, config.heldout_fraction, config.seed),
-        ]
+    heldout = (
+        heldout_mask(np.arange(n_general), n_general, config.heldout_fraction, config.seed),
+        # The seed of the general rows too: the language models' fine-tuning holds out the same rows.
+        heldout_mask(np.arange(n_real), n_real, config.heldout_fraction, config.seed),
     )
     labels = codes = None
     if general_labels is not None:
         labels = sorted(set(general_labels) | set(real_labels))
         code_of = {label: code for code, label in enumerate(labels)}
-        codes = np.array([code_of[label] for label in [*general_labels, *real_labels]], dtype=np.int64)
-    texts = list(general) + list(real)
-    is_real = np.concatenate([np.zeros(n_general, dtype=bool), np.ones(n_real, dtype=bool)])
-    stream = Items([texts[i] for i in np.flatnonzero(heldout[:n_general])])
-    common = {"form": "pooled", "labels": labels, "label_codes": codes, "embedding_model": config.embedding_model}
-    return FitData(texts, is_real, heldout, stream, m=1.0 / (config.pass_rate or 0.5), seed=config.seed, **common)
+        codes = tuple(
+            np.array([code_of[label] for label in side], dtype=np.int64) for side in (general_labels, real_labels)
+        )
+    stream = Items([text for text, held in zip(general, heldout[0], strict=True) if held])
+    return FitData.pooled(
+        general,
+        real,
+        heldout,
+        codes,
+        stream=stream,
+        m=1.0 / (config.pass_rate or 0.5),
+        labels=labels,
+        embedding_model=config.embedding_model,
+        seed=config.seed,
+    )
 
 
 def add_language_models(data: FitData, heldout_items: Items, models: dict[str, Any]) -> None:

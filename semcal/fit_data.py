@@ -82,6 +82,23 @@ class FitData:
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # fitted sources, shared by filters
 
+    @classmethod
+    def pooled(
+        cls,
+        general: list[str],
+        real: list[str],
+        heldout: tuple[np.ndarray, np.ndarray],
+        label_codes: tuple[np.ndarray, np.ndarray] | None = None,
+        **options: Any,
+    ) -> FitData:
+        """Two corpora as one: the general rows, then the real rows. `heldout` and `label_codes`
+        give each corpus's own (general's, real's); `options` the other fields."""
+        is_real = np.concatenate([np.zeros(len(general), dtype=bool), np.ones(len(real), dtype=bool)])
+        codes = None if label_codes is None else np.concatenate(label_codes)
+        return cls(
+            list(general) + list(real), is_real, np.concatenate(heldout), form="pooled", label_codes=codes, **options
+        )
+
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS} (got {self.form!r})")
