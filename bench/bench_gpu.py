@@ -1,7 +1,7 @@
 """One GPU measurement in one call: speed of GPT-2 124M, filter quality with a pretrained base, captioners on CUDA.
 
     python bench/bench_gpu.py                  # --size=full: one GPU, at most 8 minutes (refused without CUDA)
-    python bench/bench_gpu.py --size=small     # CPU or GPU, reduced: fewer captions, one split, ~15 min on 2 CPUs
+    python bench/bench_gpu.py --size=small     # CPU or GPU, reduced: 2,000 / 1,000 captions, one split (BENCHMARKS.md)
     python bench/bench_gpu.py --size=tiny      # tiny models and data: the test suite's smoke run (seconds)
 
 Parts, each written to OUT/bench_gpu.json and OUT/bench_gpu.md (default OUT: runs/bench_gpu/<size>):
@@ -24,7 +24,7 @@ Parts, each written to OUT/bench_gpu.json and OUT/bench_gpu.md (default OUT: run
 (d) captioning: tiny Florence-2 and Qwen2-Audio (built from config as the tests build them)
     through the captioning stages, on CUDA with dtype=auto (bfloat16) when there is a GPU.
 
-Time budget (--budget_s; full 480 s, small 900 s): the script refuses to start when the
+Time budget (--budget_s; full 480 s, small 1500 s): the script refuses to start when the
 planned parts are expected to take longer than the budget, and before each part it checks the
 time left against that part's expected time (scaled by how the earlier parts ran against
 theirs); a part that does not fit is recorded as skipped with the reason, never started.
@@ -83,16 +83,17 @@ LM = {"max_length": "64", "batch_size": "16", "eval_batch_size": "64", "lora_alp
 SCRATCH = {"n_layer": "2", "n_embd": "128", "n_head": "4", "vocab_size": "2048", "max_length": "64", "batch_size": "32"}
 SIZES = {
     # Expected times: full's are estimates for an H100/H200 (no GPU has run it); small's (a), (b) were measured on
-    # 2 busy CPUs, its (c) is a guess that a busy machine overruns (BENCHMARKS.md).
+    # 2 busy CPUs, its (c) on 2 idle ones (a shared machine overruns it: pass --budget_s, BENCHMARKS.md).
+    # small's (c) needs 2,000 train captions: with fewer, real_train lacks a label general_test has (KL infinite).
     "full": Size(
         (12, 768, 12), 4820, 8000, None, None, ("mild", "moderate", "severe"),
         {**LM, "num_epochs": "2", "batch_size": "32"}, {**SCRATCH, "num_epochs": "3"}, 1000,
         {"a": 30, "b": 45, "c": 300, "d": 20}, 480, True,
     ),
     "small": Size(
-        (12, 768, 12), 64, 40, 120, 80, ("moderate",),
+        (12, 768, 12), 64, 40, 2000, 1000, ("moderate",),
         {**LM, "num_epochs": "1"}, {**SCRATCH, "num_epochs": "3"}, 200,
-        {"a": 60, "b": 90, "c": 600, "d": 30}, 900, False,
+        {"a": 60, "b": 90, "c": 1200, "d": 30}, 1500, False,
     ),
     "tiny": Size(
         (2, 64, 2), 16, 24, 160, 60, ("moderate",),
