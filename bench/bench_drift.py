@@ -2,7 +2,7 @@
 
 Per data set (the synthetic demo, AudioCaps, AG News):
 
-1. THE filter, tfidf_labmom, fitted as the evaluation fits it: general_train with a real
+1. The filter tfidf_labmom (the default when this benchmark ran), fitted as the evaluation fits it: general_train with a real
    split drawn by distort's tilt (`--real_kl`, seed 0) as a marked subset, held-out rows by the
    data set's default assignment, general_test as its stream; saved and loaded back (so the
    drift reference goes through filter.json like any user's).

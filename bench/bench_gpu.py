@@ -19,7 +19,7 @@ Parts, each written to OUT/bench_gpu.json and OUT/bench_gpu.md (default OUT: run
     with the paper's method (real models trained from the base, clipped score, no
     normalisation; the general model is shared); and the same data with scratch GPT-2 models.
     Reported per split: deception reduction and share of the oracle for the default filter
-    (tfidf_labmom), the language-model filters (sum_labmom, stack_labmom, clipped), the
+    (`semcal`: joint_labmom, and tfidf_labmom), the language-model filters (sum_labmom, stack_labmom, clipped), the
     paper's method, the oracle and the classifier. One seed.
 (d) captioning: tiny Florence-2 and Qwen2-Audio (built from config as the tests build them)
     through the captioning stages, on CUDA with dtype=auto (bfloat16) when there is a GPU.
@@ -60,7 +60,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Dense bfloat16 peak (no sparsity), from the vendors' data sheets; matched on the device name.
 BF16_PEAK_TFLOPS = {"H200": 989, "H100 PCIe": 756, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "A10": 125}
 # Filters to show, by the names the evaluation gives them (read defensively: any may be absent).
-SHOWN = ("semcal", "sum_labmom", "stack_labmom", "clipped", "tfidf_labmom", "classifier", "oracle")
+SHOWN = ("semcal", "sum_labmom", "stack_labmom", "clipped", "joint_labmom", "tfidf_labmom", "classifier", "oracle")
 
 
 @dataclass(frozen=True)
@@ -424,7 +424,7 @@ def _split_results(runs: dict[str, Path], split: str) -> dict[str, Any]:
         found.setdefault("kl_general_real", results.get("kl_general"))
         for name in SHOWN:
             block = blocks.get(name)
-            if not block or (run != "pretrained" and name in ("oracle", "classifier", "tfidf_labmom")):
+            if not block or (run != "pretrained" and name in ("oracle", "classifier", "joint_labmom", "tfidf_labmom")):
                 continue  # the references do not depend on the models: shown once
             reduction = block.get("deception_reduction")
             found[f"{run}:{name}"] = {

@@ -6,7 +6,7 @@ each decision mode (sample, threshold, top), on the demo, AudioCaps and AG News,
 
 - AudioCaps and AG News: text filters only (no language model is trained): distort with
   distortion seed 0, 1, 2 (each seed draws another tilt direction and other real rows), then
-  the evaluation with every candidate whose inputs are there (tfidf_labmom, the default;
+  the evaluation with every candidate whose inputs are there (tfidf_labmom, the default then;
   tfidf_likelihood; classifier; label_posterior; tfidf_mom; ngram_labmom). The paper's method
   (`clipped`) needs language models and is not measured here.
 - demo: `semcal demo` with seed 0, 1, 2 (the synthetic data and the training seed), which

@@ -13,8 +13,9 @@ runs once per data set, on the first seed.
     .venv/bin/python bench/bench_quality.py --datasets=audiocaps --seeds=0
 
 Each (data set, seed) is one run folder under --root; finished stages are skipped, so an
-interrupted benchmark continues where it stopped. The distortion seed stays 0: the seeds
-vary the language models' training only. Wall time per run is reported with the control
+interrupted benchmark continues where it stopped. `--seeds` vary the language models'
+training; `--distort_seeds` the distortion's direction (which labels the real splits favour:
+distort's seed, default 0), each direction its own run folder ("d1", "d2" in the tables). Wall time per run is reported with the control
 models' share (their fine-tuning and scoring) separately, since the default needs none.
 """
 

@@ -440,7 +440,7 @@ def _held_general_rows(config: DistortConfig, dataset_dict, split: str) -> str:
         log.warning(
             "distort: %d of %d rows of %s match no general_train row by %s and %s (first rows %s), so it gets no "
             "%s column: real_train is then no subset of general_train, and the filters that need its membership "
-            "(tfidf_labmom, the default, and the other label-moment filters) cannot run; add the column yourself "
+            "(joint_labmom, the default, and the other label-moment filters) cannot run; add the column yourself "
             "or use a real split drawn from general_train",
             int(unmatched.sum()),
             len(rows),

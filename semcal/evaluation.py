@@ -8,7 +8,7 @@ language models' score variants, THE filter and the candidates, each a source x 
 semcal.filtering.Filter fitted on general_train and normalised on general_test) turns them
 into acceptance probabilities; `n_runs` seeded rejection-sampling runs measure them all on
 the same random draws. The `filter` setting chooses THE filter (`filters.semcal` in
-results.json): `<source>_<calibration>`, e.g. tfidf_labmom (the default) or clipped (the
+results.json): `<source>_<calibration>`, e.g. joint_labmom (the default) or clipped (the
 paper's exact method). The saved filter is the measured object itself. Optional inputs
 switch more filters on: a matched control model's scores (control_scores_csv,
 control_heldout_csv) and a sentence encoder (embedding_model); `candidates=false` measures
@@ -203,7 +203,7 @@ def check_settings(config: EvaluationConfig) -> None:
         raise UserError(
             f"filter={config.filter!r} is not a filter: give <source>_<calibration> with a source of "
             f"{', '.join(SOURCES)} and a calibration of {', '.join(filters.CALIBRATIONS)} (the source alone for "
-            "none), or classifier; e.g. tfidf_labmom (the default) or clipped (the paper's method)."
+            f"none), or classifier; e.g. {filters.DEFAULT_FILTER} (the default) or clipped (the paper's method)."
         )
     if not 0.0 <= config.top_p <= 1.0:
         raise UserError(f"top_p must be between 0 and 1 (got {config.top_p}).")

@@ -7,7 +7,7 @@ calibration `none`), plus two references that read labels.
   classifier's P(real | x), the alias of `tfidf`), `label_posterior` (needs labels);
 - variants: the language models' score, `clipped` (the paper's) or `sum`, with calibration
   none, heldout, logistic or matched (results.json's `variants` block);
-- calibrated: any other pair, e.g. `tfidf_labmom` (THE default), `sum_mom`, `clipped_stream`.
+- calibrated: any other pair, e.g. `joint_labmom` (THE default), `tfidf_labmom`, `sum_mom`, `clipped_stream`.
 
 Any valid pair can be chosen with the `filter` setting; the evaluation measures THE filter,
 the variants and references its inputs allow, and with `candidates` the CANDIDATES below.
@@ -23,7 +23,7 @@ from semcal.calibrations import CALIBRATIONS
 from semcal.fit_data import FitData
 from semcal.sources import SOURCES
 
-DEFAULT_FILTER = "tfidf_labmom"
+DEFAULT_FILTER = "joint_labmom"
 PAPER_FILTER = "clipped"  # the paper's exact method: the clipped score, no calibration
 LABEL_REFERENCES = ("no_filter", "oracle")  # computed from general_test's labels, not a source
 ALIASES = {"classifier": ("tfidf", "none")}
@@ -41,6 +41,7 @@ CANDIDATES = (
     "tfidf_mom",
     "tfidf_labmom",
     "joint_labmom",
+    "joint_stream",
     "tfidf_likelihood",  # per-item probability by membership log-likelihood, beside labmom (issue 17)
     "ngram_labmom",
     "embedding_labmom",
@@ -49,7 +50,7 @@ CANDIDATES = (
 # Columns of the results table: always, or when measured.
 TABLE_ALWAYS, TABLE_MEASURED = (
     ("oracle", "classifier"),
-    ("clipped_stream", "tfidf_labmom", "joint_labmom", "stack_labmom"),
+    ("clipped_stream", "tfidf_labmom", "joint_labmom", "joint_stream", "stack_labmom"),
 )
 # What to give for each need when the chosen filter lacks it (FitData.has).
 NEEDS_HELP = {

@@ -97,6 +97,24 @@ def pushing(pieces: list[str], weights: np.ndarray, count: int) -> tuple[str, st
     return side(weights), side(-weights)
 
 
+def label_folds(data: FitData, folds: int) -> np.ndarray:
+    """A cross-fitting fold per row, stratified by label and membership (seeded): each label's rows
+    spread over the folds, so a fit without one fold still sees every label with 2 rows or more."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    keys = data.label_codes * 2 + data.is_real
+    folds = max(2, min(folds, int(np.bincount(keys).max())))  # StratifiedKFold's limit
+    fold = np.empty(len(keys), dtype=np.int64)
+    with warnings.catch_warnings():  # a label with fewer rows than folds: spread as far as it goes
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = StratifiedKFold(folds, shuffle=True, random_state=data.seed).split(keys, keys)
+        for k, (_, rows) in enumerate(splits):
+            fold[rows] = k
+    return fold
+
+
 def tfidf_vectorizer(**options: Any) -> Any:
     """TF-IDF of unigrams and bigrams (options: e.g. a saved `vocabulary`)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -181,24 +199,46 @@ class TfidfSource(Source):
     arrays_name, vocabulary_name = "tfidf.safetensors", "tfidf_vocabulary.json"
 
     def fit(self, data: FitData) -> np.ndarray:
-        from sklearn.linear_model import LogisticRegression
-
         rows = data.train_rows
         self.vectorizer = tfidf_vectorizer()
-        features = self.vectorizer.fit_transform(data.texts_of(rows))
-        # Unweighted on purpose: the class prior is what turns P(real | x) into the ratio.
-        model = LogisticRegression(C=1.0, max_iter=2000, random_state=data.seed).fit(features, data.is_real[rows])
-        self.coef, self.intercept = model.coef_[0].astype(np.float64), float(model.intercept_[0])
-        self.prior, self.form, self.n_train = data.prior, data.form, len(rows)
+        self._fit_model(self.vectorizer.fit_transform(data.texts_of(rows)), data.is_real[rows], data)
         return self.log_ratio(data.heldout_items)
+
+    def _fit_model(self, features: Any, is_real: np.ndarray, data: FitData) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        # Unweighted on purpose: the class prior is what turns P(real | x) into the ratio.
+        model = LogisticRegression(C=1.0, max_iter=2000, random_state=data.seed).fit(features, is_real)
+        self.coef, self.intercept = model.coef_[0].astype(np.float64), float(model.intercept_[0])
+        self.prior, self.form, self.n_train = float(is_real.mean()), data.form, len(is_real)
+
+    @classmethod
+    def cross_fit(cls, data: FitData, fold: np.ndarray) -> tuple[TfidfSource, np.ndarray]:
+        """Fitted fold by fold on every row: each row's log-ratio from the fit that did not see it,
+        and one source, the folds' mean coefficients, for new items (one vectorizer for all)."""
+        source, out_of_fold, fits = cls(), np.empty(len(data.texts)), []
+        source.vectorizer = tfidf_vectorizer()
+        features = source.vectorizer.fit_transform(data.texts).tocsr()
+        for k in np.unique(fold):
+            fit = cls()
+            fit._fit_model(features[fold != k], data.is_real[fold != k], data)
+            out_of_fold[fold == k] = fit._log_ratio_of(features[fold == k])
+            fits.append(fit)
+        source.coef = np.mean([fit.coef for fit in fits], axis=0)
+        source.intercept = float(np.mean([fit.intercept for fit in fits]))
+        source.prior, source.form, source.n_train = float(data.is_real.mean()), data.form, len(data.texts)
+        return source, out_of_fold
 
     def _features(self, items: Items) -> Any:
         return self.vectorizer.transform(items.texts).tocsr()
 
-    def log_ratio(self, items: Items) -> np.ndarray:
+    def _log_ratio_of(self, features: Any) -> np.ndarray:
         from scipy.special import expit
 
-        return ratio_from_probability(expit(self._features(items) @ self.coef + self.intercept), self.prior, self.form)
+        return ratio_from_probability(expit(features @ self.coef + self.intercept), self.prior, self.form)
+
+    def log_ratio(self, items: Items) -> np.ndarray:
+        return self._log_ratio_of(self._features(items))
 
     def contributions(self, items: Items, count: int) -> list[tuple[str, str]]:
         names = self.vectorizer.get_feature_names_out()
@@ -381,6 +421,7 @@ class LabelPosteriorSource(Source):
     name, label, needs = "label_posterior", "label-posterior plug-in", ("labels",)
     arrays_name, vocabulary_name = "label_posterior.safetensors", "label_vocabulary.json"
     _min_df_texts = 1000  # from this many texts on, n-grams seen once are left out (3x faster, no loss)
+    C = 1.0  # inverse L2 strength of the multinomial logistic regression
 
     def fit(self, data: FitData) -> np.ndarray:
         self.fit_rows(data, np.flatnonzero(data.in_general))
@@ -388,36 +429,71 @@ class LabelPosteriorSource(Source):
 
     def fit_rows(self, data: FitData, general: np.ndarray) -> None:
         """Fit P(y | x) and p on the general rows `general`; q on every real row."""
+        self.vectorizer = self._vectorizer(len(general))
+        self._fit_model(self.vectorizer.fit_transform(data.texts_of(general)), general, data)
+
+    def _vectorizer(self, n_texts: int) -> Any:
+        return tfidf_vectorizer(min_df=2 if n_texts >= self._min_df_texts else 1)
+
+    def _fit_model(self, features: Any, general: np.ndarray, data: FitData) -> None:
+        """P(y | x) on `features`, the rows `general`'s; p on those rows, q on every real row."""
         from sklearn.linear_model import LogisticRegression
 
         names = np.asarray(data.labels, dtype=object)
         train_labels = names[data.label_codes[general]].astype(str)
         real_labels = names[data.label_codes[data.is_real]].astype(str)
-        self.vectorizer = tfidf_vectorizer(min_df=2 if len(general) >= self._min_df_texts else 1)
-        model = LogisticRegression(C=1.0, max_iter=2000, random_state=data.seed)
-        model.fit(self.vectorizer.fit_transform(data.texts_of(general)), train_labels)
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=data.seed).fit(features, train_labels)
         self.classes = [str(label) for label in model.classes_]
         p = np.array([np.mean(train_labels == label) for label in self.classes])
         q = np.array([np.mean(real_labels == label) for label in self.classes])
         self.label_ratio, self.coef, self.intercept = q / p, model.coef_, model.intercept_
+
+    @classmethod
+    def cross_fit(cls, data: FitData, fold: np.ndarray, min_rows: int) -> tuple[LabelPosteriorSource, np.ndarray]:
+        """Fitted fold by fold on the general rows: every row's log P(y | x) from the fit that did
+        not see it, and one source, the folds' mean coefficients, for new items. Labels with fewer
+        than `min_rows` general rows get no column (a posterior of a handful of rows is noise);
+        fold by label (`fold`) so every fit sees every other label."""
+        general = data.in_general.copy()
+        counts = np.bincount(data.label_codes[general], minlength=len(data.labels))
+        min_rows = min(min_rows, int(np.sort(counts)[-2]))  # at least the two largest labels
+        general &= counts[data.label_codes] >= min_rows
+        source, fits = cls(), []
+        source.vectorizer = source._vectorizer(int(general.sum()))
+        source.vectorizer.fit(data.texts_of(np.flatnonzero(general)))
+        features = source.vectorizer.transform(data.texts).tocsr()
+        for k in np.unique(fold):
+            rows = np.flatnonzero(general & (fold != k))
+            fit = cls()
+            fit._fit_model(features[rows], rows, data)
+            fits.append(fit)
+        if any(fit.classes != fits[0].classes for fit in fits):
+            raise ValueError("cross_fit: the folds saw different labels; fold by label (semcal.sources.label_folds)")
+        out_of_fold = np.empty((len(data.texts), len(fits[0].classes)))
+        for k, fit in zip(np.unique(fold), fits, strict=True):
+            out_of_fold[fold == k] = np.log(np.maximum(fit._posterior_of(features[fold == k])[0], _MIN_PROBABILITY))
+        source.classes, source.label_ratio = fits[0].classes, np.mean([fit.label_ratio for fit in fits], axis=0)
+        source.coef = np.mean([fit.coef for fit in fits], axis=0)
+        source.intercept = np.mean([fit.intercept for fit in fits], axis=0)
+        return source, out_of_fold
 
     def log_posterior(self, items: Items) -> np.ndarray:
         """log P(y | x) per item and label (columns: self.classes), floored."""
         return np.log(np.maximum(self._posterior(items)[1], _MIN_PROBABILITY))
 
     def _posterior(self, items: Items) -> tuple[Any, np.ndarray, np.ndarray]:
+        features = self.vectorizer.transform(items.texts).tocsr()
+        return (features, *self._posterior_of(features))
+
+    def _posterior_of(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """P(y | x) of the feature rows, and the coefficients per label (rows: self.classes)."""
         from scipy.special import expit, softmax
 
-        features = self.vectorizer.transform(items.texts).tocsr()
         logits = np.asarray(features @ self.coef.T) + self.intercept
         if self.coef.shape[0] == 1:  # two labels: scikit-learn's binary form, P(second label | x)
             second = expit(logits[:, 0])
-            return (
-                features,
-                np.column_stack([1 - second, second]),
-                np.vstack([np.zeros_like(self.coef[0]), self.coef[0]]),
-            )
-        return features, softmax(logits, axis=1), self.coef
+            return np.column_stack([1 - second, second]), np.vstack([np.zeros_like(self.coef[0]), self.coef[0]])
+        return softmax(logits, axis=1), self.coef
 
     def log_ratio(self, items: Items) -> np.ndarray:
         return np.log(np.maximum(self._posterior(items)[1] @ self.label_ratio, _MIN_PROBABILITY))
@@ -470,69 +546,69 @@ class LabelPosteriorSource(Source):
 
 class JointSource(Source):
     """The TF-IDF log-ratio and the label posterior's log-probabilities together:
-    l(x) = beta . [l_tfidf(x), log P(y | x) for each label], P(y | x) fitted on the general
-    training rows' labels, beta chosen so the held-out general rows, weighted by
-    min(1, exp(l + c) / M) with c the stream shift, show the real rows' label distribution
-    (the KL between the two, with a ridge on the posterior's weights chosen by 2-fold
-    cross-validation on the held-out rows). K + 1 numbers fitted on held-out rows: a label-aware
-    calibration of two views, one that knows membership and one that knows labels."""
+    l(x) = beta . [l_tfidf(x), log P(y | x) for each label], beta chosen so the general rows,
+    weighted by min(1, exp(l + c) / M) with c the stream shift, show the real rows' label
+    distribution (KL(accepted || real), with a ridge on the posterior's weights chosen by
+    2-fold cross-validation). Both views are cross-fitted (5 folds, by label and membership):
+    beta is fitted on every row's out-of-fold features, five times the rows a held-out split
+    gives, and new items are scored with the folds' mean coefficients. K + 1 numbers: a
+    label-aware calibration of two views, one that knows membership and one that knows labels."""
 
     name, label, needs = "joint", "TF-IDF + label posterior", ("heldout_rows", "labels", "membership")
     ridges = (1e-3, 1e-2, 1e-1, 1.0)
-    _kl_floor = 1e-3  # added to each label share before the KL: labels with few held-out rows stay finite
+    folds = 5  # cross-fitting folds; a label with fewer general rows gets no posterior column
+    _kl_floor = 1e-3  # added to each label share before the KL: labels with few rows stay finite
 
     def fit(self, data: FitData) -> np.ndarray:
-        self.tfidf = fitted(data, "tfidf")
-        self.posterior = LabelPosteriorSource()
+        fold = label_folds(data, self.folds)
+        self.tfidf, tfidf_out_of_fold = TfidfSource.cross_fit(data, fold)
+        self.posterior, posterior_out_of_fold = LabelPosteriorSource.cross_fit(data, fold, self.folds)
         self.posterior.arrays_name, self.posterior.vocabulary_name = (
             "joint_posterior.safetensors",
             "joint_vocabulary.json",
         )
-        self.posterior.fit_rows(data, np.flatnonzero(data.in_general & ~data.heldout))
-        heldout, stream = self._features(data.heldout_items), self._features(data.stream)
+        rows, stream = np.column_stack([tfidf_out_of_fold, posterior_out_of_fold]), self._features(data.stream)
         self.center, self.scale = stream.mean(axis=0), stream.std(axis=0)
         self.scale[self.scale == 0] = 1.0
-        heldout, stream = (heldout - self.center) / self.scale, (stream - self.center) / self.scale
-        weighted = data.heldout_in_general
-        codes = data.label_codes[data.heldout]
+        rows, stream = (rows - self.center) / self.scale, (stream - self.center) / self.scale
         real = np.bincount(data.label_codes[data.is_real], minlength=len(data.labels)).astype(np.float64)
-        target = real / real.sum()
-        self.ridge = self._choose_ridge(heldout, stream, codes, weighted, target, data.m, data.seed)
-        self.beta = self._fit_beta(heldout, stream, codes, weighted, target, data.m, self.ridge)
-        return heldout @ self.beta
+        problem = (stream, data.label_codes, data.in_general.astype(np.float64), real / real.sum(), data.m)
+        self.ridge = self._choose_ridge(rows, fold % 2, *problem)
+        self.beta = self._fit_beta(rows, *problem, self.ridge)
+        return rows[data.heldout] @ self.beta
 
     def _features(self, items: Items) -> np.ndarray:
         return np.column_stack([self.tfidf.log_ratio(items), self.posterior.log_posterior(items)])
 
-    def _loss(self, beta, heldout, stream, codes, weighted, target, m, ridge) -> float:
+    def _loss(self, beta, rows, stream, codes, weighted, target, m, ridge) -> float:
         from scipy.special import rel_entr
 
         shift = ratio_calibration.stream_shift(stream @ beta, m)
-        accept = ratio_calibration.calibrated_accept(heldout @ beta, m, 1.0, shift) * weighted
+        accept = ratio_calibration.calibrated_accept(rows @ beta, m, 1.0, shift) * weighted
         if accept.sum() <= 0:
             return float("inf")
         mix = np.bincount(codes, weights=accept, minlength=len(target)) / accept.sum()
-        kl = float(np.sum(rel_entr(target + self._kl_floor, mix + self._kl_floor)))
+        # KL(accepted || real), the direction deception reduction measures.
+        kl = float(np.sum(rel_entr(mix + self._kl_floor, target + self._kl_floor)))
         return kl + ridge * float(np.sum(beta[1:] ** 2))
 
-    def _fit_beta(self, heldout, stream, codes, weighted, target, m, ridge) -> np.ndarray:
+    def _fit_beta(self, rows, stream, codes, weighted, target, m, ridge) -> np.ndarray:
         from scipy.optimize import minimize
 
-        start = np.zeros(heldout.shape[1])
+        start = np.zeros(rows.shape[1])
         start[0] = 1.0  # the TF-IDF ratio as it is
-        found = minimize(self._loss, start, args=(heldout, stream, codes, weighted, target, m, ridge), method="Powell")
+        found = minimize(self._loss, start, args=(rows, stream, codes, weighted, target, m, ridge), method="Powell")
         return np.asarray(found.x, dtype=np.float64)
 
-    def _choose_ridge(self, heldout, stream, codes, weighted, target, m, seed) -> float:
-        """The ridge whose beta, fitted on one half of the held-out rows, best matches labels on the other."""
-        halves = np.random.default_rng(seed).permutation(len(codes)) % 2
+    def _choose_ridge(self, rows, halves, stream, codes, weighted, target, m) -> float:
+        """The ridge whose beta, fitted on one half of the rows, best matches labels on the other."""
         scores = []
         for ridge in self.ridges:
             total = 0.0
             for half in (0, 1):
                 fit, check = halves == half, halves != half
-                beta = self._fit_beta(heldout[fit], stream, codes[fit], weighted[fit], target, m, ridge)
-                total += self._loss(beta, heldout[check], stream, codes[check], weighted[check], target, m, 0.0)
+                beta = self._fit_beta(rows[fit], stream, codes[fit], weighted[fit], target, m, ridge)
+                total += self._loss(beta, rows[check], stream, codes[check], weighted[check], target, m, 0.0)
             scores.append(total)
         return float(self.ridges[int(np.argmin(scores))])
 

@@ -101,18 +101,18 @@ def test_stream_normalised_filters_pass_exactly_one_in_m(full_run):
 def test_per_text_summary_and_table_show_the_candidates(full_run):
     results, _, _, root = full_run
     per_text = pd.read_csv(root / "out" / "per_text.csv")
-    np.testing.assert_allclose(per_text["accept_prob"], per_text["tfidf_labmom_accept_prob"])
-    np.testing.assert_allclose(per_text["score"], per_text["score_tfidf_labmom"])
+    np.testing.assert_allclose(per_text["accept_prob"], per_text[f"{DEFAULT_FILTER}_accept_prob"])
+    np.testing.assert_allclose(per_text["score"], per_text[f"score_{DEFAULT_FILTER}"])
     for name in CALIBRATED:
         assert per_text[f"{name}_accept_prob"].between(0, 1).all(), name
     summary = (root / "out" / "summary.md").read_text()
     assert "## Calibrations" in summary and "| stack_labmom | stack | moments |" in summary
-    assert "Filter: **tfidf_labmom** (filter=tfidf_labmom)" in summary
+    assert f"Filter: **{DEFAULT_FILTER}** (filter={DEFAULT_FILTER})" in summary
     row = report.results_table_row(results)
-    for f in ("classifier", "tfidf_labmom", "stack_labmom", "clipped_stream"):
+    for f in ("classifier", "tfidf_labmom", "joint_labmom", "joint_stream", "stack_labmom", "clipped_stream"):
         assert f"{describe(f).label} reduction (%)" in row, f
     numeric = report.results_table_row(results, numeric=True)
-    assert numeric["filter_name"] == "tfidf_labmom"
+    assert numeric["filter_name"] == DEFAULT_FILTER
     assert numeric["tfidf_labmom_reduction_pct"] == pytest.approx(
         100 * results["filters"]["tfidf_labmom"]["deception_reduction"]
     )

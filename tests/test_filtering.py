@@ -26,10 +26,10 @@ from tests.test_evaluation import _build_dataset
 
 @pytest.fixture(scope="module")
 def tfidf_run(tmp_path_factory):
-    """The default filter (tfidf_labmom) on the synthetic evaluation, nothing else measured."""
+    """The TF-IDF filter tfidf_labmom on the synthetic evaluation, nothing else measured."""
     root = tmp_path_factory.mktemp("filter_tfidf")
     splits = _build_dataset(root / "data")
-    config = _config(root, splits, candidates=False, classifier=False, n_runs=20)
+    config = _config(root, splits, filter="tfidf_labmom", candidates=False, classifier=False, n_runs=20)
     results = evaluate(config)
     per_text = pd.read_csv(root / "out" / "per_text.csv", keep_default_na=False)
     return {"root": root, "results": results, "per_text": per_text, "filter": root / "out" / "filter"}

@@ -12,6 +12,7 @@ from semcal.cli import main
 from semcal.config import UserError
 from semcal.demo_data import generate_demo
 from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.filters import DEFAULT_FILTER
 from semcal.layout import RunLayout
 
 TINY_FINETUNE = {
@@ -144,8 +145,8 @@ def test_a_filter_without_language_models_trains_and_scores_none(tmp_path, tiny_
     assert "reads no language-model scores: no model is fine-tuned or scored" in capsys.readouterr().out
     assert not layout.models.exists() and not layout.scores.exists()
     results = json.loads(layout.results("severe").read_text())
-    assert results["filter_name"] == "tfidf_labmom" and results["counts"]["evaluated"] == 120
-    assert set(results["filters"]) == {"semcal", "no_filter", "oracle", "classifier", "tfidf_labmom"}
+    assert results["filter_name"] == DEFAULT_FILTER and results["counts"]["evaluated"] == 120
+    assert set(results["filters"]) == {"semcal", "no_filter", "oracle", "classifier", DEFAULT_FILTER}
     assert results["variants"] == {}
     assert (layout.filter_dir("severe") / filtering.SPEC_NAME).is_file()
     per_text = pd.read_csv(layout.per_text("severe"))
@@ -212,4 +213,4 @@ def test_a_held_split_with_rows_general_train_lacks_is_its_own_corpus(tmp_path, 
     layout = RunLayout(pipeline.run_pipeline(config))
     results = json.loads(layout.results("custom").read_text())
     assert results["real_rows"] == "pooled" and results["counts"]["real_train"] == 101
-    assert results["filters"]["tfidf_labmom"]["accept_prob_mean"] * results["M"] == pytest.approx(1.0)
+    assert results["filters"][DEFAULT_FILTER]["accept_prob_mean"] * results["M"] == pytest.approx(1.0)

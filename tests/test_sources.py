@@ -14,7 +14,7 @@ from semcal.calibrations import CALIBRATIONS
 from semcal.filtering import Filter
 from semcal.filters import choices, describe
 from semcal.fit_data import FitData, Items
-from semcal.sources import SOURCES
+from semcal.sources import SOURCES, LabelPosteriorSource, TfidfSource, label_folds
 
 SPORT = ["the team won the match", "a striker scored a goal", "fans cheered the players", "the coach praised defence"]
 FOOD = ["she baked fresh bread", "the soup needs more salt", "he fried onions in butter", "a chef sliced the tomatoes"]
@@ -102,7 +102,9 @@ def test_label_posterior_recovers_the_label_ratio():
     assert source.params()["ratio[sport]"] == pytest.approx(true["sport"])
 
 
-@pytest.mark.parametrize("name", ["tfidf", "tfidf_mom", "ngram_labmom", "tfidf_labmom", "label_posterior_stream"])
+@pytest.mark.parametrize(
+    "name", ["tfidf", "tfidf_mom", "ngram_labmom", "tfidf_labmom", "label_posterior_stream", "joint_labmom"]
+)
 def test_a_filter_saves_and_loads_to_the_same_acceptance(tmp_path, name):
     data, _ = subset_data()
     described = describe(name)
@@ -114,6 +116,64 @@ def test_a_filter_saves_and_loads_to_the_same_acceptance(tmp_path, name):
     assert (
         loaded.score(data.stream.texts[:3], top_tokens=2).tokens_up == fitted.score(data.stream.texts[:3], 2).tokens_up
     )
+
+
+def _accepted_sport_share(data: FitData, accept: np.ndarray, stream_sport: np.ndarray) -> float:
+    return float(accept[stream_sport].sum() / accept.sum())
+
+
+@pytest.mark.parametrize("make", [subset_data, pooled_data], ids=["subset", "pooled"])
+def test_joint_source_passes_the_real_label_mix(make):
+    """The joint source's beta is fitted so the accepted general rows show the real rows' label mix:
+    on a new stream the accepted sport share lands on the real one, at a pass rate of 1/M."""
+    data, stream_sport = make()
+    if data.label_codes is None:  # two corpora: label them as the subset does (sport = 1)
+        is_sport = [any(text.startswith(sentence) for sentence in SPORT) for text in data.texts]
+        data.labels, data.label_codes = ["food", "sport"], np.array(is_sport, dtype=np.int64)
+    real_share = data.label_codes[data.is_real].mean()
+    fitted = Filter.fit("joint", "stream", data)
+    accept = fitted.accept_probs(data.stream)
+    assert accept.mean() == pytest.approx(1 / data.m, abs=1e-6)
+    assert _accepted_sport_share(data, accept, stream_sport) == pytest.approx(real_share, abs=0.05)
+    params = fitted.source.params()
+    json.dumps(params)
+    assert (
+        set(params["weights"]) == {"tfidf", "log P(food)", "log P(sport)"}
+        and params["ridge"] in SOURCES["joint"].ridges
+    )
+
+
+def test_cross_fitted_rows_are_scored_by_fits_that_did_not_see_them():
+    """A real member with words no other row has: the fit that saw it marks it real; its own
+    out-of-fold score, from the fits without it, knows nothing of those words."""
+    data, _ = subset_data()
+    data.texts = list(data.texts)
+    members = np.flatnonzero(data.is_real)[:5]
+    for i, row in enumerate(members):
+        data.texts[row] = f"zebra{i} quartz{i} lantern{i}"
+    fold = label_folds(data, 5)
+    source, out_of_fold = TfidfSource.cross_fit(data, fold)
+    marked = Items([data.texts[row] for row in members])
+    assert (source.log_ratio(marked) > out_of_fold[members] + 0.15).all()
+    posterior, log_posterior = LabelPosteriorSource.cross_fit(data, fold, 5)
+    assert log_posterior.shape == (len(data.texts), 2) and np.isfinite(log_posterior).all()
+    np.testing.assert_allclose(np.exp(log_posterior).sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_label_folds_spread_every_label_and_a_rare_label_gets_no_posterior_column():
+    data, stream_sport = subset_data()
+    codes = data.label_codes.copy()
+    codes[np.flatnonzero(codes == 0)[:3]] = 2  # a third label with 3 rows
+    data.labels, data.label_codes = ["food", "sport", "rare"], codes
+    fold = label_folds(data, 5)
+    np.testing.assert_array_equal(fold, label_folds(data, 5))  # seeded
+    assert np.bincount(fold).min() >= len(fold) // 5 - 2  # balanced
+    for k in range(5):
+        assert set(np.unique(codes[fold != k])) == {0, 1, 2}, "a fit without fold k still sees every label"
+    source = SOURCES["joint"]()
+    heldout = source.fit(data)
+    assert source.posterior.classes == ["food", "sport"]  # 3 rows: fewer than the 5 folds
+    assert np.isfinite(heldout).all() and np.isfinite(source.log_ratio(data.stream)).all()
 
 
 def test_stream_calibrations_pass_one_in_m_in_both_forms():
