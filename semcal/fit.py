@@ -20,7 +20,9 @@ does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
 - the shift by stream self-normalisation: the held-out stream passes exactly `pass_rate`.
 
 `pass_rate` (= 1/M) is the share of the stream to pass. Left out, it is derived from the
-data: of 10 rates from 2% to 80% (PASS_RATE_GRID), the one at which the accepted held-out
+data. With labels it is 1 / max_y q(y)/p(y), q and p the trusted and stream label
+distributions (labels with at least 5 stream rows): the most a filter can pass whose
+accepted labels match the trusted ones. Without labels, of 10 rates from 2% to 80% (PASS_RATE_GRID), the one at which the accepted held-out
 stream is hardest to tell from the held-out trusted texts (the lowest classifier two-sample
 AUC, the stream weighted by acceptance). Passing more lets unlike texts through; passing
 less keeps only the most extreme trusted-looking ones. For a trusted corpus drawn from the
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 # Every source but the control one, which needs a third, matched control model.
 FIT_SOURCES = tuple(name for name in SOURCES if name != "control_sum")
 MIN_ROWS = 20  # per corpus: fewer leave too few held-out rows to calibrate on
+LABEL_MIN_ROWS = 5  # a label needs this many stream rows to set the pass rate
 PASS_RATE_GRID = tuple(float(rate) for rate in np.geomspace(0.02, 0.8, 10))  # searched when pass_rate is not set
 
 
@@ -120,11 +123,13 @@ def fit(config: FitConfig) -> dict[str, Any]:
         )
     with output.building(identity) as staging:
         features = heldout_features(data)  # of the two-sample test: the pass-rate search and the check
-        searched = {}
-        if config.pass_rate is None:
+        searched, rate_from = {}, "the pass_rate setting"
+        if config.pass_rate is None and data.has("labels"):
+            data.m, rate_from = 1.0 / label_pass_rate(data), "the label distributions: 1 / max q(y)/p(y)"
+        elif config.pass_rate is None:
             log.info("choosing the pass rate: %d fits of %s_%s", len(PASS_RATE_GRID), config.source, calibration_name)
             rate, searched = choose_pass_rate(data, config.source, calibration_name, features)
-            data.m = 1.0 / rate
+            data.m, rate_from = 1.0 / rate, "lowest two-sample AUC over the grid"
         log.info(
             "fitting %s with %s on %d trusted and %d stream texts (M %.3g)",
             config.source,
@@ -135,7 +140,7 @@ def fit(config: FitConfig) -> dict[str, Any]:
         )
         stream_filter = Filter.fit(config.source, calibration_name, data)
         results = check_filter(stream_filter, data, config, features)
-        results["pass_rate_search"] = searched
+        results["pass_rate_search"], results["pass_rate_from"] = searched, rate_from
         stream_filter.save(staging, fitted_on=fingerprints)
         results["figures"] = write_figures(staging, stream_filter, data, results)
         files.write_json(staging / "fit_results.json", files.plain_json(results), strict=True)
@@ -212,6 +217,16 @@ def add_language_models(data: FitData, heldout_items: Items, models: dict[str, A
     data.stream = heldout_items.select(np.arange(len(data.stream)))  # the held-out general rows come first
 
 
+def label_pass_rate(data: FitData) -> float:
+    """1/M with M = max_y q(y)/p(y), q and p the real and general rows' label distributions, over
+    the labels with at least LABEL_MIN_ROWS general rows (a rarer label's p is too noisy to divide by)."""
+    general = np.bincount(data.label_codes[data.in_general], minlength=len(data.labels)).astype(np.float64)
+    real = np.bincount(data.label_codes[data.is_real], minlength=len(data.labels)).astype(np.float64)
+    kept = general >= LABEL_MIN_ROWS
+    ratio = (real[kept] / real.sum()) / (general[kept] / general.sum())
+    return float(1.0 / max(1.0, ratio.max(initial=1.0)))
+
+
 def choose_pass_rate(
     data: FitData, source: str, calibration_name: str, features: Any
 ) -> tuple[float, dict[str, float]]:
@@ -256,7 +271,6 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, featur
         },
         "M": data.m,
         "pass_rate_target": 1.0 / data.m,
-        "pass_rate_from": "the pass_rate setting" if config.pass_rate else "lowest two-sample AUC over the grid",
         "pass_rate_heldout_stream": float(np.mean(stream_accept)),
         "effective_sample_share": effective_sample_share(stream_accept),
         "two_sample_auc_before": two_sample_auc(features, is_real, None, seed=data.seed),

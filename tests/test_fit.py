@@ -85,23 +85,31 @@ def test_a_trusted_corpus_that_is_not_drawn_from_the_stream(shared_data, tmp_pat
     assert fit(config) == results  # up to date: nothing is done again
 
 
-def test_labels_calibrate_on_the_label_distribution(shared_data, tmp_path):
-    """With a label column in both corpora the filter matches the trusted label mix: KL falls."""
+@pytest.mark.parametrize("source", ["tfidf", "joint"])
+def test_labels_calibrate_on_the_label_distribution(shared_data, tmp_path, source):
+    """With a label column in both corpora the filter matches the trusted label mix: KL falls; the
+    pass rate is the label distributions' 1 / max q(y)/p(y), the most a label-matched filter passes."""
     news = pd.read_csv(shared_data / "ag_news" / "test.csv")
     rng = np.random.default_rng(0)
     keep = rng.random(len(news)) < news["label"].map({1: 0.1, 2: 0.8, 3: 0.4, 4: 0.1}).to_numpy()
     news[keep][["text", "label_name"]].to_csv(tmp_path / "real.csv", index=False)
+    general = pd.read_csv(shared_data / "ag_news" / "train_8k.csv")
     results = fit(
         FitConfig(
             real=str(tmp_path / "real.csv"),
             general=str(shared_data / "ag_news" / "train_8k.csv"),
             label_column="label_name",
+            source=source,
             output=str(tmp_path / "filter"),
         )
     )
-    assert results["filter"] == "tfidf_labmom"
+    assert results["filter"] == f"{source}_labmom"
+    q = news[keep]["label_name"].value_counts(normalize=True)
+    p = general["label_name"].value_counts(normalize=True)
+    assert results["M"] == pytest.approx((q / p).max())
+    assert results["pass_rate_from"].startswith("the label distributions") and results["pass_rate_search"] == {}
     labels = results["labels"]
-    assert labels["kl_after"] < 0.3 * labels["kl_before"] and labels["deception_reduction"] > 0.7
+    assert labels["kl_after"] < 0.15 * labels["kl_before"] and labels["deception_reduction"] > 0.85
     assert "## Labels (held-out rows)" in (tmp_path / "filter" / "fit_report.md").read_text()
     assert (tmp_path / "filter" / "label_distributions.png").exists()
 
