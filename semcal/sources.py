@@ -42,6 +42,7 @@ from semcal.fit_data import FitData, Items
 # A classifier's P(real | x) is kept within [floor, 1 - floor] before its log is taken.
 _MIN_PROBABILITY = 1e-12
 _STACK_FOLDS = 5  # cross-fitting folds of the stacked source on the held-out rows
+OTHER_LABELS = "(other labels)"  # the posterior column of the labels past the joint source's max_labels
 STACK_FEATURES = ("lm_sum", "lm_mean", "n_tokens", "tfidf")
 
 
@@ -430,34 +431,43 @@ class LabelPosteriorSource(Source):
     def fit_rows(self, data: FitData, general: np.ndarray) -> None:
         """Fit P(y | x) and p on the general rows `general`; q on every real row."""
         self.vectorizer = self._vectorizer(len(general))
-        self._fit_model(self.vectorizer.fit_transform(data.texts_of(general)), general, data)
+        names = np.asarray(data.labels, dtype=object)[data.label_codes].astype(str)
+        features = self.vectorizer.fit_transform(data.texts_of(general))
+        self._fit_model(features, names[general], names[data.is_real], data.seed)
 
     def _vectorizer(self, n_texts: int) -> Any:
         return tfidf_vectorizer(min_df=2 if n_texts >= self._min_df_texts else 1)
 
-    def _fit_model(self, features: Any, general: np.ndarray, data: FitData) -> None:
-        """P(y | x) on `features`, the rows `general`'s; p on those rows, q on every real row."""
+    def _fit_model(self, features: Any, train_labels: np.ndarray, real_labels: np.ndarray, seed: int) -> None:
+        """P(y | x) on `features` (rows labelled `train_labels`); p on those rows, q on the real rows' labels."""
         from sklearn.linear_model import LogisticRegression
 
-        names = np.asarray(data.labels, dtype=object)
-        train_labels = names[data.label_codes[general]].astype(str)
-        real_labels = names[data.label_codes[data.is_real]].astype(str)
-        model = LogisticRegression(C=self.C, max_iter=2000, random_state=data.seed).fit(features, train_labels)
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=seed).fit(features, train_labels)
         self.classes = [str(label) for label in model.classes_]
         p = np.array([np.mean(train_labels == label) for label in self.classes])
         q = np.array([np.mean(real_labels == label) for label in self.classes])
         self.label_ratio, self.coef, self.intercept = q / p, model.coef_, model.intercept_
 
     @classmethod
-    def cross_fit(cls, data: FitData, fold: np.ndarray, min_rows: int) -> tuple[LabelPosteriorSource, np.ndarray]:
+    def cross_fit(
+        cls, data: FitData, fold: np.ndarray, min_rows: int, max_labels: int
+    ) -> tuple[LabelPosteriorSource, np.ndarray]:
         """Fitted fold by fold on the general rows: every row's log P(y | x) from the fit that did
-        not see it, and one source, the folds' mean coefficients, for new items. Labels with fewer
-        than `min_rows` general rows get no column (a posterior of a handful of rows is noise);
-        fold by label (`fold`) so every fit sees every other label."""
+        not see it, and one source, the folds' mean coefficients, for new items. Fold by label
+        (`fold`) so every fit sees every label. Columns: the labels with at least `min_rows`
+        general rows (a posterior of a handful of rows is noise), at most `max_labels` of them, the
+        largest; the rest are one column, OTHER_LABELS, when it has `min_rows` rows itself."""
+        names = np.array([str(label) for label in data.labels], dtype=object)[data.label_codes]  # room for OTHER
         general = data.in_general.copy()
         counts = np.bincount(data.label_codes[general], minlength=len(data.labels))
         min_rows = min(min_rows, int(np.sort(counts)[-2]))  # at least the two largest labels
-        general &= counts[data.label_codes] >= min_rows
+        ranked = [code for code in np.argsort(-counts, kind="stable") if counts[code] >= min_rows]
+        if len(ranked) > max_labels:
+            others = ~np.isin(data.label_codes, ranked[: max_labels - 1])
+            names[others] = OTHER_LABELS
+            general &= ~others | (int((others & general).sum()) >= min_rows)
+        else:
+            general &= counts[data.label_codes] >= min_rows
         source, fits = cls(), []
         source.vectorizer = source._vectorizer(int(general.sum()))
         source.vectorizer.fit(data.texts_of(np.flatnonzero(general)))
@@ -465,7 +475,7 @@ class LabelPosteriorSource(Source):
         for k in np.unique(fold):
             rows = np.flatnonzero(general & (fold != k))
             fit = cls()
-            fit._fit_model(features[rows], rows, data)
+            fit._fit_model(features[rows], names[rows], names[data.is_real], data.seed)
             fits.append(fit)
         if any(fit.classes != fits[0].classes for fit in fits):
             raise ValueError("cross_fit: the folds saw different labels; fold by label (semcal.sources.label_folds)")
@@ -557,12 +567,13 @@ class JointSource(Source):
     name, label, needs = "joint", "TF-IDF + label posterior", ("heldout_rows", "labels", "membership")
     ridges = (1e-3, 1e-2, 1e-1, 1.0)
     folds = 5  # cross-fitting folds; a label with fewer general rows gets no posterior column
+    max_labels = 16  # posterior columns at most (the largest labels; the rest one column): beta's search stays fast
     _kl_floor = 1e-3  # added to each label share before the KL: labels with few rows stay finite
 
     def fit(self, data: FitData) -> np.ndarray:
         fold = label_folds(data, self.folds)
         self.tfidf, tfidf_out_of_fold = TfidfSource.cross_fit(data, fold)
-        self.posterior, posterior_out_of_fold = LabelPosteriorSource.cross_fit(data, fold, self.folds)
+        self.posterior, posterior_out_of_fold = LabelPosteriorSource.cross_fit(data, fold, self.folds, self.max_labels)
         self.posterior.arrays_name, self.posterior.vocabulary_name = (
             "joint_posterior.safetensors",
             "joint_vocabulary.json",

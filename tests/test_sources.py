@@ -14,7 +14,7 @@ from semcal.calibrations import CALIBRATIONS
 from semcal.filtering import Filter
 from semcal.filters import choices, describe
 from semcal.fit_data import FitData, Items
-from semcal.sources import SOURCES, LabelPosteriorSource, TfidfSource, label_folds
+from semcal.sources import OTHER_LABELS, SOURCES, LabelPosteriorSource, TfidfSource, label_folds
 
 SPORT = ["the team won the match", "a striker scored a goal", "fans cheered the players", "the coach praised defence"]
 FOOD = ["she baked fresh bread", "the soup needs more salt", "he fried onions in butter", "a chef sliced the tomatoes"]
@@ -155,7 +155,7 @@ def test_cross_fitted_rows_are_scored_by_fits_that_did_not_see_them():
     source, out_of_fold = TfidfSource.cross_fit(data, fold)
     marked = Items([data.texts[row] for row in members])
     assert (source.log_ratio(marked) > out_of_fold[members] + 0.15).all()
-    posterior, log_posterior = LabelPosteriorSource.cross_fit(data, fold, 5)
+    posterior, log_posterior = LabelPosteriorSource.cross_fit(data, fold, 5, 16)
     assert log_posterior.shape == (len(data.texts), 2) and np.isfinite(log_posterior).all()
     np.testing.assert_allclose(np.exp(log_posterior).sum(axis=1), 1.0, atol=1e-9)
 
@@ -174,6 +174,21 @@ def test_label_folds_spread_every_label_and_a_rare_label_gets_no_posterior_colum
     heldout = source.fit(data)
     assert source.posterior.classes == ["food", "sport"]  # 3 rows: fewer than the 5 folds
     assert np.isfinite(heldout).all() and np.isfinite(source.log_ratio(data.stream)).all()
+
+
+def test_many_labels_keep_the_largest_posterior_columns_and_one_for_the_rest():
+    """Past max_labels the joint source keeps the largest labels' columns and one for the rest,
+    so a data set with hundreds of labels fits in seconds: 6 labels, at most 3 columns here."""
+    data, _ = subset_data()
+    rng = np.random.default_rng(3)
+    codes = data.label_codes * 3 + rng.choice(3, size=len(data.label_codes), p=[0.6, 0.3, 0.1])
+    data.labels, data.label_codes = [f"{t}{i}" for t in ("food", "sport") for i in range(3)], codes
+    source = SOURCES["joint"]()
+    source.max_labels = 3
+    heldout = source.fit(data)
+    largest = [data.labels[code] for code in np.argsort(-np.bincount(codes))[:2]]
+    assert source.posterior.classes == sorted([*largest, OTHER_LABELS])
+    assert len(source.beta) == 4 and np.isfinite(heldout).all()
 
 
 def test_stream_calibrations_pass_one_in_m_in_both_forms():
