@@ -22,10 +22,11 @@ does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
 `pass_rate` (= 1/M) is the share of the stream to pass. Left out, it is derived from the
 data. With labels it is 1 / max_y q(y)/p(y), q and p the trusted and stream label
 distributions (labels with at least 5 stream rows): the most a filter can pass whose
-accepted labels match the trusted ones. Without labels, of 10 rates from 2% to 80% (PASS_RATE_GRID), the one at which the accepted held-out
-stream is hardest to tell from the held-out trusted texts (the lowest classifier two-sample
-AUC, the stream weighted by acceptance). Passing more lets unlike texts through; passing
-less keeps only the most extreme trusted-looking ones. For a trusted corpus drawn from the
+accepted labels match the trusted ones. Without labels, of 10 rates from 2% to 80%
+(PASS_RATE_GRID), the one at which the accepted held-out stream is hardest to tell from the
+held-out trusted texts (the lowest classifier two-sample AUC, the stream weighted by
+acceptance). Passing more lets unlike texts through; passing less keeps only the most
+extreme trusted-looking ones. For a trusted corpus drawn from the
 stream it lands near the share it was drawn from.
 
 Writes into `output` (built beside and swapped in whole): the filter (filter.json and its
@@ -77,9 +78,7 @@ class FitConfig:
     text_column: str = "text"  # column holding the texts, in both corpora
     label_column: str | None = None  # optional labels in both corpora: calibrate on the label distribution
     label_map: str | None = None  # fine-to-coarse label map (label_maps/ name or JSON path)
-    source: str = (
-        "tfidf"  # tfidf, ngram, embedding, joint / label_posterior (labels), clipped / sum / stack (trains LMs)
-    )
+    source: str = "tfidf"  # tfidf, ngram, embedding; joint, label_posterior (labels); clipped, sum, stack (LMs)
     calibration: str | None = None  # none: mom without labels, labmom with them; or any calibration
     pass_rate: float | None = None  # share of the stream to pass (1/M); none: derived from the data (module doc)
     heldout_fraction: float = 0.2  # share of each corpus held out to calibrate on
@@ -220,11 +219,10 @@ def add_language_models(data: FitData, heldout_items: Items, models: dict[str, A
 def label_pass_rate(data: FitData) -> float:
     """1/M with M = max_y q(y)/p(y), q and p the real and general rows' label distributions, over
     the labels with at least LABEL_MIN_ROWS general rows (a rarer label's p is too noisy to divide by)."""
-    general = np.bincount(data.label_codes[data.in_general], minlength=len(data.labels)).astype(np.float64)
-    real = np.bincount(data.label_codes[data.is_real], minlength=len(data.labels)).astype(np.float64)
-    kept = general >= LABEL_MIN_ROWS
-    ratio = (real[kept] / real.sum()) / (general[kept] / general.sum())
-    return float(1.0 / max(1.0, ratio.max(initial=1.0)))
+    k, general = len(data.labels), data.label_codes[data.in_general]
+    q, p = calibration.label_distribution(data.label_codes[data.is_real], k), calibration.label_distribution(general, k)
+    kept = np.bincount(general, minlength=k) >= LABEL_MIN_ROWS
+    return float(1.0 / max(1.0, (q[kept] / p[kept]).max(initial=1.0)))
 
 
 def choose_pass_rate(

@@ -422,18 +422,14 @@ class LabelPosteriorSource(Source):
     name, label, needs = "label_posterior", "label-posterior plug-in", ("labels",)
     arrays_name, vocabulary_name = "label_posterior.safetensors", "label_vocabulary.json"
     _min_df_texts = 1000  # from this many texts on, n-grams seen once are left out (3x faster, no loss)
-    C = 1.0  # inverse L2 strength of the multinomial logistic regression
 
     def fit(self, data: FitData) -> np.ndarray:
-        self.fit_rows(data, np.flatnonzero(data.in_general))
-        return self.log_ratio(data.heldout_items)
-
-    def fit_rows(self, data: FitData, general: np.ndarray) -> None:
-        """Fit P(y | x) and p on the general rows `general`; q on every real row."""
+        general = np.flatnonzero(data.in_general)
         self.vectorizer = self._vectorizer(len(general))
         names = np.asarray(data.labels, dtype=object)[data.label_codes].astype(str)
         features = self.vectorizer.fit_transform(data.texts_of(general))
         self._fit_model(features, names[general], names[data.is_real], data.seed)
+        return self.log_ratio(data.heldout_items)
 
     def _vectorizer(self, n_texts: int) -> Any:
         return tfidf_vectorizer(min_df=2 if n_texts >= self._min_df_texts else 1)
@@ -442,7 +438,7 @@ class LabelPosteriorSource(Source):
         """P(y | x) on `features` (rows labelled `train_labels`); p on those rows, q on the real rows' labels."""
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=self.C, max_iter=2000, random_state=seed).fit(features, train_labels)
+        model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(features, train_labels)
         self.classes = [str(label) for label in model.classes_]
         p = np.array([np.mean(train_labels == label) for label in self.classes])
         q = np.array([np.mean(real_labels == label) for label in self.classes])
@@ -582,8 +578,8 @@ class JointSource(Source):
         self.center, self.scale = stream.mean(axis=0), stream.std(axis=0)
         self.scale[self.scale == 0] = 1.0
         rows, stream = (rows - self.center) / self.scale, (stream - self.center) / self.scale
-        real = np.bincount(data.label_codes[data.is_real], minlength=len(data.labels)).astype(np.float64)
-        problem = (stream, data.label_codes, data.in_general.astype(np.float64), real / real.sum(), data.m)
+        real = calibration.label_distribution(data.label_codes[data.is_real], len(data.labels))
+        problem = (stream, data.label_codes, data.in_general.astype(np.float64), real, data.m)
         self.ridge = self._choose_ridge(rows, fold % 2, *problem)
         self.beta = self._fit_beta(rows, *problem, self.ridge)
         return rows[data.heldout] @ self.beta
