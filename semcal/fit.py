@@ -22,12 +22,12 @@ does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
 `pass_rate` (= 1/M) is the share of the stream to pass. Left out, it is derived from the
 data. With labels it is 1 / max_y q(y)/p(y), q and p the trusted and stream label
 distributions (labels with at least 5 stream rows): the most a filter can pass whose
-accepted labels match the trusted ones. Without labels, of 10 rates from 2% to 80%
-(PASS_RATE_GRID), the one at which the accepted held-out stream is hardest to tell from the
-held-out trusted texts (the lowest classifier two-sample AUC, the stream weighted by
-acceptance). Passing more lets unlike texts through; passing less keeps only the most
-extreme trusted-looking ones. For a trusted corpus drawn from the
-stream it lands near the share it was drawn from.
+accepted labels match the trusted ones. Without labels (or with no label of 5 stream rows),
+of 10 rates from 2% to 80% (PASS_RATE_GRID), the one at which the accepted held-out stream is
+hardest to tell from the held-out trusted texts (the lowest classifier two-sample AUC, the
+stream weighted by acceptance). Passing more lets unlike texts through; passing less keeps
+only the most extreme trusted-looking ones. For a trusted corpus drawn from the stream it
+lands near the share it was drawn from.
 
 Writes into `output` (built beside and swapped in whole): the filter (filter.json and its
 arrays, semcal.filtering), fit_report.md and fit_results.json (pass rate, effective sample
@@ -123,8 +123,9 @@ def fit(config: FitConfig) -> dict[str, Any]:
     with output.building(identity) as staging:
         features = heldout_features(data)  # of the two-sample test: the pass-rate search and the check
         searched, rate_from = {}, "the pass_rate setting"
-        if config.pass_rate is None and data.has("labels"):
-            data.m, rate_from = 1.0 / label_pass_rate(data), "the label distributions: 1 / max q(y)/p(y)"
+        label_rate = label_pass_rate(data) if config.pass_rate is None and data.has("labels") else None
+        if label_rate is not None:
+            data.m, rate_from = 1.0 / label_rate, "the label distributions: 1 / max q(y)/p(y)"
         elif config.pass_rate is None:
             log.info("choosing the pass rate: %d fits of %s_%s", len(PASS_RATE_GRID), config.source, calibration_name)
             rate, searched = choose_pass_rate(data, config.source, calibration_name, features)
@@ -216,13 +217,16 @@ def add_language_models(data: FitData, heldout_items: Items, models: dict[str, A
     data.stream = heldout_items.select(np.arange(len(data.stream)))  # the held-out general rows come first
 
 
-def label_pass_rate(data: FitData) -> float:
+def label_pass_rate(data: FitData) -> float | None:
     """1/M with M = max_y q(y)/p(y), q and p the real and general rows' label distributions, over
-    the labels with at least LABEL_MIN_ROWS general rows (a rarer label's p is too noisy to divide by)."""
+    the labels with at least LABEL_MIN_ROWS general rows (a rarer label's p is too noisy to divide
+    by); None when no label has that many (the label-free search decides then)."""
     k, general = len(data.labels), data.label_codes[data.in_general]
-    q, p = calibration.label_distribution(data.label_codes[data.is_real], k), calibration.label_distribution(general, k)
     kept = np.bincount(general, minlength=k) >= LABEL_MIN_ROWS
-    return float(1.0 / max(1.0, (q[kept] / p[kept]).max(initial=1.0)))
+    if not kept.any():
+        return None
+    q, p = calibration.label_distribution(data.label_codes[data.is_real], k), calibration.label_distribution(general, k)
+    return float(1.0 / max(1.0, (q[kept] / p[kept]).max()))
 
 
 def choose_pass_rate(

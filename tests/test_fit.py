@@ -170,3 +170,20 @@ def test_a_language_model_source_trains_scores_and_saves_its_models(tmp_path):
     held = [texts[i] for i in np.flatnonzero(heldout_mask(np.arange(400), 400, 0.2, 0))]
     assert len(held) == stream
     assert loaded.accept_probs(held).mean() == pytest.approx(0.3, abs=1e-6)
+
+
+def test_the_label_pass_rate_divides_by_labels_with_enough_stream_rows():
+    """1 / max q/p over labels with at least LABEL_MIN_ROWS stream rows; none such: the grid decides."""
+    from semcal.fit import LABEL_MIN_ROWS, label_pass_rate
+    from semcal.fit_data import FitData, Items
+
+    def data(general_codes, real_codes):
+        general, real = [f"g{i}" for i in range(len(general_codes))], [f"r{i}" for i in range(len(real_codes))]
+        held = (np.zeros(len(general), bool), np.zeros(len(real), bool))
+        codes = (np.array(general_codes), np.array(real_codes))
+        return FitData.pooled(general, real, held, codes, stream=Items(general), m=2.0, labels=["a", "b", "c"])
+
+    # p = (0.6, 0.3, 0.1), q = (0.2, 0.5, 0.3): label c (q/p 3) has 4 stream rows, so M = 0.5 / 0.3
+    fitted = data([0] * 24 + [1] * 12 + [2] * 4, [0] * 2 + [1] * 5 + [2] * 3)
+    assert LABEL_MIN_ROWS == 5 and label_pass_rate(fitted) == pytest.approx(0.6)
+    assert label_pass_rate(data([0] * 4 + [1] * 4, [0] * 3 + [1])) is None
