@@ -5,24 +5,35 @@ and its ratio r(x) = q(x) / p(x) assumes that stream's label mix p. When the str
 p', the pass rate moves off 1/M and the accepted mix moves off the trusted q. `Adapter` wraps a
 filter and corrects it from the stream itself, item by item, in input order:
 
-- `rate` (label-free, any filter): an offset d on the score so the last `window` items pass
-  exactly 1/M, d = stream_shift(window scores, M) (semcal.ratio_calibration).
+- `rate` (label-free, any filter): an offset d on the score so the items pass 1/M, from the
+  last `window` items' scores (d = stream_shift(window scores, M), semcal.ratio_calibration).
 - `prior` (filters that carry a label posterior P(y | x)): the window's label prior p' by
-  maximum likelihood (the EM of Saerens, Latinne & Decaestecker, 2002), then the ratio for the
-  new prior, r'(x) = q(x) / p'(x) = r(x) / Z(x) with Z(x) = sum_y P(y | x) p'(y) / p(y) (under
-  label shift p'(x) / p(x) = Z(x)). The saved shift stays: the pass rate follows the corrected
-  ratio (below 1/M where p' asks for more than M allows, as the oracle's); `prior_rate` adds
-  the rate offset on top, so it stays 1/M (the accepted mix then moves off where it must clip).
+  maximum likelihood (the EM of Saerens, Latinne & Decaestecker, 2002); the ratio for the new
+  prior, r'(x) = q(x) / p'(x) = r(x) / Z(x) with Z(x) = sum_y P(y | x) p'(y) / p(y) (under label
+  shift p'(x) / p(x) = Z(x)); then a weight c_y per label on log P'(y | x), the posterior under
+  p', chosen so the accepted items, counted by P'(y | x), show the label mix the saved filter
+  accepts on its own stream, counted by P(y | x) (`match_label_mix`). The correction by Z alone
+  is too weak where the posterior is soft (a caption that mentions a dog and traffic counts
+  towards both): it moves an item by the mean of its labels' ratios, where the mix needs its
+  own label's. A calibrated posterior counts the accepted mix of any acceptance of x without
+  bias, so matching on it needs no labels; c is fitted on the filter's reference sample
+  weighted by Z(x) to the window's prior (thousands of items: only the K numbers of p' carry
+  the window's noise), and is 0 when p' = p. Its pass rate is what that mix allows,
+  sum_y min(p'(y), t(y) / M) (`feasible_pass_rate`): 1/M unless the stream holds too little of
+  a label the mix needs, which then passes whole, as the oracle's.
 - `refit` (text filters, given the trusted texts): every `refit_every` items a TF-IDF source is
   fitted afresh on the trusted texts against the last `refit_window` stream texts (bounded:
-  at most `max_trusted` trusted texts), its log-ratio taken with temperature 1; the rate offset
-  on top.
+  at most `max_trusted` trusted texts), its log-ratio taken with temperature 1.
 
-Estimates change only every `update_every` items, at fixed positions of the stream, and each
-item is judged with the estimate made before it: the decisions are the same for any batch
-size, given the seed and the input order. The estimation window starts filled with the
-filter's reference sample (its fit's stream), so the first items are judged as the saved
-filter judges them and new items replace the reference ones as they come.
+Every adaptive mode holds its pass rate (1/M; `prior`: the feasible one) per block of `window`
+items (counted from the first): the offset is set for what the rest of the block still needs
+(`block_pass_rate`, at most twice or half the rate), so items that came unlike the estimation
+window, or a switch inside a block, do not move the block's rate. Estimates change only every
+`update_every` items, at fixed positions of the stream, and each item is judged with the
+estimate made before it: the decisions are the same for any batch size, given the seed and
+the input order. The estimation window starts filled with the filter's reference sample (its
+fit's stream), so the first items are judged as the saved filter judges them and new items
+replace the reference ones as they come.
 
 Drift alarms: per tumbling window of `alarm_window` items a statistic of "this window is not
 the stream the filter was fitted on": `prior`, KL(p' || p) of the EM prior of the window from
@@ -54,6 +65,9 @@ ALARMS = ("none", "auto", "prior", "mean_log_ratio")
 _EM_TOLERANCE = 1e-7
 _EM_MAX_ITERATIONS = 300
 _MIN_WEIGHT = 1e-12  # Z(x) and p'(y) are kept above this before a log or a division
+_MIN_POSTERIOR = 1e-4  # P(y | x) is kept above this before its log is a feature: one item cannot dominate
+_KL_FLOOR = 1e-3  # added to each label share before the KL the label weights minimise
+_RATE_SWING = 2.0  # the rest of a block passes between 1/(2M) and 2/M to meet the block's pass rate
 
 
 @dataclass
@@ -64,7 +78,8 @@ class AdaptSettings:
     update_every: int = 25  # items between two re-estimates
     change_window: int = 50  # the recent items tested for a sudden change of the pass rate (see _estimate)
     change_z: float = 4.0  # how many standard errors the recent items must differ from the older ones to restart
-    prior_rate: bool = False  # prior: also keep the pass rate on 1/M with the rate offset
+    prior_pseudo_count: float = 50.0  # prior: items' worth of the fitted prior the EM starts from (see _estimate)
+    match_ridge: float = 0.001  # prior: ridge on the mean squared label weight c (weights of log-probabilities)
     alarm_window: int = 500  # items per alarm window (tumbling: windows do not overlap)
     false_alarm_rate: float = 0.01  # share of windows of the undrifted stream that alarm
     bootstrap: int = 1000  # reference windows drawn to set the alarm threshold
@@ -85,8 +100,16 @@ class AdaptSettings:
         ):
             if getattr(self, name) < 10:
                 raise UserError(f"adapt_settings {name} must be at least 10 (got {getattr(self, name)}).")
+        if self.window % self.update_every:
+            raise UserError(
+                f"adapt_settings window ({self.window}) must be a multiple of update_every ({self.update_every}): "
+                "the pass rate is held per window."
+            )
         if self.max_trusted < 20:
             raise UserError(f"adapt_settings max_trusted must be at least 20 (got {self.max_trusted}).")
+        for name in ("prior_pseudo_count", "match_ridge"):
+            if getattr(self, name) < 0:
+                raise UserError(f"adapt_settings {name} must be at least 0 (got {getattr(self, name)}).")
         if not 0.0 < self.false_alarm_rate < 0.5:
             raise UserError(f"adapt_settings false_alarm_rate must be in (0, 0.5) (got {self.false_alarm_rate}).")
 
@@ -150,8 +173,7 @@ def em_prior(posterior: np.ndarray, reference_prior: np.ndarray, pseudo_count: f
     n = posterior.shape[-2]
     prior = np.broadcast_to(reference, posterior.shape[:-2] + reference.shape).copy()
     for _ in range(_EM_MAX_ITERATIONS):
-        tilted = posterior * (prior / reference)[..., None, :]
-        tilted /= np.maximum(tilted.sum(axis=-1, keepdims=True), _MIN_WEIGHT)
+        tilted = shifted_posterior(posterior, prior[..., None, :], reference)
         updated = (tilted.sum(axis=-2) + pseudo_count * reference) / (n + pseudo_count)
         done = np.max(np.abs(updated - prior)) < _EM_TOLERANCE
         prior = updated
@@ -162,13 +184,90 @@ def em_prior(posterior: np.ndarray, reference_prior: np.ndarray, pseudo_count: f
 
 def log_prior_correction(posterior: np.ndarray, new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
     """log Z(x) = log sum_y P(y | x) p'(y) / p(y): log p'(x) / p(x) under label shift."""
-    weights = np.maximum(new_prior, _MIN_WEIGHT) / np.maximum(reference_prior, _MIN_WEIGHT)
-    return np.log(np.maximum(np.asarray(posterior) @ weights, _MIN_WEIGHT))
+    return np.log(np.maximum(np.asarray(posterior) @ _prior_weights(new_prior, reference_prior), _MIN_WEIGHT))
 
 
-def rate_offset(scores: np.ndarray, m: float) -> float:
-    """The offset d for which min(1, exp(s + d) / M) averages 1/M over `scores`."""
-    return stream_shift(scores, m, 1.0)
+def shifted_posterior(posterior: np.ndarray, new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
+    """P'(y | x) = P(y | x) (p'(y) / p(y)) / Z(x): the posterior under the prior p'."""
+    tilted = np.asarray(posterior) * _prior_weights(new_prior, reference_prior)
+    return tilted / np.maximum(tilted.sum(axis=-1, keepdims=True), _MIN_WEIGHT)
+
+
+def _prior_weights(new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
+    return np.maximum(new_prior, _MIN_WEIGHT) / np.maximum(reference_prior, _MIN_WEIGHT)
+
+
+def match_label_mix(
+    scores: np.ndarray,
+    posterior: np.ndarray,
+    target: np.ndarray,
+    m: float,
+    ridge: float,
+    start: np.ndarray,
+    weights: np.ndarray | None = None,
+    pass_rate: float | None = None,
+) -> tuple[np.ndarray, float]:
+    """Label weights c and offset d for which min(1, exp(s + F c + d) / M), F = log P(y | x),
+    passes `pass_rate` (default 1/M) of the items and accepts, counted by the posterior, the
+    label mix `target` (items weighted by `weights`, default 1).
+
+    argmin over (c, d) of KL(accepted || target) + ridge * mean(c^2) + (log pass rate - log pass_rate)^2
+    by L-BFGS with the exact gradient (milliseconds for 5,000 items), from c = `start`. Each
+    share is floored at 1e-3 before the KL (a label absent from the items stays finite).
+    """
+    from scipy.optimize import minimize
+
+    features = np.column_stack([np.log(np.maximum(posterior, _MIN_POSTERIOR)), np.ones(len(scores))])
+    target = np.asarray(target, dtype=np.float64) + _KL_FLOOR
+    item_weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    size = float(item_weights.sum())
+    k, log_m = posterior.shape[1], float(np.log(m))
+    log_rate = float(np.log(1.0 / m if pass_rate is None else pass_rate))
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        shifted = scores + features @ theta
+        accept = np.exp(np.minimum(0.0, shifted - log_m)) * item_weights
+        slope = np.where(shifted < log_m, accept, 0.0)  # d accept / d score
+        total = accept.sum()
+        mix = accept @ posterior / total
+        log_share = np.log((mix + _KL_FLOOR) / target)
+        rate_error = float(np.log(total / size) - log_rate)
+        loss = float((mix + _KL_FLOOR) @ log_share) + ridge * float(theta[:k] @ theta[:k]) / k + rate_error**2
+        # d loss / d score_i: through the mix (d KL / d mix = log share + 1, d mix / d accept_i = (P_i - mix) / total)
+        # and through the pass rate.
+        per_item = slope * (((posterior - mix) @ (log_share + 1.0)) / total + 2.0 * rate_error / total)
+        gradient = features.T @ per_item
+        gradient[:k] += 2.0 * ridge * theta[:k] / k
+        return loss, gradient
+
+    first = np.append(
+        np.asarray(start, dtype=np.float64), rate_offset(scores + features[:, :k] @ start, m, np.exp(log_rate))
+    )
+    found = minimize(loss_and_gradient, first, jac=True, method="L-BFGS-B")
+    label_weights = np.asarray(found.x[:k], dtype=np.float64)
+    return label_weights, float(found.x[k])
+
+
+def rate_offset(scores: np.ndarray, m: float, pass_rate: float | None = None) -> float:
+    """The offset d for which min(1, exp(s + d) / M) averages `pass_rate` (default 1/M) over `scores`."""
+    return stream_shift(scores, m, 1.0, pass_rate)
+
+
+def block_pass_rate(rate: float, block: int, judged: int, accepted: float, swing: float = _RATE_SWING) -> float:
+    """The pass rate the rest of a block of `block` items needs for the whole block to pass
+    `rate`, after `judged` items passed `accepted` (expected); kept within a factor `swing` of
+    `rate` so a block that went far off is brought back over the next ones, not by one extreme chunk."""
+    if judged == 0:
+        return rate
+    needed = (block * rate - accepted) / (block - judged)
+    return float(np.clip(needed, rate / swing, min(1.0, swing * rate)))
+
+
+def feasible_pass_rate(target: np.ndarray, prior: np.ndarray, m: float) -> float:
+    """sum_y min(p'(y), t(y) / M): what a stream of label prior p' can pass at most with each
+    label at its share t(y) of 1/M (the oracle's pass rate): 1/M unless p' holds too little of a
+    label the mix t needs, where the label is passed whole and the rate falls."""
+    return float(np.sum(np.minimum(prior, np.asarray(target) / m)))
 
 
 def prior_statistic(posterior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
@@ -234,8 +333,12 @@ class Adapter:
         self._check_mode(trusted)
         self.seen = 0  # stream texts judged so far
         self.offset = 0.0  # the rate offset d
+        self.block_accepted = 0.0  # the expected passes of the current block of `window` items so far
+        self.rate = 1.0 / model.m  # the pass rate held (mode prior: what the label mix allows)
         self.new_prior = None if reference is None else reference.stream_prior
+        self.label_weights = None if reference is None else np.zeros(len(reference.stream_prior))  # prior: c
         self.source, self.link = model.source, model.link
+        self.target_mix = self._saved_filter_mix() if self.mode == "prior" else None
         self.window = _Window(self.settings.window)
         self.alarm_items = _Window(self.settings.alarm_window)
         self.refit_texts: list[str] = []
@@ -319,6 +422,14 @@ class Adapter:
         self.window.push(scores, reference.posterior if self.mode == "prior" else None)
         self._estimate()
 
+    def _saved_filter_mix(self) -> np.ndarray:
+        """The label mix the saved filter accepts on its own stream, counted by the posterior: what
+        mode prior keeps. Counted by the same posterior on both sides, its counting errors cancel
+        (a target of the trusted mix itself would move an undrifted filter by them)."""
+        reference = self.reference
+        accept = calibration.accept_probs(self.link.apply(reference.log_ratio, self.model.m), self.model.m)
+        return accept @ reference.posterior / max(float(accept.sum()), _MIN_WEIGHT)
+
     def _uses_posterior(self) -> bool:
         return self.mode == "prior" or self.alarm == "prior"
 
@@ -352,11 +463,10 @@ class Adapter:
         log_ratio = self.source.log_ratio(items)
         base = self.link.apply(log_ratio, self.model.m)
         posterior = self.model.label_posterior._posterior(items)[1] if self._uses_posterior() else None
-        adjusted = base.copy()
+        adjusted = base + self.offset if self.mode != "none" else base.copy()
         if self.mode == "prior":
-            adjusted -= log_prior_correction(posterior, self.new_prior, self.reference.stream_prior)
-        if self.mode in ("rate", "refit") or (self.mode == "prior" and self.settings.prior_rate):
-            adjusted += self.offset
+            adjusted += self._prior_terms(posterior)
+        self.block_accepted += float(calibration.accept_probs(adjusted, self.model.m).sum())
         if self.alarm == "mean_log_ratio" and self.source is not self.model.source:  # refitted: the saved one's
             log_ratio = self.model.source.log_ratio(items)
         self._observe(items, base, log_ratio, posterior)
@@ -374,16 +484,23 @@ class Adapter:
             self.refit_texts = (self.refit_texts + items.texts)[-self.settings.refit_window :]
             if self.seen % self.settings.refit_every == 0:
                 self._refit()
+        if self.seen % self.settings.window == 0:
+            self.block_accepted = 0.0
         if self.mode != "none" and self.seen % self.settings.update_every == 0:
             self._estimate()
 
     def _estimate(self) -> None:
-        """The prior (mode prior) and the rate offset from the estimation window.
+        """The prior and label weights (mode prior) and the offset from the estimation window.
+
+        The offset holds the pass rate per block of `window` items (counted from the first item):
+        the rest of a block passes what the block still needs (`block_pass_rate`), so the rate
+        over each block stays on 1/M however the items that came differed from the window's.
 
         An abrupt switch would otherwise be followed for a whole window by estimates that are
         partly the old stream's: when the last `change_window` items differ from the older ones
         (`_changed`), the window restarts from them (the older items are dropped) and grows back
-        as items come.
+        as items come. The EM starts from `prior_pseudo_count` items' worth of the fitted prior:
+        a window's chance count of a rare label would otherwise move an undrifted filter.
         """
         if self.seen >= self.settings.change_window and self._changed():
             self.window.keep_last(self.settings.change_window)
@@ -396,11 +513,39 @@ class Adapter:
             )
         scores = self.window.scores
         if self.mode == "prior":
-            posterior = self.window.posterior
-            self.new_prior = em_prior(posterior, self.reference.stream_prior)
-            scores = scores - log_prior_correction(posterior, self.new_prior, self.reference.stream_prior)
-        if len(scores):
-            self.offset = rate_offset(scores, self.model.m)
+            self.new_prior = em_prior(
+                self.window.posterior, self.reference.stream_prior, self.settings.prior_pseudo_count
+            )
+            self.rate = feasible_pass_rate(self.target_mix, self.new_prior, self.model.m)
+            self._match_labels()
+            scores = scores + self._prior_terms(self.window.posterior)
+        settings = self.settings
+        pass_rate = block_pass_rate(self.rate, settings.window, self.seen % settings.window, self.block_accepted)
+        self.offset = rate_offset(scores, self.model.m, pass_rate)
+
+    def _match_labels(self) -> None:
+        """The label weights c for the prior p', fitted on the reference sample weighted to p'
+        (weight Z(x) = p'(x) / p(x)): thousands of items, so c carries no window's noise."""
+        reference = self.reference
+        log_z = log_prior_correction(reference.posterior, self.new_prior, reference.stream_prior)
+        self.label_weights, _ = match_label_mix(
+            self.link.apply(reference.log_ratio, self.model.m) - log_z,
+            shifted_posterior(reference.posterior, self.new_prior, reference.stream_prior),
+            self.target_mix,
+            self.model.m,
+            self.settings.match_ridge,
+            self.label_weights,
+            np.exp(log_z),
+            self.rate,
+        )
+
+    def _prior_terms(self, posterior: np.ndarray) -> np.ndarray:
+        """What mode prior adds to an item's score: -log Z(x) + c . log P'(y | x) (see match_label_mix)."""
+        reference = self.reference
+        shifted = shifted_posterior(posterior, self.new_prior, reference.stream_prior)
+        return np.log(np.maximum(shifted, _MIN_POSTERIOR)) @ self.label_weights - log_prior_correction(
+            posterior, self.new_prior, reference.stream_prior
+        )
 
     def _changed(self) -> bool:
         """Whether the last `change_window` items differ from the older ones of the window beyond

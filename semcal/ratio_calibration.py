@@ -73,25 +73,31 @@ def calibrated_accept(log_ratio: np.ndarray, m: float, temperature: float = 1.0,
     return np.exp(np.minimum(0.0, logits))
 
 
-def stream_shift(stream_log_ratio: np.ndarray, m: float, temperature: float = 1.0) -> float:
-    """The shift c for which min(1, exp(temperature * l + c) / m) averages exactly 1/m over the stream.
+def stream_shift(
+    stream_log_ratio: np.ndarray, m: float, temperature: float = 1.0, pass_rate: float | None = None
+) -> float:
+    """The shift c for which min(1, exp(temperature * l + c) / m) averages exactly `pass_rate`
+    (default 1/m) over the stream.
 
     The mean acceptance rises monotonically with c from 0 to 1, so the root is unique. At
-    c0 = -log mean exp(t l) the unclipped values average 1/m, so the clipped mean is at most
-    1/m there; at c = log m - min(t l) every text passes (mean 1 >= 1/m). brentq between.
+    c0 = log(pass_rate m) - log mean exp(t l) the unclipped values average pass_rate, so the
+    clipped mean is at most that there; at c = log m - min(t l) every text passes (mean 1 >=
+    pass_rate). brentq between.
     """
     if m <= 1.0:
         raise ValueError(f"M must exceed 1 for a subset to be selected (got {m})")
     scaled = temperature * np.asarray(stream_log_ratio, dtype=np.float64)
     if scaled.size == 0:
         raise ValueError("the stream holds no texts")
-    target = 1.0 / m
+    target = 1.0 / m if pass_rate is None else float(pass_rate)
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"the pass rate must be in (0, 1] (got {target})")
 
     def excess(shift: float) -> float:
         return float(np.mean(calibrated_accept(scaled, m, 1.0, shift))) - target
 
     peak = float(scaled.max())
-    low = -(peak + np.log(np.mean(np.exp(scaled - peak))))
+    low = float(np.log(target * m)) - (peak + np.log(np.mean(np.exp(scaled - peak))))
     high = float(np.log(m) - scaled.min())
     if excess(low) >= 0.0 or high <= low:  # nothing is clipped: exact already
         return low

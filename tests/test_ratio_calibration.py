@@ -31,6 +31,11 @@ def test_stream_shift_passes_exactly_one_over_m():
         accept = rc.calibrated_accept(scores, M, temperature, shift)
         assert np.mean(accept) == pytest.approx(1 / M, abs=1e-10)
     assert np.mean(rc.calibrated_accept(scores, M)) > 2 / M  # uncalibrated: far above 1/M
+    for pass_rate in (0.5 / M, 2 / M, 1.0):  # any other pass rate in (0, 1]
+        shift = rc.stream_shift(scores, M, 1.0, pass_rate)
+        assert np.mean(rc.calibrated_accept(scores, M, 1.0, shift)) == pytest.approx(pass_rate, abs=1e-10)
+    with pytest.raises(ValueError, match="pass rate must be in"):
+        rc.stream_shift(scores, M, 1.0, 0.0)
 
 
 def test_stream_shift_without_clipping_is_the_log_mean_exp():
