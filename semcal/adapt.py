@@ -506,7 +506,7 @@ class Adapter:
             self.window.keep_last(self.settings.change_window)
             self.restarts += 1
             log.info(
-                "adapt=%s: the pass rate moved at text %d; estimates restart from the last %d texts",
+                "adapt=%s: the stream changed at text %d; estimates restart from the last %d texts",
                 self.mode,
                 self.seen,
                 self.settings.change_window,
