@@ -6,12 +6,13 @@
 `real` is the trusted corpus, `general` a sample of the stream to filter; labels are
 optional and the real corpus need not be drawn from the stream. Both are read as every
 stage reads data (a CSV / Parquet / JSONL file, a saved data set, a Hub id, `PATH:SPLIT`).
-`heldout_fraction` of each corpus is held out: the source (default `tfidf`, no language
-model to train) is fitted on the rest, its calibration on the held-out rows. A
-language-model source (`clipped`, `sum`, `stack`) first fine-tunes a general model on the
-stream sample and a real model on the trusted corpus (both from `base_model`, with
-`finetune_settings`) and scores the held-out rows of both with both, the way the pipeline
-does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
+`heldout_fraction` of each corpus is held out: the source is fitted on the rest, its
+calibration on the held-out rows. The default source needs no language model to train:
+`joint` (TF-IDF membership and the label posterior, the evaluation's default) with labels,
+`tfidf` without. A language-model source (`clipped`, `sum`, `stack`) first fine-tunes a
+general model on the stream sample and a real model on the trusted corpus (both from
+`base_model`, with `finetune_settings`) and scores the held-out rows of both with both, the
+way the pipeline does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
 
 - without labels, `mom`: the held-out stream rows weighted by their acceptance must have the
   held-out trusted rows' means of another estimate (the hashed n-gram ratio);
@@ -43,7 +44,7 @@ against the constant forecast n_r / (n_r + n_g).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class FitConfig:
     text_column: str = "text"  # column holding the texts, in both corpora
     label_column: str | None = None  # optional labels in both corpora: calibrate on the label distribution
     label_map: str | None = None  # fine-to-coarse label map (label_maps/ name or JSON path)
-    source: str = "tfidf"  # tfidf, ngram, embedding; joint, label_posterior (labels); clipped, sum, stack (LMs)
+    source: str | None = None  # none: joint with labels, tfidf without; also ngram, embedding, label_posterior, LMs
     calibration: str | None = None  # none: mom without labels, labmom with them; or any calibration
     pass_rate: float | None = None  # share of the stream to pass (1/M); none: derived from the data (module doc)
     heldout_fraction: float = 0.2  # share of each corpus held out to calibrate on
@@ -92,6 +93,7 @@ class FitConfig:
 @distributed.main_process_only
 def fit(config: FitConfig) -> dict[str, Any]:
     """Fit, check and save a filter from two corpora; returns what fit_results.json holds."""
+    config = replace(config, source=config.source or ("joint" if config.label_column else "tfidf"))
     calibration_name = check_settings(config)
     output = StageOutput("fit", config.output, what="fit", overwrite=config.overwrite, resumable=False)
     real_texts, real_labels = load_corpus(
