@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from semcal.adapt import Adapter, AdaptSettings  # noqa: E402
-from semcal.calibration import kl_divergence  # noqa: E402
+from semcal.calibration import kl_divergence, label_distribution  # noqa: E402
 from semcal.data import heldout_mask  # noqa: E402
 from semcal.distort import label_scores, plan_tilt  # noqa: E402
 from semcal.filtering import Filter  # noqa: E402
@@ -98,10 +98,6 @@ def load(name: str) -> dict[str, list[str]]:
     return {"train": train, "train_labels": train_labels, "test": test, "test_labels": test_labels}
 
 
-def distribution(codes: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(codes, minlength=k) / max(len(codes), 1)
-
-
 def tilt(p: np.ndarray, target: float, seed: int) -> np.ndarray:
     """distort's tilt of p towards seeded label scores at KL(p || tilt) = target (from large counts)."""
     counts = plan_tilt(np.round(p * 1e6).astype(np.int64), target, label_scores(len(p), seed))
@@ -136,8 +132,8 @@ def fit_filter(data: dict, real_kl: float, folder: Path, name: str) -> tuple[Fil
         "labels": labels,
         "train_codes": train_codes,
         "test_codes": test_codes,
-        "real": distribution(train_codes[is_real], k),
-        "general_test": distribution(test_codes, k),
+        "real": label_distribution(train_codes[is_real], k),
+        "general_test": label_distribution(test_codes, k),
         "m": fit.m,
         "trusted": [data["train"][i] for i in np.sort(real_rows)],
     }
@@ -190,7 +186,7 @@ def windows(codes: np.ndarray, result: dict, real: np.ndarray, m: float) -> pd.D
     k, rows = len(real), []
     for start in range(0, len(codes), WINDOW):
         y, a = codes[start : start + WINDOW], result["accept"][start : start + WINDOW]
-        window_mix = distribution(y, k)
+        window_mix = label_distribution(y, k)
         accepted = np.bincount(y, weights=a, minlength=k) / a.sum()
         oracle_accept = np.minimum(1.0, real[y] / window_mix[y] / m)
         oracle = np.bincount(y, weights=oracle_accept, minlength=k) / oracle_accept.sum()

@@ -463,10 +463,13 @@ class Adapter:
         log_ratio = self.source.log_ratio(items)
         base = self.link.apply(log_ratio, self.model.m)
         posterior = self.model.label_posterior._posterior(items)[1] if self._uses_posterior() else None
-        adjusted = base + self.offset if self.mode != "none" else base.copy()
-        if self.mode == "prior":
-            adjusted += self._prior_terms(posterior)
-        self.block_accepted += float(calibration.accept_probs(adjusted, self.model.m).sum())
+        if self.mode == "none":
+            adjusted = base
+        else:
+            adjusted = base + self.offset
+            if self.mode == "prior":
+                adjusted += self._prior_terms(posterior)
+            self.block_accepted += float(calibration.accept_probs(adjusted, self.model.m).sum())
         if self.alarm == "mean_log_ratio" and self.source is not self.model.source:  # refitted: the saved one's
             log_ratio = self.model.source.log_ratio(items)
         self._observe(items, base, log_ratio, posterior)
