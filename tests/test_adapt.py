@@ -212,6 +212,24 @@ def test_semcal_filter_adapts_and_writes_alarm_records(demo, tmp_path):
     np.testing.assert_allclose(accept, _run(demo, rows, "prior", alarm_window=250, batch=64)[0], atol=1e-9)
 
 
+def test_bad_adapt_settings_are_refused_before_an_earlier_output_is_touched(demo, tmp_path):
+    source = tmp_path / "stream.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in demo["test"][:50]))
+    output = tmp_path / "decisions.jsonl"
+    output.write_text("an earlier run's decisions\n")
+    cases = {
+        "window": ("510", "window \\(510\\) must be a multiple of update_every \\(25\\)"),
+        "match_ridge": ("-1", "match_ridge must be at least 0"),
+        "prior_pseudo_count": ("-5", "prior_pseudo_count must be at least 0"),
+    }
+    for name, (value, message) in cases.items():
+        config = FilterConfig(filter=str(demo["folder"]), input=str(source), output=str(output))
+        config.adapt, config.adapt_settings = "prior", {name: value}
+        with pytest.raises(UserError, match=message):
+            filter_texts(config)
+    assert output.read_text() == "an earlier run's decisions\n"
+
+
 def test_prior_needs_a_label_posterior_and_old_filters_still_load(demo, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(demo["folder"], old)
