@@ -154,16 +154,23 @@ def _load_from_hub(dataset_id: str):
         ) from None
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"data file {path} does not exist.")
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, encoding=encoding)
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
         if path.suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=path.suffix == ".jsonl")
+            return pd.read_json(path, lines=path.suffix == ".jsonl", encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not valid {encoding} text ({err.reason} at byte {err.start}): set encoding= to the file's "
+            "encoding, e.g. encoding=latin-1."
+        ) from None
+    except LookupError:
+        raise UserError(f"encoding={encoding!r} is not an encoding Python knows: e.g. utf-8 or latin-1.") from None
     except Exception as err:  # pandas raises parser-specific types
         raise UserError(f"could not parse {path} as {path.suffix[1:].upper()}: {err}") from None
     raise UserError(f"{path} is not a CSV, Parquet or JSONL file.")
@@ -313,6 +320,8 @@ def heldout_mask(general_rows: Sequence[int], n_general_train: int, eval_fractio
     return heldout[np.asarray(general_rows, dtype=int)]
 
 
+HELDOUT_COLUMN = "heldout"  # a split's own held-out mask (semcal fit's language models: held out by text)
+HELDOUT_EXPLICIT = f"{HELDOUT_COLUMN} column (held-out rows chosen by text)"
 HELDOUT_OF_GENERAL = "general_train rows"
 HELDOUT_SHARED = f"{GENERAL_ROW_COLUMN} column (held-out rows shared with every model of the data set)"
 HELDOUT_OWN_ROWS = "own rows (no general_train_row column: held-out rows are NOT those of the general model)"
@@ -321,11 +330,14 @@ HELDOUT_OWN_ROWS = "own rows (no general_train_row column: held-out rows are NOT
 def heldout_rows(dataset_dict, split_name: str, eval_fraction: float, split_seed: int) -> tuple[np.ndarray, str]:
     """Boolean mask over the rows of `split_name` (True = held out) and where it came from.
 
-    general_train: `heldout_mask` over its rows. A real split: the same mask looked up
-    through its general_train_row column, so held-out rows are shared by all models. A split
-    without that column falls back to a seeded split of its own rows (HELDOUT_OWN_ROWS).
+    A split with a `heldout` column (bool): that column. general_train: `heldout_mask` over
+    its rows. A real split: the same mask looked up through its general_train_row column, so
+    held-out rows are shared by all models. A split without either column falls back to a
+    seeded split of its own rows (HELDOUT_OWN_ROWS).
     """
     split = get_split(dataset_dict, split_name)
+    if HELDOUT_COLUMN in split.column_names:
+        return np.asarray(split[HELDOUT_COLUMN], dtype=bool), HELDOUT_EXPLICIT
     if split_name != GENERAL_TRAIN and GENERAL_ROW_COLUMN in split.column_names and GENERAL_TRAIN in dataset_dict:
         n_general = len(dataset_dict[GENERAL_TRAIN])
         rows = general_rows_of(split, split_name, n_general)
@@ -426,15 +438,23 @@ def _labels_table(labels_csv: str | Path, root: Path, files: list[str]) -> pd.Da
     return table.sort_values("file_name", kind="stable").reset_index(drop=True)
 
 
-def load_corpus(name: str, what: str, text_column: str, label_column: str | None = None, label_map: str | None = None):
+def load_corpus(
+    name: str,
+    what: str,
+    text_column: str,
+    label_column: str | None = None,
+    label_map: str | None = None,
+    encoding: str = "utf-8",
+):
     """One corpus (semcal fit's real or general): its texts and, given `label_column`, labels.
 
-    `name` is a CSV / Parquet / JSONL file (every row), or anything load_dataset_dict reads
-    holding one split, or `PATH:SPLIT` naming the split of a data set with several.
+    `name` is a CSV / Parquet / JSONL file (every row, text files read in `encoding`), or
+    anything load_dataset_dict reads holding one split, or `PATH:SPLIT` naming the split of a
+    data set with several.
     """
     path = Path(name).expanduser()
     if path.is_file():
-        table, split = _read_table(path), what
+        table, split = _read_table(path, encoding), what
         corpus = _dataset_of(table)
     else:
         base, _, split = name.rpartition(":") if ":" in name and not Path(name).exists() else (name, "", "")

@@ -5,14 +5,16 @@
 
 `real` is the trusted corpus, `general` a sample of the stream to filter; labels are
 optional and the real corpus need not be drawn from the stream. Both are read as every
-stage reads data (a CSV / Parquet / JSONL file, a saved data set, a Hub id, `PATH:SPLIT`).
-`heldout_fraction` of each corpus is held out: the source is fitted on the rest, its
-calibration on the held-out rows. The default source needs no language model to train:
-`joint` (TF-IDF membership and the label posterior, the evaluation's default) with labels,
-`tfidf` without. A language-model source (`clipped`, `sum`, `stack`) first fine-tunes a
-general model on the stream sample and a real model on the trusted corpus (both from
-`base_model`, with `finetune_settings`) and scores the held-out rows of both with both, the
-way the pipeline does (semcal.fit_models, in OUTPUT.models beside the filter). Calibrations:
+stage reads data (a CSV / Parquet / JSONL file in `encoding`, a saved data set, a Hub id,
+`PATH:SPLIT`). `heldout_fraction` of the texts are held out, chosen by the text itself: a
+text found in both corpora is held out on both sides. The source is fitted on the rest and
+never sees a held-out row; its calibration is fitted on the held-out rows. The default
+source needs no language model to train: `joint` (TF-IDF membership and the label
+posterior, the evaluation's default) with labels, `tfidf` without. A language-model source
+(`clipped`, `sum`, `stack`) first fine-tunes a general model on the stream sample and a
+real model on the trusted corpus (both from `base_model`, with `finetune_settings`) and
+scores the held-out rows of both with both, the way the pipeline does (semcal.fit_models,
+in OUTPUT.models beside the filter). Calibrations:
 
 - without labels, `mom`: the held-out stream rows weighted by their acceptance must have the
   held-out trusted rows' means of another estimate (the hashed n-gram ratio);
@@ -24,20 +26,21 @@ way the pipeline does (semcal.fit_models, in OUTPUT.models beside the filter). C
 data. With labels it is 1 / max_y q(y)/p(y), q and p the trusted and stream label
 distributions (labels with at least 5 stream rows): the most a filter can pass whose
 accepted labels match the trusted ones. Without labels (or with no label of 5 stream rows),
-of 10 rates from 2% to 80% (PASS_RATE_GRID), the one at which the accepted held-out stream is
-hardest to tell from the held-out trusted texts (the lowest classifier two-sample AUC, the
-stream weighted by acceptance). Passing more lets unlike texts through; passing less keeps
-only the most extreme trusted-looking ones. For a trusted corpus drawn from the stream it
-lands near the share it was drawn from.
+it is the estimated TRUSTED SHARE of the stream (semcal.fit_check.trusted_share: a
+mixture-proportion estimate on out-of-fold classifier scores, with an interval), which the
+report gives in every case.
 
-Writes into `output` (built beside and swapped in whole): the filter (filter.json and its
-arrays, semcal.filtering), fit_report.md and fit_results.json (pass rate, effective sample
-size, the classifier two-sample test of trusted vs stream before and after weighting the
-stream by acceptance, and with labels the label distributions and KL before and after),
+Every number the report gives is computed on rows no part of the fit learned from
+(semcal.fit_check): the held-out rows, each accepted by the filter calibrated on the other
+held-out folds. Writes into `output` (built beside and swapped in whole): the filter
+(filter.json and its arrays, semcal.filtering), fit_report.md and fit_results.json (the
+trusted share and the overlap of the corpora, pass rate, effective sample size, the
+classifier two-sample test of trusted vs stream before and after weighting the stream by
+acceptance, with labels the label distributions and KL before and after, and the advice),
 log_ratio.png (the log-ratio of trusted vs stream texts), reliability.png and, with labels,
-label_distributions.png. Per-item calibration (semcal.item_metrics): the filter's acceptance
-of the held-out rows of both corpora as a forecast of which corpus a row is from, converted to
-the pooled probability n_r r / (n_r r + n_g) with r = M a(x) (the corpora are not a subset),
+label_distributions.png. Per-item calibration (semcal.item_metrics): the acceptance of the
+held-out rows of both corpora as a forecast of which corpus a row is from, converted to the
+pooled probability n_r r / (n_r r + n_g) with r = M a(x) (the corpora are not a subset),
 against the constant forecast n_r / (n_r + n_g).
 """
 
@@ -50,13 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, distributed, files, item_evaluation, item_report, report, runstate
+from semcal import calibration, distributed, files, fit_check, fit_report, item_report, report, runstate
 from semcal.calibrations import CALIBRATIONS
 from semcal.config import UserError, config_to_dict
-from semcal.data import heldout_mask, load_corpus
+from semcal.data import load_corpus
 from semcal.filtering import FORMAT_VERSION, Filter
 from semcal.filters import NEEDS_HELP, filter_name, missing_needs
-from semcal.fit_data import FitData, Items
+from semcal.fit_data import FitData, Items, text_position
 from semcal.fit_models import models_folder, train_and_score
 from semcal.ratio_calibration import effective_sample_share, two_sample_auc
 from semcal.runstate import StageOutput
@@ -68,7 +71,6 @@ log = logging.getLogger(__name__)
 FIT_SOURCES = tuple(name for name in SOURCES if name != "control_sum")
 MIN_ROWS = 20  # per corpus: fewer leave too few held-out rows to calibrate on
 LABEL_MIN_ROWS = 5  # a label needs this many stream rows to set the pass rate
-PASS_RATE_GRID = tuple(float(rate) for rate in np.geomspace(0.02, 0.8, 10))  # searched when pass_rate is not set
 
 
 @dataclass
@@ -79,10 +81,11 @@ class FitConfig:
     text_column: str = "text"  # column holding the texts, in both corpora
     label_column: str | None = None  # optional labels in both corpora: calibrate on the label distribution
     label_map: str | None = None  # fine-to-coarse label map (label_maps/ name or JSON path)
+    encoding: str = "utf-8"  # of CSV and JSONL corpora
     source: str | None = None  # none: joint with labels, tfidf without; also ngram, embedding, label_posterior, LMs
     calibration: str | None = None  # none: mom without labels, labmom with them; or any calibration
     pass_rate: float | None = None  # share of the stream to pass (1/M); none: derived from the data (module doc)
-    heldout_fraction: float = 0.2  # share of each corpus held out to calibrate on
+    heldout_fraction: float = 0.2  # share of the texts held out to calibrate and report on
     embedding_model: str | None = None  # a sentence-encoder folder, for source=embedding
     base_model: str = "scratch"  # language-model sources: the base of both models (scratch, a Hub id/folder, .gguf)
     finetune_settings: dict[str, str] = field(default_factory=dict)  # language-model sources: finetune settings
@@ -96,13 +99,14 @@ def fit(config: FitConfig) -> dict[str, Any]:
     config = replace(config, source=config.source or ("joint" if config.label_column else "tfidf"))
     calibration_name = check_settings(config)
     output = StageOutput("fit", config.output, what="fit", overwrite=config.overwrite, resumable=False)
-    real_texts, real_labels = load_corpus(
-        config.real, "real", config.text_column, config.label_column, config.label_map
-    )
-    general_texts, general_labels = load_corpus(
-        config.general, "general", config.text_column, config.label_column, config.label_map
-    )
-    for what, texts in (("real", real_texts), ("general", general_texts)):
+    corpora = {
+        what: load_corpus(
+            getattr(config, what), what, config.text_column, config.label_column, config.label_map, config.encoding
+        )
+        for what in ("real", "general")
+    }
+    (real_texts, real_labels), (general_texts, general_labels) = corpora["real"], corpora["general"]
+    for what, (texts, _) in corpora.items():
         if len(texts) < MIN_ROWS:
             raise UserError(f"{what}={getattr(config, what)} has {len(texts)} texts; give at least {MIN_ROWS}.")
     fingerprints = {
@@ -116,22 +120,23 @@ def fit(config: FitConfig) -> dict[str, Any]:
     data = fit_data(config, general_texts, real_texts, general_labels, real_labels)
     if SOURCES[config.source].language_models:
         log.info("training and scoring the general and real language models in %s", models_folder(config.output))
-        add_language_models(data, *train_and_score(config, general_texts, real_texts))
+        add_language_models(data, *train_and_score(config, general_texts, real_texts, data.heldout))
     missing = missing_needs(filter_name(config.source, calibration_name), data)
     if missing:
         raise UserError(
             f"source={config.source} calibration={calibration_name} needs {'; '.join(NEEDS_HELP[n] for n in missing)}."
         )
     with output.building(identity) as staging:
-        features = heldout_features(data)  # of the two-sample test: the pass-rate search and the check
-        searched, rate_from = {}, "the pass_rate setting"
+        log.info("estimating the trusted share of the stream (%d-fold classifier)", fit_check.SHARE_FOLDS)
+        share, _ = fit_check.trusted_share(data)
         label_rate = label_pass_rate(data) if config.pass_rate is None and data.has("labels") else None
-        if label_rate is not None:
-            data.m, rate_from = 1.0 / label_rate, "the label distributions: 1 / max q(y)/p(y)"
-        elif config.pass_rate is None:
-            log.info("choosing the pass rate: %d fits of %s_%s", len(PASS_RATE_GRID), config.source, calibration_name)
-            rate, searched = choose_pass_rate(data, config.source, calibration_name, features)
-            data.m, rate_from = 1.0 / rate, "lowest two-sample AUC over the grid"
+        if config.pass_rate is not None:
+            data.m, rate_from = 1.0 / config.pass_rate, "the pass_rate setting"
+        elif label_rate is not None:
+            data.m = 1.0 / label_rate[0]
+            rate_from = f"the label distributions: 1 / max q(y)/p(y), set by the label {label_rate[1]!r}"
+        else:
+            data.m, rate_from = 1.0 / fit_check.estimated_rate(share), "the estimated trusted share of the stream"
         log.info(
             "fitting %s with %s on %d trusted and %d stream texts (M %.3g)",
             config.source,
@@ -141,13 +146,24 @@ def fit(config: FitConfig) -> dict[str, Any]:
             data.m,
         )
         stream_filter = Filter.fit(config.source, calibration_name, data)
-        results = check_filter(stream_filter, data, config, features)
-        results["pass_rate_search"], results["pass_rate_from"] = searched, rate_from
+        results = check_filter(stream_filter, data, config, calibration_name)
+        results["pass_rate_from"] = rate_from
+        results["trusted_share"] = {
+            "estimate": share.estimate,
+            "interval": [share.low, share.high],
+            "level": share.level,
+            "method": "best bin estimation on out-of-fold TF-IDF classifier scores",
+        }
+        results["overlap_share"] = fit_check.overlap_share(real_texts, general_texts)
+        results["advice"] = fit_check.advice(results)
+        for warning in results["advice"]:
+            log.warning("%s", warning)
         stream_filter.save(staging, fitted_on=fingerprints)
         results["figures"] = write_figures(staging, stream_filter, data, results)
         files.write_json(staging / "fit_results.json", files.plain_json(results), strict=True)
-        files.write_text(staging / "fit_report.md", report.fit_report_markdown(results))
+        files.write_text(staging / "fit_report.md", fit_report.fit_report_markdown(results))
         output.finish(config, summary=_summary(results), inputs=fingerprints, outputs={"filter": "filter.json"})
+    log.info("fit report: %s", output.path / "fit_report.md")
     return results
 
 
@@ -180,14 +196,9 @@ def _rows(texts: list[str], labels: np.ndarray | None) -> list[str]:
 
 
 def fit_data(config: FitConfig, general: list[str], real: list[str], general_labels: Any, real_labels: Any) -> FitData:
-    """The pooled corpus (general rows, then real rows), each corpus's held-out rows, the held-out
-    stream rows as the stream, and M from pass_rate or the data."""
-    n_general, n_real = len(general), len(real)
-    heldout = (
-        heldout_mask(np.arange(n_general), n_general, config.heldout_fraction, config.seed),
-        # The seed of the general rows too: the language models' fine-tuning holds out the same rows.
-        heldout_mask(np.arange(n_real), n_real, config.heldout_fraction, config.seed),
-    )
+    """The pooled corpus (general rows, then real rows), the held-out rows chosen by text, the
+    held-out stream rows as the stream, and M from pass_rate or the data."""
+    heldout = tuple(text_position(texts, config.seed) < config.heldout_fraction for texts in (general, real))
     labels = codes = None
     if general_labels is not None:
         labels = sorted(set(general_labels) | set(real_labels))
@@ -195,6 +206,12 @@ def fit_data(config: FitConfig, general: list[str], real: list[str], general_lab
         codes = tuple(
             np.array([code_of[label] for label in side], dtype=np.int64) for side in (general_labels, real_labels)
         )
+    for what, held in zip(("general", "real"), heldout, strict=True):
+        if held.all() or not held.any():
+            raise UserError(
+                f"{what}={getattr(config, what)} has too few distinct texts to hold {config.heldout_fraction:.0%} "
+                "out and still train on the rest: give more texts."
+            )
     stream = Items([text for text, held in zip(general, heldout[0], strict=True) if held])
     return FitData.pooled(
         general,
@@ -206,6 +223,7 @@ def fit_data(config: FitConfig, general: list[str], real: list[str], general_lab
         labels=labels,
         embedding_model=config.embedding_model,
         seed=config.seed,
+        sources_train_only=True,
     )
 
 
@@ -219,50 +237,37 @@ def add_language_models(data: FitData, heldout_items: Items, models: dict[str, A
     data.stream = heldout_items.select(np.arange(len(data.stream)))  # the held-out general rows come first
 
 
-def label_pass_rate(data: FitData) -> float | None:
+def label_pass_rate(data: FitData) -> tuple[float, str] | None:
     """1/M with M = max_y q(y)/p(y), q and p the real and general rows' label distributions, over
     the labels with at least LABEL_MIN_ROWS general rows (a rarer label's p is too noisy to divide
-    by); None when no label has that many (the label-free search decides then)."""
+    by), and the label y that sets it; None when no label has that many (the label-free estimate
+    decides then)."""
     k, general = len(data.labels), data.label_codes[data.in_general]
-    kept = np.bincount(general, minlength=k) >= LABEL_MIN_ROWS
-    if not kept.any():
+    kept = np.flatnonzero(np.bincount(general, minlength=k) >= LABEL_MIN_ROWS)
+    if not len(kept):
         return None
     q, p = calibration.label_distribution(data.label_codes[data.is_real], k), calibration.label_distribution(general, k)
-    return float(1.0 / max(1.0, (q[kept] / p[kept]).max()))
-
-
-def choose_pass_rate(
-    data: FitData, source: str, calibration_name: str, features: Any
-) -> tuple[float, dict[str, float]]:
-    """The pass rate at which the accepted held-out stream is hardest to tell from the held-out
-    trusted texts (the classifier two-sample AUC, weighted by acceptance, is lowest), over
-    PASS_RATE_GRID; and the AUC at each rate. Too high a rate lets unlike texts through, too low
-    a one keeps only the most extreme trusted-looking texts: both are told apart."""
-    is_real = data.heldout_is_real
-    aucs = {}
-    for rate in PASS_RATE_GRID:
-        data.m = 1.0 / rate
-        accept = Filter.fit(source, calibration_name, data).accept_probs(data.heldout_items)
-        aucs[f"{rate:.3g}"] = two_sample_auc(features, is_real, np.where(is_real, 1.0, accept), folds=3, seed=data.seed)
-        log.debug("pass rate %.3g: two-sample AUC %.3f", rate, aucs[f"{rate:.3g}"])
-    best = min(aucs, key=lambda rate: (aucs[rate], -float(rate)))
-    return float(best), aucs
+    ratios = q[kept] / p[kept]
+    return float(1.0 / max(1.0, ratios.max())), str(data.labels[kept[int(np.argmax(ratios))]])
 
 
 def heldout_features(data: FitData) -> Any:
-    """TF-IDF features of the held-out rows, fitted on the training rows."""
+    """TF-IDF features of the held-out rows for the two-sample test, fitted on the training rows."""
     # n-grams seen at least twice: the test needs no rare n-grams, and its fits get several times faster.
     vectorizer = tfidf_vectorizer(min_df=2).fit(data.texts_of(data.train_rows))
     return vectorizer.transform(data.heldout_items.texts)
 
 
-def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, features: Any) -> dict[str, Any]:
-    """The label-free check on held-out rows (`features`: heldout_features) and, with labels, the
-    label distributions."""
-    rows, is_real = data.heldout_rows, data.heldout_is_real
+def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, calibration_name: str) -> dict[str, Any]:
+    """The report's numbers, on the held-out rows accepted by the cross-fitted calibration
+    (semcal.fit_check): the label-free check and, with labels, the label distributions."""
+    is_real = data.heldout_is_real
+    log.info("checking the filter on %d held-out texts (%d-fold calibration)", len(is_real), fit_check.REPORT_FOLDS)
+    accept = fit_check.crossfit_accept(stream_filter, data, config.source, calibration_name)
     log_ratio = stream_filter.source.log_ratio(data.heldout_items)
-    accept = stream_filter.accept_of(log_ratio)
     stream_accept = accept[~is_real]
+    features = heldout_features(data)
+    fold = fit_check.folds_by_text(data.heldout_items.texts, fit_check.REPORT_FOLDS, data.seed)
     results: dict[str, Any] = {
         "stage": "fit",
         "filter": stream_filter.name,
@@ -277,8 +282,10 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, featur
         "pass_rate_target": 1.0 / data.m,
         "pass_rate_heldout_stream": float(np.mean(stream_accept)),
         "effective_sample_share": effective_sample_share(stream_accept),
-        "two_sample_auc_before": two_sample_auc(features, is_real, None, seed=data.seed),
-        "two_sample_auc_after": two_sample_auc(features, is_real, np.where(is_real, 1.0, accept), seed=data.seed),
+        "two_sample_auc_before": two_sample_auc(features, is_real, None, seed=data.seed, fold=fold),
+        "two_sample_auc_after": two_sample_auc(
+            features, is_real, np.where(is_real, 1.0, accept), seed=data.seed, fold=fold
+        ),
         "calibration": stream_filter.link.to_dict(),
         "stats": stream_filter.stats,
         "log_ratio": {
@@ -288,32 +295,10 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, featur
         },
     }
     if data.label_codes is not None:
-        results["labels"] = label_check(data, rows, is_real, accept)
+        results["labels"] = fit_check.label_check(data, accept)
     # Membership = which corpus; the pooled rows' P(real | x) is converted from a(x) (item_evaluation.CONVERSION).
-    results["per_item"] = item_evaluation.per_item({stream_filter.name: stream_filter}, data)
+    results["per_item"] = fit_check.per_item(stream_filter, data, accept)
     return results
-
-
-def label_check(data: FitData, rows: np.ndarray, is_real: np.ndarray, accept: np.ndarray) -> dict[str, Any]:
-    """Label distributions of the held-out trusted rows, stream rows and accepted stream (expected), with KL."""
-    codes, k = data.label_codes[rows], len(data.labels)
-    real = calibration.label_distribution(codes[is_real], k)
-    stream = calibration.label_distribution(codes[~is_real], k)
-    accepted = calibration.expected_filtered_distribution(accept[~is_real], codes[~is_real], k)
-    kl_before = calibration.kl_divergence(stream, real, 1e-6)
-    kl_after = calibration.kl_divergence(accepted, real, 1e-6)
-    by_label = {
-        name: dict(zip(data.labels, values, strict=True))
-        for name, values in (("real", real), ("stream", stream), ("accepted", accepted))
-    }
-    reduction = calibration.deception_reduction(kl_after, kl_before)
-    return {
-        "distributions": by_label,
-        "kl_before": kl_before,
-        "kl_after": kl_after,
-        "deception_reduction": reduction,
-        "kl_epsilon": 1e-6,
-    }
 
 
 def write_figures(folder: Path, stream_filter: Filter, data: FitData, results: dict[str, Any]) -> list[str]:

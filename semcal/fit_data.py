@@ -11,7 +11,9 @@ rows it did not train on. Both ways of getting the corpora give one `FitData`:
   and P(real | x) / P(general | x) = r(x) * n_real / n_general.
 
 Rows are split into training rows (the sources fit on them) and held-out rows (the
-calibrations fit on them). `stream` holds the items whose pass rate is normalised to 1/M:
+calibrations fit on them). With `sources_train_only` (semcal fit) no source sees a held-out
+row, so the held-out log-ratios are out-of-sample; the evaluation's cross-fitted sources
+(joint, the label posterior) use every row of general_train and report on general_test. `stream` holds the items whose pass rate is normalised to 1/M:
 general_test in the evaluation, the held-out general rows in semcal fit.
 
 `Items` are texts to score, with what was precomputed for them (the language models'
@@ -21,7 +23,8 @@ the rest (loads its models) only when it is missing. `Scored` is what a filter s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +83,7 @@ class FitData:
     embedding_model: str | None = None  # a sentence-encoder folder (the embedding source)
     top_p: float = 0.75  # the clipped score's share of the total |difference|
     seed: int = 0
+    sources_train_only: bool = False  # no source fits on a held-out row (see the module docstring)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # fitted sources, shared by filters
 
     @classmethod
@@ -139,6 +143,25 @@ class FitData:
     def texts_of(self, rows: np.ndarray) -> list[str]:
         return [self.texts[i] for i in rows]
 
+    def training_part(self) -> FitData:
+        """The training rows alone (none held out): what a source with sources_train_only fits on."""
+        return self.keep_rows(~self.heldout)
+
+    def keep_rows(self, keep: np.ndarray) -> FitData:
+        """These rows only (a boolean mask), with their precomputed held-out scores, the same stream,
+        and no cached sources."""
+        rows = np.flatnonzero(keep)
+        kept_heldout = np.asarray(keep, dtype=bool)[self.heldout]
+        return replace(
+            self,
+            texts=self.texts_of(rows),
+            is_real=self.is_real[rows],
+            heldout=self.heldout[rows],
+            label_codes=None if self.label_codes is None else self.label_codes[rows],
+            heldout_items=self.heldout_items.select(kept_heldout),
+            cache={},
+        )
+
     # ---- what is there ------------------------------------------------------------------------
 
     def has(self, need: str) -> bool:
@@ -163,3 +186,13 @@ class FitData:
 
 def _both(is_real: np.ndarray) -> bool:
     return bool(is_real.any()) and not bool(is_real.all())
+
+
+def text_position(texts: list[str], seed: int) -> np.ndarray:
+    """A number in [0, 1) per text from the text itself and the seed: equal texts get equal numbers,
+    so a text found in both corpora is held out (or put in a fold) on both sides at once."""
+    key = str(seed).encode()
+    digests = [
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest() for text in texts
+    ]
+    return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.float64) / 2.0**64

@@ -10,8 +10,8 @@ trained and scored the way the pipeline does, in a folder beside the filter.
 
 Each is a stage output of its own (semcal.runstate): finished ones are skipped when run again,
 an interrupted fine-tuning resumes. The filter folder names the models relative to itself, so
-the two folders move together. Held-out rows are the fine-tuning's own (heldout_fraction,
-seed): no model trained on the rows the calibration is fitted on.
+the two folders move together. Held-out rows are the fit's (chosen by text, written as each
+split's `heldout` column): no model trained on the rows the calibration is fitted on.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from semcal import files
 from semcal.config import UserError, apply_settings
-from semcal.data import GENERAL_TRAIN
+from semcal.data import GENERAL_TRAIN, HELDOUT_COLUMN
 from semcal.fit_data import Items
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,14 @@ def models_folder(output: str | Path) -> Path:
     return output.with_name(f"{output.name}.models")
 
 
-def train_and_score(config: Any, general: list[str], real: list[str]) -> tuple[Items, dict[str, Any]]:
+def train_and_score(
+    config: Any, general: list[str], real: list[str], heldout: np.ndarray
+) -> tuple[Items, dict[str, Any]]:
     """Fine-tune the general and the real model, score the held-out rows of both corpora with both;
     returns the held-out rows (general's, then real's, each in row order) with their per-token
-    differences log p_real - log p_general, and the models' records (filters.model records)."""
+    differences log p_real - log p_general, and the models' records (filters.model records).
+    `heldout`: per row of general then real, held out (the fit's choice by text): each split
+    carries it as its `heldout` column, which fine-tuning and scoring read."""
     import datasets
 
     from semcal.evaluation_inputs import join_scores, model_records
@@ -52,9 +56,13 @@ def train_and_score(config: Any, general: list[str], real: list[str]) -> tuple[I
     work = models_folder(config.output)
     data_dir = work / "data"
     splits = {GENERAL_TRAIN: general, REAL_SPLIT: real}
+    held = {GENERAL_TRAIN: heldout[: len(general)], REAL_SPLIT: heldout[len(general) :]}
     files.save_dataset_dict(
         datasets.DatasetDict(
-            {name: datasets.Dataset.from_dict({"text": list(texts)}) for name, texts in splits.items()}
+            {
+                name: datasets.Dataset.from_dict({"text": list(texts), HELDOUT_COLUMN: held[name].tolist()})
+                for name, texts in splits.items()
+            }
         ),
         data_dir,
     )

@@ -32,8 +32,11 @@ CONVERSION = {
 }
 
 
-def per_item(fitted: dict[str, Filter], data: FitData) -> dict[str, Any]:
-    """The per_item block: the constant reference and each fitted filter's metrics (or why it has none)."""
+def per_item(
+    fitted: dict[str, Filter], data: FitData, accepted: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """The per_item block: the constant reference and each fitted filter's metrics (or why it has none).
+    `accepted`: a filter's acceptance of the held-out rows when already computed (semcal fit's cross-fitted one)."""
     is_real = data.heldout_is_real
     block: dict[str, Any] = {"rows": "held-out general_train rows, membership in the real split known", "filters": {}}
     if not data.has("membership"):
@@ -53,7 +56,9 @@ def per_item(fitted: dict[str, Filter], data: FitData) -> dict[str, Any]:
         if reason:
             block["skipped"][name] = reason
             continue
-        accept = stream_filter.accept_probs(data.heldout_items)
+        accept = (accepted or {}).get(name)
+        if accept is None:
+            accept = stream_filter.accept_probs(data.heldout_items)
         forecast = item_metrics.membership_probability(accept, stream_filter.m, data.form, **counts)
         block["filters"][name] = item_metrics.item_metrics(forecast, is_real)
     if block["skipped"]:

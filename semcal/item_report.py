@@ -27,7 +27,12 @@ def per_item_lines(block: dict[str, Any] | None, chosen: str | None = None) -> l
         f"({block['conversion']}); {reference['rows']} rows, {reference['members']} members. The constant "
         f"predictor ({format_number(reference['forecast'], 3)} for every row) is the reference. MCC at p ≥ "
         f"{reference['mcc_threshold']}; ECE over {len(reference['reliability'])}+ equal-mass bins; sn34 = "
-        "√(((MCC+1)/2)^1.2 · ((0.25−Brier)/0.25)^1.8). The held-out rows also fit the calibrations' temperature.",
+        "√(((MCC+1)/2)^1.2 · ((0.25−Brier)/0.25)^1.8). "
+        + (
+            "The held-out rows also fit the calibrations' temperature."
+            if block.get("heldout_used_by_calibrations", True)
+            else "Each row's acceptance comes from the filter calibrated without it (cross-fitted)."
+        ),
         "",
         "| filter | " + " | ".join(label for _, label in METRICS) + " |",
         "| --- |" + " --- |" * len(METRICS),

@@ -302,15 +302,22 @@ def stacked_log_ratio(calibrator: StackedCalibrator, features: np.ndarray) -> np
 
 
 def two_sample_auc(
-    features: Any, is_real: np.ndarray, weights: np.ndarray | None = None, folds: int = 5, seed: int = 0
+    features: Any,
+    is_real: np.ndarray,
+    weights: np.ndarray | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    fold: np.ndarray | None = None,
 ) -> float:
     """Out-of-fold ROC AUC of a logistic regression telling real rows from stream rows (the
     classifier two-sample test): 0.5 means indistinguishable. `weights` weigh the stream rows
     (e.g. by their acceptance, the stream as the filter passes it) in both fitting and scoring;
-    real rows weigh 1, and each class is rescaled to the same total weight."""
+    real rows weigh 1, and each class is rescaled to the same total weight. `fold`: each row's
+    fold (e.g. by text, so a text in both samples is never fitted on and scored at once);
+    default stratified random folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import PredefinedSplit, StratifiedKFold
 
     is_real = np.asarray(is_real, dtype=bool)
     weight = np.ones(len(is_real)) if weights is None else np.where(is_real, 1.0, np.asarray(weights, dtype=np.float64))
@@ -321,7 +328,8 @@ def two_sample_auc(
     if folds < 2 or weight[~is_real].sum() <= 0:
         return float("nan")
     predicted = np.zeros(len(is_real))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(is_real)), is_real):
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed) if fold is None else PredefinedSplit(fold)
+    for train, test in splitter.split(np.zeros(len(is_real)), is_real):
         # liblinear: many times faster than lbfgs on sparse text features, and only a ranking is needed.
         model = LogisticRegression(solver="liblinear", random_state=seed)
         model.fit(features[train], is_real[train], sample_weight=weight[train])

@@ -356,11 +356,15 @@ def plot_log_ratios(real: np.ndarray, general: np.ndarray, general_accept: np.nd
 
     figure, axes = plt.subplots(figsize=(8, 4.5))
     values = np.concatenate([real, general])
-    bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 50)
+    low, high = np.percentile(values, 0.5), np.percentile(values, 99.5)
+    if high <= low:  # every text scored alike (corpora that cannot be told apart)
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, 50)
     style = {"bins": bins, "density": True, "histtype": "step", "linewidth": 1.8}
+    shown = (general >= low) & (general <= high)  # a weighted histogram needs weight inside its bins
     axes.hist(real, label=f"trusted (held out, {len(real)})", color="#1b7837", **style)
     axes.hist(general, label=f"stream (held out, {len(general)})", color="#762a83", **style)
-    if general_accept.sum() > 0:
+    if general_accept[shown].sum() > 0:
         axes.hist(
             general,
             weights=general_accept,
@@ -375,55 +379,3 @@ def plot_log_ratios(real: np.ndarray, general: np.ndarray, general_accept: np.nd
     axes.legend(frameon=False)
     figure.tight_layout()
     return figure
-
-
-def fit_report_markdown(results: dict) -> str:
-    """fit_report.md: what `semcal fit` fitted and how well the accepted stream matches the trusted corpus."""
-    counts, config = results["counts"], results["config"]
-    lines = [
-        f"# semcal fit: filter {results['filter']}",
-        "",
-        f"- trusted corpus `{config['real']}`: {counts['real']} texts ({counts['real_heldout']} held out)",
-        f"- stream sample `{config['general']}`: {counts['general']} texts ({counts['general_heldout']} held out)",
-        f"- pass rate 1/M = {format_number(results['pass_rate_target'])} (M = {format_number(results['M'])}; from the "
-        f"{results['pass_rate_from']}); on the held-out stream {format_number(results['pass_rate_heldout_stream'])}",
-        f"- effective sample size of the accepted stream: {_percent(results['effective_sample_share'])}% of its texts "
-        "(Kish: (sum a)² / (n sum a²))",
-        "",
-        "## Can a classifier tell trusted texts from the stream?",
-        "",
-        "Out-of-fold ROC AUC of a TF-IDF logistic regression on the held-out rows (trusted vs stream); 0.5 means "
-        "indistinguishable. After: the stream rows weighted by their acceptance.",
-        "",
-        "| | AUC |",
-        "| --- | --- |",
-        f"| stream as it is | {format_number(results['two_sample_auc_before'], 3)} |",
-        f"| stream as the filter passes it | {format_number(results['two_sample_auc_after'], 3)} |",
-    ]
-    if "labels" in results:
-        labels = results["labels"]
-        lines += [
-            "",
-            "## Labels (held-out rows)",
-            "",
-            f"KL(stream‖trusted) = {format_number(labels['kl_before'])} → KL(accepted‖trusted) = "
-            f"{format_number(labels['kl_after'])} (expected over the acceptance; ε = {labels['kl_epsilon']}): "
-            f"deception reduction {_percent(labels['deception_reduction'])}%.",
-            "",
-            "| label | trusted | stream | accepted |",
-            "| --- | --- | --- | --- |",
-        ]
-        dist = labels["distributions"]
-        for label in sorted(dist["real"], key=lambda name: -dist["real"][name]):
-            lines.append(
-                f"| {label} | {format_number(dist['real'][label], 3)} | {format_number(dist['stream'][label], 3)} | "
-                f"{format_number(dist['accepted'][label], 3)} |"
-            )
-    if "per_item" in results:
-        from semcal import item_report  # drawn only for results that hold the per-item blocks
-
-        lines += item_report.per_item_lines(results["per_item"], results["filter"])
-    for figure in results.get("figures", []):
-        lines += ["", f"![{figure}]({figure})"]
-    lines += ["", f"Apply it: `semcal filter --filter={config['output']} --input=NEW_TEXTS --output=decisions.csv`"]
-    return "\n".join(lines) + "\n"

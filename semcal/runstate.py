@@ -127,6 +127,11 @@ class StageOutput:
             raise UserError(f"{stage}: output_dir is empty: set the folder the output goes to.")
         self.stage = stage
         self.path = Path(output_dir).expanduser()
+        if self.path.name in ("", ".", ".."):  # the output is built beside its folder and swapped in whole
+            raise UserError(
+                f"{stage}: the output folder {str(output_dir)!r} is a folder itself, not a new folder's name: name "
+                "the folder to write, e.g. my_output (semcal builds it beside and swaps it in whole)."
+            )
         self.what = what or stage
         self.overwrite = overwrite
         self.protect = protect

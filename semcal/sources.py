@@ -424,11 +424,12 @@ class LabelPosteriorSource(Source):
     _min_df_texts = 1000  # from this many texts on, n-grams seen once are left out (3x faster, no loss)
 
     def fit(self, data: FitData) -> np.ndarray:
-        general = np.flatnonzero(data.in_general)
+        seen = ~data.heldout if data.sources_train_only else np.ones(len(data.texts), dtype=bool)
+        general = np.flatnonzero(data.in_general & seen)
         self.vectorizer = self._vectorizer(len(general))
         names = np.asarray(data.labels, dtype=object)[data.label_codes].astype(str)
         features = self.vectorizer.fit_transform(data.texts_of(general))
-        self._fit_model(features, names[general], names[data.is_real], data.seed)
+        self._fit_model(features, names[general], names[data.is_real & seen], data.seed)
         return self.log_ratio(data.heldout_items)
 
     def _vectorizer(self, n_texts: int) -> Any:
@@ -567,9 +568,13 @@ class JointSource(Source):
     _kl_floor = 1e-3  # added to each label share before the KL: labels with few rows stay finite
 
     def fit(self, data: FitData) -> np.ndarray:
-        fold = label_folds(data, self.folds)
-        self.tfidf, tfidf_out_of_fold = TfidfSource.cross_fit(data, fold)
-        self.posterior, posterior_out_of_fold = LabelPosteriorSource.cross_fit(data, fold, self.folds, self.max_labels)
+        # With sources_train_only the held-out rows are scored like new items, by the folds' mean.
+        fitted_on = data.training_part() if data.sources_train_only else data
+        fold = label_folds(fitted_on, self.folds)
+        self.tfidf, tfidf_out_of_fold = TfidfSource.cross_fit(fitted_on, fold)
+        self.posterior, posterior_out_of_fold = LabelPosteriorSource.cross_fit(
+            fitted_on, fold, self.folds, self.max_labels
+        )
         self.posterior.arrays_name, self.posterior.vocabulary_name = (
             "joint_posterior.safetensors",
             "joint_vocabulary.json",
@@ -578,11 +583,12 @@ class JointSource(Source):
         self.center, self.scale = stream.mean(axis=0), stream.std(axis=0)
         self.scale[self.scale == 0] = 1.0
         rows, stream = (rows - self.center) / self.scale, (stream - self.center) / self.scale
-        real = calibration.label_distribution(data.label_codes[data.is_real], len(data.labels))
-        problem = (stream, data.label_codes, data.in_general.astype(np.float64), real, data.m)
+        codes = fitted_on.label_codes
+        real = calibration.label_distribution(codes[fitted_on.is_real], len(data.labels))
+        problem = (stream, codes, fitted_on.in_general.astype(np.float64), real, data.m)
         self.ridge = self._choose_ridge(rows, fold % 2, *problem)
         self.beta = self._fit_beta(rows, *problem, self.ridge)
-        return rows[data.heldout] @ self.beta
+        return rows[data.heldout] @ self.beta if fitted_on is data else self.log_ratio(data.heldout_items)
 
     def _features(self, items: Items) -> np.ndarray:
         return np.column_stack([self.tfidf.log_ratio(items), self.posterior.log_posterior(items)])
