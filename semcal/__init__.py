@@ -3,10 +3,39 @@
 Turn every item of a stream into text, score the text with a language model of the
 stream ('general') and one of a trusted distribution ('real'), and filter the stream by
 rejection sampling on their log-probability ratio.
+
+    from semcal import Filter, FitConfig, fit
+    fit(FitConfig(real="trusted.csv", general="stream_sample.csv", output="my_filter"))
+    stream_filter = Filter.load("my_filter")
+    stream_filter.accept_probs(["a dog barks"]), stream_filter.decide(["a dog barks"], seed=0)
+
+Importing semcal changes nothing in the host process (environment, logging, warnings):
+the `semcal` command and the stage scripts set up the console (semcal.console.setup); a
+stage called from Python gives the `semcal` logger its own handler when it starts. The
+names below load their modules on first use, so `import semcal` stays light.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from semcal import console as _console  # noqa: E402
+# The public API: name -> the module that defines it.
+_EXPORTS = {
+    "Filter": "semcal.filtering",
+    "FitConfig": "semcal.fit",
+    "fit": "semcal.fit",
+    "FilterConfig": "semcal.filter_stream",
+    "filter_texts": "semcal.filter_stream",
+    "SOURCES": "semcal.sources",
+    "CALIBRATIONS": "semcal.calibrations",
+}
+__all__ = ["__version__", *_EXPORTS]
 
-_console.setup()  # quiet libraries by default, also when a stage is called from Python
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'semcal' has no attribute {name!r}")

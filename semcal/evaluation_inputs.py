@@ -102,6 +102,7 @@ def fit_data(inputs: EvaluationInputs, config: EvaluationConfig) -> FitData:
         "embedding_model": config.embedding_model,
         "top_p": config.top_p,
         "seed": config.seed,
+        "sources_train_only": True,
     }
     if inputs.real_general_rows is not None:
         is_real = np.isin(np.arange(n_general), inputs.real_general_rows)

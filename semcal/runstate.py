@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from semcal import distributed, files
+from semcal import console, distributed, files
 from semcal.config import UserError, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class StageOutput:
         resumable: bool = True,
         noun: str = "output",
     ):
+        console.install_handler()  # a stage called from Python shows its lines; importing semcal sets up nothing
         if not str(output_dir).strip():
             raise UserError(f"{stage}: output_dir is empty: set the folder the output goes to.")
         self.stage = stage
