@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from semcal.adapt import Adapter, AdaptSettings  # noqa: E402
 from semcal.calibration import kl_divergence, label_distribution  # noqa: E402
 from semcal.data import heldout_mask  # noqa: E402
-from semcal.distort import label_scores, plan_tilt  # noqa: E402
+from semcal.distort_plan import label_scores, plan_tilt  # noqa: E402
 from semcal.filtering import Filter  # noqa: E402
 from semcal.filters import DEFAULT_FILTER, describe  # noqa: E402
 from semcal.fit_data import FitData, Items  # noqa: E402

@@ -4,8 +4,8 @@ Turn every item of a stream into text, score the text with a language model of t
 stream ('general') and one of a trusted distribution ('real'), and filter the stream by
 rejection sampling on their log-probability ratio.
 
-    from semcal import Filter, FitConfig, fit
-    fit(FitConfig(real="trusted.csv", general="stream_sample.csv", output="my_filter"))
+    from semcal import Filter, FitConfig, fit_filter
+    fit_filter(FitConfig(real="trusted.csv", general="stream_sample.csv", output="my_filter"))
     stream_filter = Filter.load("my_filter")
     stream_filter.accept_probs(["a dog barks"]), stream_filter.decide(["a dog barks"], seed=0)
 
@@ -22,11 +22,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# The public API: name -> the module that defines it.
+# The public API: name -> (the module that defines it, its name there). `fit_filter` is
+# semcal fit's function: `semcal.fit` names the module once it is imported.
 _EXPORTS = {
     "Filter": "semcal.filtering",
     "FitConfig": "semcal.fit",
-    "fit": "semcal.fit",
+    "fit_filter": ("semcal.fit", "fit"),
     "FilterConfig": "semcal.filter_stream",
     "filter_texts": "semcal.filter_stream",
     "SOURCES": "semcal.sources",
@@ -37,5 +38,6 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, attribute = _EXPORTS[name] if isinstance(_EXPORTS[name], tuple) else (_EXPORTS[name], name)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'semcal' has no attribute {name!r}")

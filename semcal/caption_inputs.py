@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semcal import data
+from semcal import data, media_folders
 from semcal.config import UserError
 from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
@@ -39,7 +39,7 @@ def load_inputs(config: Any, kind: str, media_column: str) -> CaptionInputs:
         )
     )
     if media_folder:
-        dataset_dict = data.load_media_folder(path, kind, config.labels_csv, media_column, config.split_column)
+        dataset_dict = media_folders.load_media_folder(path, kind, config.labels_csv, media_column, config.split_column)
     elif config.labels_csv is not None:
         raise UserError(
             f"labels_csv is only for a folder of {kind} files, and {config.dataset_name} is not a folder. "

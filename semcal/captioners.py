@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from semcal import data, distributed, files
+from semcal.caption_settings import AudioCaptionConfig, ImageCaptionConfig
 from semcal.config import UserError
 from semcal.media import MediaError, load_audio, load_image
-
-if TYPE_CHECKING:
-    from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig
 
 # Florence-2 tasks whose answer is plain text and which take no input besides the image.
 FLORENCE_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OCR>")

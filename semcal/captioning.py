@@ -20,12 +20,13 @@ captioned (its record's model and settings): `semcal filter` on a folder of medi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from semcal import caption_inputs, captioners, console, distributed, files, runstate
 from semcal.caption_inputs import CaptionInputs
+from semcal.caption_settings import AudioCaptionConfig, ImageCaptionConfig
 from semcal.captioners import DTYPES, FLORENCE_CAPTION_TASKS
 from semcal.config import UserError, below_minimum, config_to_dict
 from semcal.media import MediaError
@@ -35,63 +36,6 @@ log = logging.getLogger(__name__)
 
 CAPTIONS_CSV = "captions.csv"
 ERRORS_CSV = "errors.csv"
-
-
-@dataclass
-class ImageCaptionConfig:
-    dataset_name: str = (
-        "runs/images/source"  # folder of image files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL files
-    )
-    image_column: str = "image"  # column holding the images (datasets Image values, bytes or file paths)
-    labels_csv: str | None = None  # folder of image files only: CSV with file_name (relative path) and label columns
-    split_column: str = "split"  # one CSV/Parquet/JSONL file (or labels_csv): the column naming each row's split
-    splits: list[str] = field(default_factory=list)  # splits to caption; empty: all. Only these go to the output
-    output_dir: str = "runs/images/captioned"  # data-set folder to write (new, or an earlier output of this stage)
-    caption_column: str = "text"  # name of the caption column added to the data set (the paper's: text)
-    model_name: str = "florence-community/Florence-2-large"  # Hub id or local folder: Florence-2, BLIP, ...
-    task_prompt: str = (
-        "<MORE_DETAILED_CAPTION>"  # Florence-2 task (the paper's); or <CAPTION>, <DETAILED_CAPTION>, <OCR>
-    )
-    text_prompt: str = ""  # models other than Florence-2: text given with each image (BLIP: caption prefix)
-    num_beams: int = 3  # beam search width (1: greedy); never sampling, so captions are reproducible
-    max_new_tokens: int = 512  # longest caption, in tokens
-    batch_size: int = 8  # images per generate call
-    chunk_size: int = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
-    max_items: int | None = None  # caption only the first N rows of each split (to try a model on a sample); none: all
-    keep_media_column: bool = True  # keep the image column in the output data set (false: smaller output)
-    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: this process's GPU when there is one, else cpu
-    device_map: str | None = None  # auto: spread a model too large for one GPU over all GPUs (one process only)
-    dtype: str = (
-        "auto"  # auto (bfloat16 on GPUs that support it, else float16; float32 on cpu), float32, float16, bfloat16
-    )
-    overwrite: bool = False  # discard an unfinished run of other settings in output_dir instead of refusing
-
-
-@dataclass
-class AudioCaptionConfig:
-    dataset_name: str = (
-        "runs/audio/source"  # folder of audio files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL files
-    )
-    audio_column: str = "audio"  # column holding the clips (Audio values, array+sampling_rate, bytes or paths)
-    labels_csv: str | None = None  # folder of audio files only: CSV with file_name (relative path) and label columns
-    split_column: str = "split"  # one CSV/Parquet/JSONL file (or labels_csv): the column naming each row's split
-    splits: list[str] = field(default_factory=list)  # splits to caption; empty: all. Only these go to the output
-    output_dir: str = "runs/audio/captioned"  # data-set folder to write (new, or an earlier output of this stage)
-    caption_column: str = "text"  # name of the caption column added to the data set
-    model_name: str = "Qwen/Qwen2-Audio-7B-Instruct"  # Hub id or local folder of a Qwen2-Audio model
-    prompt: str = "Describe the sounds in this audio clip."  # instruction given with each clip (the paper's)
-    num_beams: int = 1  # beam search width (1: greedy); never sampling, so captions are reproducible
-    max_new_tokens: int = 64  # longest caption, in tokens
-    batch_size: int = 4  # clips per generate call
-    chunk_size: int = 128  # captions written per chunk: an interrupted run loses at most the chunk in progress
-    max_items: int | None = None  # caption only the first N rows of each split (to try a model on a sample); none: all
-    keep_media_column: bool = False  # keep the audio column in the output data set (audio is large)
-    device: str | None = None  # cuda, cuda:1, cpu, mps, ...; none: this process's GPU when there is one, else cpu
-    device_map: str | None = None  # auto: spread a model too large for one GPU over all GPUs (one process only)
-    dtype: str = (
-        "auto"  # auto (bfloat16 on GPUs that support it, else float16; float32 on cpu), float32, float16, bfloat16
-    )
-    overwrite: bool = False  # discard an unfinished run of other settings in output_dir instead of refusing
 
 
 # ---------------------------------------------------------------- stages

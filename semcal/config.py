@@ -102,13 +102,23 @@ def describe_type(tp: Any) -> str:
 
 
 def field_comments(config_cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field line in the dataclass source (for --help)."""
+    """The trailing `# comment` of each field line in the dataclass source (for --help); a field
+    a subclass redeclares takes the subclass's comment, the others their base class's."""
+    comments: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    for klass in config_cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for name, comment in _own_field_comments(klass, names).items():
+                comments.setdefault(name, comment)
+    return comments
+
+
+def _own_field_comments(config_cls: type, names: set[str]) -> dict[str, str]:
     try:
         source = inspect.getsource(config_cls)
     except (OSError, TypeError):
         return {}
     comments: dict[str, str] = {}
-    names = {f.name for f in dataclasses.fields(config_cls)}
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
     line_name: str | None = None
     for tok in tokens:

@@ -60,7 +60,7 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
         for part in dataset_name.split(","):
             split, _, file = part.partition("=")
             files[split.strip()] = Path(file.strip()).expanduser()
-        dataset_dict = datasets.DatasetDict({split: _dataset_of(_read_table(file)) for split, file in files.items()})
+        dataset_dict = datasets.DatasetDict({split: dataset_of(read_table(file)) for split, file in files.items()})
     elif path.is_dir() and (path / "dataset_dict.json").exists():
         dataset_dict = datasets.load_from_disk(str(path))
         if not isinstance(dataset_dict, datasets.DatasetDict):
@@ -77,17 +77,17 @@ def load_dataset_dict(dataset_name: str, split_column: str = "split"):
                 f"{path} is a folder with neither a saved data set (dataset_dict.json) nor data files "
                 f"({', '.join(DATA_FILE_SUFFIXES)}). Found: {sorted(p.name for p in path.iterdir())[:20]}"
             )
-        dataset_dict = datasets.DatasetDict({file.stem: _dataset_of(_read_table(file)) for file in files})
+        dataset_dict = datasets.DatasetDict({file.stem: dataset_of(read_table(file)) for file in files})
     elif path.is_file():
-        dataset_dict = _split_by_column(_read_table(path), path, split_column)
+        dataset_dict = _split_by_column(read_table(path), path, split_column)
     elif looks_like_local_path(dataset_name):
         raise UserError(f"{dataset_name} does not exist (looked for a file or folder at {path.resolve()}).")
     else:
         dataset_dict = _load_from_hub(dataset_name)
-    return _alias_splits(dataset_dict)
+    return alias_splits(dataset_dict)
 
 
-def _dataset_of(table: pd.DataFrame):
+def dataset_of(table: pd.DataFrame):
     import datasets
 
     return datasets.Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False)
@@ -104,7 +104,7 @@ def _split_by_column(table: pd.DataFrame, path: Path, split_column: str):
             "(dataset_name='general_train=train.csv,general_test=test.csv')."
         )
     groups = table.groupby(split_column, sort=False)
-    return datasets.DatasetDict({str(split): _dataset_of(rows.drop(columns=[split_column])) for split, rows in groups})
+    return datasets.DatasetDict({str(split): dataset_of(rows.drop(columns=[split_column])) for split, rows in groups})
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -154,7 +154,7 @@ def _load_from_hub(dataset_id: str):
         ) from None
 
 
-def _read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"data file {path} does not exist.")
     try:
@@ -192,7 +192,7 @@ def _json_value(value: Any) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
-def _alias_splits(dataset_dict):
+def alias_splits(dataset_dict):
     names = set(dataset_dict)
     if names & {GENERAL_TRAIN, GENERAL_TEST}:
         return dataset_dict
@@ -355,89 +355,6 @@ def general_fingerprint(dataset_dict, text_column: str) -> str | None:
     return fingerprint_texts(texts_of(dataset_dict[GENERAL_TRAIN], GENERAL_TRAIN, text_column))
 
 
-MEDIA_SPLIT_FOLDERS = ("train", "test", "validation", GENERAL_TRAIN, GENERAL_TEST)
-
-
-def load_media_folder(
-    folder: str | Path,
-    kind: str,
-    labels_csv: str | Path | None = None,
-    media_column: str | None = None,
-    split_column: str = "split",
-):
-    """A `DatasetDict` of the image or audio files under `folder` (kind "image" or "audio").
-
-    Splits: when every file is in a subfolder named after a split (`train/`, `test/`,
-    `validation/`, `general_train/`, `general_test/`, `real_train_<d>/`), each subfolder is
-    one split; otherwise every file is in `general_train`.
-    A labels CSV (optional) has a `file_name` column with paths relative to `folder` and
-    any other columns (labels); a `split_column` in it decides the splits instead. Every
-    file needs a row and every row a file. Each split has the columns `file_name`, the
-    media column (`media_column`, default `kind`) holding the absolute file path, and the
-    labels CSV's columns; rows are in file-name order.
-    """
-    import datasets
-
-    from semcal.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
-
-    suffixes = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(kind)
-    if suffixes is None:
-        raise ValueError(f"kind must be 'image' or 'audio', not {kind!r}")
-    media_column = media_column or kind
-    root = Path(folder).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(f"media folder {root} does not exist.")
-    files = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in suffixes
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # hidden files and folders
-    )
-    if not files:
-        raise UserError(f"{root} holds no {kind} files (looked for {', '.join(suffixes)} in it and its subfolders).")
-    table = pd.DataFrame({"file_name": files}) if labels_csv is None else _labels_table(labels_csv, root, files)
-    if media_column in table.columns:
-        raise UserError(f"labels CSV {labels_csv} has a column {media_column!r}, the name given to the file paths.")
-    table.insert(1, media_column, [str(root / name) for name in table["file_name"]])
-
-    if split_column in table.columns:
-        splits = table.pop(split_column).astype(str)
-    else:
-        top = [name.split("/", 1)[0] if "/" in name else "" for name in table["file_name"]]
-        is_split = [t in MEDIA_SPLIT_FOLDERS or t.startswith("real_train_") for t in top]
-        splits = pd.Series(top if all(is_split) else [GENERAL_TRAIN] * len(table))
-    dataset_dict = datasets.DatasetDict(
-        {str(split): _dataset_of(table[splits.values == split]) for split in dict.fromkeys(splits)}
-    )
-    return _alias_splits(dataset_dict)
-
-
-def _labels_table(labels_csv: str | Path, root: Path, files: list[str]) -> pd.DataFrame:
-    """The labels CSV, one row per file of the folder, in file-name order."""
-    table = _read_table(Path(labels_csv).expanduser())
-    if "file_name" not in table.columns:
-        raise UserError(
-            f"labels CSV {labels_csv} has no file_name column (columns: {list(table.columns)}); add one with "
-            f"each file's path relative to {root}."
-        )
-    table["file_name"] = [Path(str(name)).as_posix() for name in table["file_name"]]
-    listed = set(table["file_name"])
-    missing = sorted(listed - set(files))
-    unlisted = [f for f in files if f not in listed]
-    if missing or unlisted:
-        raise UserError(
-            f"labels CSV {labels_csv} and folder {root} disagree: "
-            + (f"{len(missing)} listed files are not in the folder (first: {missing[:5]}); " if missing else "")
-            + (f"{len(unlisted)} files have no row in the CSV (first: {unlisted[:5]}); " if unlisted else "")
-            + "give every file exactly one row, with its path relative to the folder."
-        )
-    if table["file_name"].duplicated().any():
-        duplicated = sorted(set(table["file_name"][table["file_name"].duplicated()]))
-        raise UserError(f"labels CSV {labels_csv} lists files more than once: {duplicated[:5]}.")
-    return table.sort_values("file_name", kind="stable").reset_index(drop=True)
-
-
 def load_corpus(
     name: str,
     what: str,
@@ -454,8 +371,8 @@ def load_corpus(
     """
     path = Path(name).expanduser()
     if path.is_file():
-        table, split = _read_table(path, encoding), what
-        corpus = _dataset_of(table)
+        table, split = read_table(path, encoding), what
+        corpus = dataset_of(table)
     else:
         base, _, split = name.rpartition(":") if ":" in name and not Path(name).exists() else (name, "", "")
         dataset_dict = load_dataset_dict(base)

@@ -390,7 +390,7 @@ def _captioning_record(config: FilterConfig) -> dict[str, Any]:
 
 def _media_names(config: FilterConfig, kind: str) -> list[str]:
     """The folder's image or audio files, by path relative to it, in name order (as the captioning stage lists them)."""
-    from semcal.data import load_media_folder
+    from semcal.media_folders import load_media_folder
 
     splits = load_media_folder(config.input, kind)
     return sorted(name for split in splits.values() for name in split["file_name"])

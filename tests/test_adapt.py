@@ -24,7 +24,7 @@ from semcal.calibration import accept_probs, kl_divergence
 from semcal.config import UserError
 from semcal.data import heldout_mask
 from semcal.demo_data import generate_demo_rows
-from semcal.distort import label_scores, plan_tilt
+from semcal.distort_plan import label_scores, plan_tilt
 from semcal.filter_stream import FilterConfig, filter_texts
 from semcal.filtering import Filter
 from semcal.fit_data import FitData, Items
