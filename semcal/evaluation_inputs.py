@@ -17,7 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,9 @@ from semcal.data import (
     real_split_name,
     texts_of,
 )
+from semcal.evaluation_config import EvaluationConfig
 from semcal.fit_data import FitData, Items
 from semcal.scoring import DEFAULT_EVAL_FRACTION, DEFAULT_SPLIT_SEED, check_same_tokens
-
-if TYPE_CHECKING:
-    from semcal.evaluation import EvaluationConfig
 
 log = logging.getLogger(__name__)
 
