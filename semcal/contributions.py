@@ -91,3 +91,20 @@ def _row(columns: np.ndarray, values: np.ndarray, reprs: np.ndarray, count: int)
         return "; ".join(f"{reprs[columns[i]]} {values[i]:+.3f}" for i in order if signed[i] > 0)
 
     return side(values), side(-values)
+
+
+def log_ratio_and_explanations(source: Any, items: Any, count: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """A source's log-ratio and (count > 0) its explanations, with one TF-IDF transform serving both
+    where the source's n-grams explain it (tfidf, and joint through its tfidf view); otherwise the
+    source's own log_ratio and contributions. The tests check both paths give the same numbers."""
+    if not count:
+        return source.log_ratio(items), [("", "")] * len(items)
+    tfidf = {"tfidf": source, "joint": getattr(source, "tfidf", None)}.get(source.name)
+    if tfidf is None:
+        return source.log_ratio(items), source.contributions(items, count)
+    features = tfidf._features(items)
+    log_ratio = tfidf._log_ratio_of(features)
+    if source is not tfidf:  # joint: the TF-IDF log-ratio beside the label posterior's log-probabilities
+        views = np.column_stack([log_ratio, source.posterior.log_posterior(items)])
+        log_ratio = ((views - source.center) / source.scale) @ source.beta
+    return log_ratio, explain_rows(features, tfidf.vectorizer, count, lambda rows, columns: tfidf.coef[columns])

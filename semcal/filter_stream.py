@@ -97,7 +97,9 @@ class FilterConfig:
     adapt: str = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, EM), refit
     alarm: str = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio
     adapt_settings: dict[str, str] = field(default_factory=dict)  # window=500,update_every=25,trusted=PATH,...
-    engine: str = "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.filter_ray)
+    engine: str = (
+        "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.filter_ray)
+    )
     ray_address: str | None = None  # engine=ray: an existing cluster (e.g. ray://head:10001); none: a local one
     workers: int = 2  # engine=ray: filter actors, each loading the filter once
 
@@ -235,7 +237,9 @@ def check_common(config: FilterConfig) -> None:
         raise UserError(f"engine={config.engine!r} is not one of {', '.join(ENGINES)}.")
     decisions.check_settings(config.decision, config.rate, config.max_false_rejection)
     if not str(config.filter).strip():
-        raise UserError("filter is empty: set it to a saved filter folder (semcal fit --output, or RUN/evaluation/<split>/filter).")
+        raise UserError(
+            "filter is empty: set it to a saved filter folder (semcal fit --output, or RUN/evaluation/<split>/filter)."
+        )
 
 
 def _check_settings(config: FilterConfig) -> str:
@@ -274,6 +278,8 @@ def _check_settings(config: FilterConfig) -> str:
 
 
 def _check_adapt(config: FilterConfig) -> None:
+    if config.adapt == config.alarm == "none" and not config.adapt_settings:
+        return  # the default: semcal.adapt (and what it imports) is not needed
     from semcal.adapt import ALARMS, MODES
 
     if config.adapt not in MODES:
@@ -304,7 +310,9 @@ def keyed_by_id(config: FilterConfig) -> bool:
     return config.id_column is not None or (config.input != "-" and Path(config.input).is_dir())
 
 
-def judge(model: Any, batch: Any, decide: decisions.Decider, config: FilterConfig, counts: dict[str, int]) -> dict[str, Any]:
+def judge(
+    model: Any, batch: Any, decide: decisions.Decider, config: FilterConfig, counts: dict[str, int]
+) -> dict[str, Any]:
     """The batch's records in input order, as columns: each text's score, acceptance, decision and
     strongest tokens, computed for the whole batch at once; error records as they were."""
     n_items = len(batch)

@@ -29,6 +29,7 @@ import numpy as np
 from semcal import calibration, drift, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
+from semcal.contributions import log_ratio_and_explanations
 from semcal.decisions import Thresholds, decision_keys, draw, keyed_draw  # noqa: F401 (draw: re-exported)
 from semcal.filters import filter_name
 from semcal.fit_data import FitData, Items, Scored
@@ -120,8 +121,8 @@ class Filter:
         if top_tokens and hasattr(self.source, "_diffs"):  # a language model: run the models once, not twice
             tokens, diffs = self.source._diffs(items)
             items = Items(items.texts, tokens, **{self.source.diffs_field: diffs})
-        scores = self.scores(items)
-        explained = self.source.contributions(items, top_tokens) if top_tokens else [("", "")] * len(items)
+        log_ratio, explained = log_ratio_and_explanations(self.source, items, top_tokens)
+        scores = self.link.apply(log_ratio, self.m)
         up, down = ([pair[i] for pair in explained] for i in (0, 1))
         return Scored(scores, calibration.accept_probs(scores, self.m), up, down)
 
