@@ -97,6 +97,8 @@ def read_batches(config: Any, input_format: str, size: int, skipped: Skipped) ->
 def _table_batches(config: Any, input_format: str, size: int) -> Iterator[Batch]:
     row = 0
     for chunk in _table_chunks(config, input_format, size):
+        if chunk.empty:  # a header alone: no rows
+            continue
         for column in (config.text_column, config.id_column):
             if column and column not in chunk.columns:
                 raise UserError(

@@ -241,7 +241,7 @@ def filter_files(config: Any) -> dict[str, int]:
                 logging.getLogger("ray.data").setLevel(logging.WARNING)
             read = ray.data.read_parquet if input_format == "parquet" else ray.data.read_json
             decided = filter_dataset(
-                read(paths),
+                read(paths, override_num_blocks=max(len(paths), 2 * config.workers)),  # work for every actor
                 config.filter,
                 text_column=config.text_column,
                 id_column=config.id_column,
