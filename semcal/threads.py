@@ -1,11 +1,15 @@
 """How many threads the numeric libraries (BLAS, OpenMP) may use: set by the command-line entry
 points and stage scripts, never by `import semcal`.
 
-On a shared machine, libraries that start one thread per core of the machine fight each other and
-every other process for the same cores: a labelled fit took 49 s against 6.5 s with one BLAS
-thread on a busy 2-core machine. `semcal --threads=N` (or the environment variable SEMCAL_THREADS)
-sets the limit; the default is the cores this process may use (its CPU affinity, and a container's
-CPU quota when there is one), so a machine that shows 64 cores to a 2-CPU container gets 2.
+On a shared machine, thread pools that spin while they wait fight each other and every other
+process for the same cores: on a busy 2-core machine a labelled fit took 49 s against 6.5 s with
+one BLAS thread, and `--adapt=prior` (thousands of small L-BFGS-B fits, BLAS calls on vectors of a
+few numbers) ran 4-10x slower with two BLAS threads than with one. semcal's BLAS work is small
+(sparse products, low-dimensional optimisation), where a second thread never pays, while torch's
+OpenMP pool does pay on large matrix products. So by default BLAS gets 1 thread and OpenMP (torch)
+the cores this process may use (its CPU affinity, capped by a container's CPU quota, so a machine
+that shows 64 cores to a 2-CPU container gets 2). `semcal --threads=N` (or the environment
+variable SEMCAL_THREADS=N) gives both N.
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ def _cgroup_quota() -> int | None:
     return None
 
 
-def wanted(value: str | None = None) -> int:
-    """The limit asked for (`--threads=N`, else SEMCAL_THREADS), else the available cores."""
+def wanted(value: str | None = None) -> int | None:
+    """The limit asked for (`--threads=N`, else SEMCAL_THREADS); None: the defaults (module doc)."""
     value = value if value is not None else os.environ.get(ENV)
     if value is None or value == "":
-        return available_cores()
+        return None
     try:
         threads = int(value)
     except ValueError:
@@ -61,18 +65,24 @@ def split_option(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 @contextlib.contextmanager
-def limited(threads: int) -> Iterator[None]:
-    """Run the block with BLAS and OpenMP pools of at most `threads` threads. The environment variables
-    cover libraries loaded later (and child processes); threadpoolctl those already loaded."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: str(threads) for name in names})
+def limited(threads: int | None = None) -> Iterator[None]:
+    """Run the block with BLAS and OpenMP pools of `threads` threads each (None: BLAS 1, OpenMP the
+    available cores). The environment variables cover libraries loaded later (and child processes);
+    threadpoolctl those already loaded."""
+    blas, openmp = (1, available_cores()) if threads is None else (threads, threads)
+    sizes = {"OMP_NUM_THREADS": openmp, "OPENBLAS_NUM_THREADS": blas, "MKL_NUM_THREADS": blas, "BLIS_NUM_THREADS": blas}
+    saved = {name: os.environ.get(name) for name in sizes}
+    os.environ.update({name: str(size) for name, size in sizes.items()})
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # scikit-learn brings it; without it the environment alone applies
         threadpool_limits = None
     try:
-        with threadpool_limits(limits=threads) if threadpool_limits else contextlib.nullcontext():
+        with (
+            threadpool_limits(limits={"blas": blas, "openmp": openmp})
+            if threadpool_limits
+            else contextlib.nullcontext()
+        ):
             yield
     finally:
         for name, value in saved.items():

@@ -257,12 +257,17 @@ def test_the_filter_command_module_loads_no_heavy_library():
 
 
 def test_threads_are_limited_by_the_entry_point_and_restored():
+    import numpy.linalg  # noqa: F401  (a BLAS loaded before the limit: threadpoolctl limits it too)
     from threadpoolctl import threadpool_info
 
     with threads.limited(1):
         assert os.environ["OMP_NUM_THREADS"] == "1"
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
-    assert threads.wanted("3") == 3 and threads.available_cores() >= 1
+    with threads.limited():  # the default: BLAS 1 thread, OpenMP the available cores
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        assert os.environ["OMP_NUM_THREADS"] == str(threads.available_cores())
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+    assert threads.wanted("3") == 3 and threads.wanted("") is None and threads.available_cores() >= 1
     with pytest.raises(UserError, match="threads='0' must be a whole number of threads, 1 or more"):
         threads.wanted("0")
     assert threads.split_option(["filter", "--threads=2", "--x=1"]) == ("2", ["filter", "--x=1"])
