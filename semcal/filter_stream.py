@@ -62,8 +62,8 @@ HELP_NOTES = """output columns (one record per input item; JSON lines hold only 
   text         the text scored (a media file: its caption)
   score        the filter's calibrated log-ratio s(x): the higher, the more the text looks like the real stream
   accept_prob  a(x) = min(1, exp(s(x)) / M): the probability of letting the item through
-  decision     true or false: by --decision: sample (default), one uniform draw below accept_prob from one
-               generator seeded by --seed; threshold, accept_prob >= tau (from the saved filter: the stream passes
+  decision     true or false: by --decision: sample (default), a uniform draw below accept_prob keyed by --seed
+               and the item's id_column value (or its text), never its position; threshold, accept_prob >= tau (from the saved filter: the stream passes
                --rate, default 1/M, or at most --max_false_rejection of held-out real rows are rejected); top, the
                highest accept_prob share (--rate) of each --window items
   tokens_up    the tokens (tfidf: n-grams) that pushed the score up most, e.g. 'dog' +1.230; 'barks' +0.410
@@ -86,8 +86,8 @@ class FilterConfig:
     input_format: str | None = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
     encoding: str = "utf-8"  # the text encoding of the input (CSV, JSONL, text, standard input), e.g. latin-1
     stream: bool = False  # read JSON lines from standard input as they come; write each batch at once
-    batch_size: int = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
-    seed: int = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+    batch_size: int = 32  # streaming: texts scored together (1: a decision per line as it arrives); files: 16384
+    seed: int = 0  # seed of the decisions' draws: the same seed and id (or text) give the same decision
     decision: str = "sample"  # sample (seeded draw below accept_prob), threshold (accept_prob >= tau) or top
     rate: float | None = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
     max_false_rejection: float | None = None  # threshold: tau rejects at most this share of held-out real rows
