@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 INSTALL = "engine=ray needs Ray Data, which is not installed: pip install 'semcal[ray]' (or pip install 'ray[data]')."
 OUTPUT_COLUMNS = ("score", "accept_prob", "decision", "tokens_up", "tokens_down", "error")
-LANGUAGE_MODEL_SOURCES = ("sum", "clipped", "control_sum", "stack")  # they name model folders outside the filter
 
 
 def require_ray() -> Any:
@@ -55,16 +54,14 @@ def require_ray() -> Any:
 
 def filter_folder_files(folder: str | Path) -> dict[str, bytes]:
     """A saved filter folder as {relative path: bytes}: what travels to the workers."""
-    from semcal import files
-    from semcal.filtering import SPEC_NAME, Filter
+    from semcal.filtering import Filter
 
     folder = Path(folder)
-    Filter.load(folder)  # refused here, in one sentence, before any worker starts
-    source = files.read_json(folder / SPEC_NAME).get("source")
-    if source in LANGUAGE_MODEL_SOURCES:
+    source = Filter.load(folder).source  # refused here, in one sentence, before any worker starts
+    if getattr(source, "language_models", False) or source.name in ("embedding", "control_sum"):
         raise UserError(
-            f"filter {folder} needs language models ({source}), which engine=ray does not ship to workers: use "
-            "engine=local, or a filter that needs no language model (semcal fit's default)."
+            f"filter {folder} needs models outside its folder ({source.name}), which engine=ray does not ship to "
+            "workers: use engine=local, or a filter that needs no model (semcal fit's default)."
         )
     return {
         path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
@@ -255,8 +252,12 @@ def filter_files(config: Any) -> dict[str, int]:
             ).materialize()
             staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
-            (decided.write_parquet if input_format == "parquet" else decided.write_json)(str(staging))
-            counts = _counts(decided)
+            try:
+                (decided.write_parquet if input_format == "parquet" else decided.write_json)(str(staging))
+                counts = _counts(decided)
+            except BaseException:  # a failed run leaves no partial folder (and the old output as it was)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         finally:
             if started_here:
                 ray.shutdown()
