@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +235,9 @@ def filter_files(config: Any) -> dict[str, int]:
             import ray.data
 
             ray.data.DataContext.get_current().enable_progress_bars = console.is_verbose()
-            if not console.is_verbose():  # Ray Data's own execution lines, one per dataset
+            if not console.is_verbose():  # Ray Data's own execution lines and tuning advice
                 logging.getLogger("ray.data").setLevel(logging.WARNING)
+                warnings.filterwarnings("ignore", category=UserWarning, module="ray.data")
             read = ray.data.read_parquet if input_format == "parquet" else ray.data.read_json
             decided = filter_dataset(
                 read(paths, override_num_blocks=max(len(paths), 2 * config.workers)),  # work for every actor
@@ -249,12 +251,12 @@ def filter_files(config: Any) -> dict[str, int]:
                 top_tokens=config.top_tokens,
                 workers=config.workers,
                 batch_size=max(config.batch_size, 1024),
-            ).materialize()
+            )  # streamed: read, filtered and written a block at a time, never all held at once
             staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 (decided.write_parquet if input_format == "parquet" else decided.write_json)(str(staging))
-                counts = _counts(decided)
+                counts = _counts(read(str(staging)))
             except BaseException:  # a failed run leaves no partial folder (and the old output as it was)
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -295,7 +297,8 @@ def _init(ray: Any, config: Any) -> None:
 
 
 def _counts(decided: Any) -> dict[str, int]:
-    """Items, accepted items and error records, from the two small columns streamed through the driver."""
+    """Items, accepted items and error records of the written output, from two small columns
+    streamed through the driver."""
     counts = {"items": 0, "accepted": 0, "errors": 0}
     for batch in decided.select_columns(["decision", "error"]).iter_batches(batch_format="pandas"):
         errors = int(batch["error"].notna().sum())
