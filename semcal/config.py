@@ -218,24 +218,28 @@ def run_script(
     argv: Sequence[str] | None = None,
 ) -> Any:
     """Entry point of a stage script: its variables, then command-line overrides, then the stage."""
-    from semcal import console
+    from semcal import console, threads
 
     argv = list(sys.argv[1:] if argv is None else argv)
     console.setup("--verbose" in argv)
     argv = [arg for arg in argv if arg != "--verbose"]
+    thread_setting, argv = threads.split_option(argv)
     try:
-        config = config_from_script(config_cls, script_vars)
-        if any(a in ("-h", "--help") for a in argv):
-            print(
-                f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}"
-            )
-            notes = getattr(sys.modules.get(config_cls.__module__), "HELP_NOTES", "")
-            if notes:
-                print(f"\n{notes}")
-            return None
-        return stage(apply_overrides(config, argv))
+        with threads.limited(threads.wanted(thread_setting)):
+            return _run_script(stage, config_cls, script_vars, argv)
     except UserError as err:
         sys.exit(f"error: {err}")
+
+
+def _run_script(stage: Callable[[C], Any], config_cls: type[C], script_vars: dict[str, Any], argv: list[str]) -> Any:
+    config = config_from_script(config_cls, script_vars)
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}")
+        notes = getattr(sys.modules.get(config_cls.__module__), "HELP_NOTES", "")
+        if notes:
+            print(f"\n{notes}")
+        return None
+    return stage(apply_overrides(config, argv))
 
 
 def to_arguments(config: Any, leave_out: Sequence[str] = ()) -> list[str]:

@@ -2,10 +2,11 @@
 
 Three modes, used by `semcal filter` and measured side by side by the evaluation:
 
-- `sample` (the default): one uniform draw below a(x) per item, from one generator seeded by
-  `seed`. Rejection sampling: the accepted items follow the real distribution when a(x) is the
-  true r(x) / M, which is what the deception reduction measures. Items are drawn in input
-  order, so batches give the same decisions as all at once.
+- `sample` (the default): one uniform draw below a(x) per item. Rejection sampling: the accepted
+  items follow the real distribution when a(x) is the true r(x) / M, which is what the deception
+  reduction measures. The draw is a function of the seed and the item's key (its id, or its text
+  when the stream has no ids), never of its position (`keyed_uniforms`): any split of the stream,
+  in any order, over any number of processes, gives the same decisions.
 - `threshold`: accept when a(x) >= tau. tau comes from the saved filter alone: the acceptance
   quantiles of the fit's stream (tau = the (1 - rate) quantile, so the stream passes `rate`) or
   of the held-out real rows (tau = the `max_false_rejection` quantile, so at most that share of
@@ -21,6 +22,8 @@ distribution (a threshold keeps only the most real-looking part), which the eval
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +37,33 @@ DEFAULT_WINDOW = 1000
 
 
 def draw(accept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniform draw per item from `rng`: drawing batch after batch gives the same decisions as all at once."""
+    """One uniform draw per item from `rng` (the evaluation's Monte Carlo runs: fresh draws per run)."""
     return rng.random(len(accept)) < accept
+
+
+def keyed_uniforms(keys: Sequence[str], seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per key, a function of (seed, key) alone: SipHash-2-4 of the key's
+    UTF-8 bytes under a 128-bit key derived from the seed (pandas.util.hash_array, vectorised), its
+    top 53 bits as a float. The same key always gets the same number, whatever comes before it."""
+    import pandas as pd  # lazy: `semcal filter --help` does not need it
+
+    hash_key = hashlib.blake2b(f"semcal-decisions:{seed}".encode(), digest_size=8).hexdigest()
+    values = np.asarray(keys, dtype=object) if len(keys) else np.zeros(0, dtype=object)
+    hashed = pd.util.hash_array(values, encoding="utf8", hash_key=hash_key, categorize=False)
+    return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def decision_keys(texts: Sequence[str], ids: Sequence[Any] | None = None) -> list[str]:
+    """What a `sample` decision is keyed on: each item's id as text (an id 7 and "7" are one key), or,
+    for a stream without ids, its text (equal texts then get equal decisions)."""
+    if ids is None:
+        return list(texts)
+    return [str(identifier) for identifier in ids]
+
+
+def keyed_draw(accept: np.ndarray, keys: Sequence[str], seed: int) -> np.ndarray:
+    """The `sample` decisions: accept an item when its keyed uniform (`keyed_uniforms`) is below a(x)."""
+    return keyed_uniforms(keys, seed) < np.asarray(accept, dtype=np.float64)
 
 
 def quantiles(accept: np.ndarray) -> list[float]:
@@ -115,7 +143,8 @@ class TopShare:
 
 @dataclass
 class Decider:
-    """Decisions of one mode for batches of acceptances, in input order (`sample` and `top` keep state)."""
+    """Decisions of one mode for batches of acceptances, in input order (only `top` keeps state, and so
+    depends on the order: it ranks within windows of consecutive items)."""
 
     mode: str
     tau: float | None = None
@@ -123,12 +152,14 @@ class Decider:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
         self._top = TopShare(self.rate) if self.mode == "top" else None
 
-    def __call__(self, accept: np.ndarray) -> np.ndarray:
+    def __call__(self, accept: np.ndarray, keys: Sequence[str] | None = None) -> np.ndarray:
+        """Decisions for `accept`; `sample` needs each item's key (its id, or its text)."""
         if self.mode == "sample":
-            return draw(accept, self._rng)
+            if keys is None or len(keys) != len(accept):
+                raise ValueError("decision=sample needs one key (id or text) per item")
+            return keyed_draw(accept, keys, self.seed)
         if self.mode == "threshold":
             return np.asarray(accept, dtype=np.float64) >= self.tau
         return self._top(accept)

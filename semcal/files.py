@@ -422,6 +422,26 @@ class RecordWriter:
             self.written += 1
         self.handle.flush()
 
+    def write_columns(self, columns: dict[str, Any]) -> None:
+        """Many records at once, given as equal-length columns (lists or arrays; None or NaN: the field
+        does not apply). CSV goes through pandas' writer in one call; a JSON line leaves such fields out."""
+        if not columns or not len(next(iter(columns.values()))):
+            return
+        if self.csv is not None:
+            frame = pd.DataFrame({name: columns.get(name) for name in self.columns})
+            frame.to_csv(self.handle, header=False, index=False, lineterminator="\r\n")  # the csv module's line end
+            self.written += len(frame)
+        else:
+            names = list(columns)
+            rows = zip(*(_plain_column(columns[name]) for name in names), strict=True)
+            lines = [
+                json.dumps({k: v for k, v in zip(names, row, strict=True) if v is not None}, ensure_ascii=False)
+                for row in rows
+            ]
+            self.handle.write("\n".join(lines) + "\n")
+            self.written += len(lines)
+        self.handle.flush()
+
     def close(self) -> None:
         """Swap the complete file in for the target."""
         if self.path is None:
@@ -444,6 +464,13 @@ class RecordWriter:
             self.close()
         else:
             self.discard()
+
+
+def _plain_column(values: Any) -> list[Any]:
+    """A column as plain Python values for JSON, NaN as None (a field that does not apply)."""
+    if hasattr(values, "dtype") and values.dtype.kind == "f":
+        return [None if value != value else value for value in values.tolist()]
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def remove_leftovers(path: str | Path) -> list[Path]:

@@ -2,31 +2,34 @@
 
     semcal filter --filter=runs/demo/evaluation/mild/filter --input=new.csv --output=decisions.csv
     tail -f stream.jsonl | semcal filter --filter=... --input=- --stream=true --batch_size=1
+    semcal filter --filter=... --engine=ray --input='parts/*.parquet' --output=decided/   (semcal.filter_ray)
 
 Reads a CSV / JSONL / Parquet file (the `text_column`, and `id_column` when given, else each
 item's row or line number from 1), a text file of one text a line, standard input (JSON
 lines, or text lines with input_format=text), or a folder of images or audio clips: each
 file is captioned first, as the captioning stage's output folder `captions_from` was (its
 record's model, task or prompt, generation settings and batch size), and its id is its path
-relative to the folder; a file that cannot be decoded gets an error record. The captions
-are not written anywhere but the output. Writes one record per item: id, text, score,
-accept_prob, decision (by `decision`, semcal.decisions: `sample`, a uniform draw from one
-generator seeded by `seed`, one per item in input order, the same seed giving the same
-decisions whatever the batch size; `threshold`, a(x) >= tau with tau from the saved filter
-for `rate` or `max_false_rejection`; `top`, the highest share of each `window` items), and the
-tokens (tfidf: n-grams) that pushed the score up and down most; as CSV or JSON lines by the
-output's extension, or JSON lines on standard output (log lines then go to standard error).
+relative to the folder; a file that cannot be decoded gets an error record (semcal.filter_input).
+The captions are not written anywhere but the output. Writes one record per item: id, text,
+score, accept_prob, decision (by `decision`, semcal.decisions: `sample`, a uniform draw keyed
+by `seed` and the item's id (its text without `id_column`), so the decisions do not depend on
+the item's position, the batch size or how the stream is split; `threshold`, a(x) >= tau with
+tau from the saved filter for `rate` or `max_false_rejection`; `top`, the highest share of each
+`window` items), and the tokens (tfidf: n-grams) that pushed the score up and down most; as CSV
+or JSON lines by the output's extension, or JSON lines on standard output (log lines then go to
+standard error).
 
-Texts are scored in micro-batches of `batch_size`, and each batch's records are flushed as
-soon as it is scored, so memory stays bounded on an endless stream. A line that is not a
-JSON object with a text, that is not valid in `encoding`, or whose text is empty gets an error
-record naming the line and the problem; the stream goes on. A file whose first line cannot be
-decoded is refused at once (it is binary, or in another encoding: set `encoding`).
+The hot path works on batches as arrays: a file is read in chunks of FILE_BATCH rows, each
+chunk transformed, scored, decided, explained and written column-wise. A stream (stream=true)
+is scored in micro-batches of `batch_size`, each flushed as soon as it is scored, so memory
+stays bounded on an endless stream. The adaptive modes (`adapt`, semcal.adapt) depend on the
+stream's order by nature and run on this one-process path only.
 
 An output file is written like the stages write theirs: built beside it, swapped in only when
 the run succeeds (a failed or interrupted run leaves an existing output as it was), under a
 lock that refuses a second writer of the same file; temporary files of killed runs are
-removed. Every setting and the output's folder are checked before the filter loads.
+removed. Every setting and the output's folder are checked before the filter loads, and an
+output that is the input (the same file, or a link to it) is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import itertools
-import json
 import logging
 import os
 import sys
@@ -45,25 +47,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from semcal import decisions, distributed, files, runstate
+from semcal import decisions, distributed
 from semcal.config import UserError, below_minimum
-from semcal.filtering import Filter
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl", "parquet", "text")
-MEDIA = "media"  # the input is a folder of images or audio clips, captioned first
 COLUMNS = ["id", "text", "score", "accept_prob", "decision", "tokens_up", "tokens_down", "line", "error"]
+FILE_BATCH = 16384  # rows of a file read, scored and written together (a stream uses batch_size)
+ENGINES = ("local", "ray")
 # Printed by `semcal filter --help` and `python filter.py --help` after the settings.
 HELP_NOTES = """output columns (one record per input item; JSON lines hold only the fields that apply):
   id           the item's id_column value, else its row or line number (from 1); a media file: its relative path
   text         the text scored (a media file: its caption)
   score        the filter's calibrated log-ratio s(x): the higher, the more the text looks like the real stream
   accept_prob  a(x) = min(1, exp(s(x)) / M): the probability of letting the item through
-  decision     true or false: by --decision: sample (default), one uniform draw below accept_prob from one
-               generator seeded by --seed; threshold, accept_prob >= tau (from the saved filter: the stream passes
+  decision     true or false: by --decision: sample (default), a uniform draw below accept_prob keyed by --seed
+               and the item's id_column value (or its text), never its position; threshold, accept_prob >= tau (from the saved filter: the stream passes
                --rate, default 1/M, or at most --max_false_rejection of held-out real rows are rejected); top, the
                highest accept_prob share (--rate) of each --window items
   tokens_up    the tokens (tfidf: n-grams) that pushed the score up most, e.g. 'dog' +1.230; 'barks' +0.410
@@ -86,8 +86,8 @@ class FilterConfig:
     input_format: str | None = None  # csv / jsonl / parquet / text; none: by extension (standard input: jsonl)
     encoding: str = "utf-8"  # the text encoding of the input (CSV, JSONL, text, standard input), e.g. latin-1
     stream: bool = False  # read JSON lines from standard input as they come; write each batch at once
-    batch_size: int = 32  # texts scored together (streaming: 1 gives a decision per line as it arrives)
-    seed: int = 0  # seed of the decisions' uniform draws: the same seed gives the same decisions
+    batch_size: int = 32  # streaming: texts scored together (1: a decision per line as it arrives); files: 16384
+    seed: int = 0  # seed of the decisions' draws: the same seed and id (or text) give the same decision
     decision: str = "sample"  # sample (seeded draw below accept_prob), threshold (accept_prob >= tau) or top
     rate: float | None = None  # threshold / top: the share of the stream to pass; none: the filter's 1/M
     max_false_rejection: float | None = None  # threshold: tau rejects at most this share of held-out real rows
@@ -97,20 +97,33 @@ class FilterConfig:
     adapt: str = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, EM), refit
     alarm: str = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio
     adapt_settings: dict[str, str] = field(default_factory=dict)  # window=500,update_every=25,trusted=PATH,...
+    engine: str = (
+        "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.filter_ray)
+    )
+    ray_address: str | None = None  # engine=ray: an existing cluster (e.g. ray://head:10001); none: a local one
+    workers: int = 2  # engine=ray: filter actors, each loading the filter once
 
 
 @distributed.main_process_only
 def filter_texts(config: FilterConfig) -> dict[str, int]:
     """Run the filter stage; returns the counts of items, accepted items and error records."""
     started = time.perf_counter()
+    if config.engine == "ray":
+        from semcal import filter_ray
+
+        return filter_ray.filter_files(config)
     input_format = _check_settings(config)
     records_to = sys.stdout  # records go here; log lines to standard error while it is the output
     quiet = contextlib.redirect_stdout(sys.stderr) if config.output == "-" else contextlib.nullcontext()
     with quiet, _sole_writer(config.output):
+        from semcal import files, filter_input
+        from semcal.filtering import Filter
+
         model = Filter.load(config.filter)
         adapter = adaptation(model, config)  # None: the saved filter as it is
-        items = _read_items(config, input_format)
-        first = next(items, None)
+        skipped = filter_input.Skipped()
+        batches = filter_input.read_batches(config, input_format, _batch_size(config, input_format), skipped)
+        first = next(batches, None)
         if first is None:
             raise UserError(f"input {config.input} holds no texts: give a file (or standard input) with some.")
         counts = {"items": 0, "accepted": 0, "errors": 0}
@@ -118,16 +131,16 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
             config.decision, 1.0 / model.m, model.thresholds, config.rate, config.max_false_rejection, config.seed
         )
         log.info("filter: decision=%s%s", config.decision, f" (tau {decide.tau:.4g})" if decide.tau is not None else "")
-        batch_size = config.window if config.decision == "top" else config.batch_size
         with contextlib.redirect_stdout(records_to):
             writer = files.RecordWriter(config.output, COLUMNS + (["alarm"] if adapter else []))
         try:
             with writer:
-                for batch in _batches(itertools.chain([first], items), batch_size):
-                    writer.write(_judge(adapter or model, batch, decide, config, counts))
+                for batch in itertools.chain([first], batches):
+                    writer.write_columns(judge(adapter or model, batch, decide, config, counts))
                     writer.write([alarm.record() for alarm in adapter.pop_alarms()] if adapter else [])
         except BrokenPipeError:
             _reader_gone(records_to)
+        skipped.report("standard input" if config.input == "-" else config.input)
         seconds = time.perf_counter() - started
         log.info(
             "filter %s: %d items, %d accepted (%.1f%%), %d error records in %.1fs -> %s",
@@ -142,6 +155,16 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
     return counts
 
 
+def _batch_size(config: FilterConfig, input_format: str) -> int:
+    """Texts per batch: a window for `top` (its quota is per window), batch_size for a stream or a
+    media folder (each batch is written as soon as it is decided), else FILE_BATCH rows of a file."""
+    if config.decision == "top":
+        return config.window
+    if config.stream or config.input == "-" or input_format == "media":
+        return config.batch_size
+    return max(config.batch_size, FILE_BATCH)
+
+
 @contextlib.contextmanager
 def _sole_writer(output: str) -> Iterator[None]:
     """Hold the output file's lock (as the stages hold their folders'), after removing what killed
@@ -149,6 +172,8 @@ def _sole_writer(output: str) -> Iterator[None]:
     if output == "-":
         yield
         return
+    from semcal import files, runstate
+
     with runstate.hold_lock(output):
         leftovers = files.remove_leftovers(output)
         if leftovers:
@@ -165,27 +190,68 @@ def _reader_gone(records_to: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), records_to.fileno())
 
 
-def _check_output(output: str) -> None:
-    """The output is a .csv or .jsonl file that can be written, checked before any work."""
+def same_path(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file or folder (the same path, a link to it, or a hard link)."""
+    first, second = Path(first).expanduser(), Path(second).expanduser()
+    with contextlib.suppress(OSError):
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def check_not_input(config: FilterConfig) -> None:
+    """An output that is the input would replace the texts by the decisions: refused before any work."""
+    if config.output != "-" and config.input != "-" and same_path(config.output, config.input):
+        raise UserError(
+            f"output={config.output} is the input file itself: writing the decisions there would destroy the "
+            "input; choose another output file."
+        )
+
+
+def _check_output(config: FilterConfig) -> None:
+    """The output is a .csv or .jsonl file that can be written and is not the input, checked before any work."""
+    from semcal import runstate
+
+    output = config.output
     if output == "-":
         return
     path = Path(output)
+    if not output.strip() or path.name in ("", ".", ".."):
+        raise UserError(f"output={output!r} is not a file name: give a file path ending in .csv or .jsonl.")
+    check_not_input(config)
     if path.is_dir():
         raise UserError(f"output={output} is a folder: give a file path ending in .csv or .jsonl inside it.")
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"output={output} must end in .csv or .jsonl (or be - for standard output).")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"output={output} is inside {path.parent}, which is a file: choose a path inside a folder.")
     runstate.check_writable(path.parent)
+
+
+def check_common(config: FilterConfig) -> None:
+    """The settings both engines read."""
+    problems = below_minimum(config, {"batch_size": 1, "top_tokens": 0, "seed": 0, "window": 1, "workers": 1})
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+    if config.engine not in ENGINES:
+        raise UserError(f"engine={config.engine!r} is not one of {', '.join(ENGINES)}.")
+    decisions.check_settings(config.decision, config.rate, config.max_false_rejection)
+    if not str(config.filter).strip():
+        raise UserError(
+            "filter is empty: set it to a saved filter folder (semcal fit --output, or RUN/evaluation/<split>/filter)."
+        )
 
 
 def _check_settings(config: FilterConfig) -> str:
     """The input's format; every setting problem before the filter loads."""
-    problems = below_minimum(config, {"batch_size": 1, "top_tokens": 0, "seed": 0, "window": 1})
-    if problems:
-        raise UserError("; ".join(problems) + ".")
-    decisions.check_settings(config.decision, config.rate, config.max_false_rejection)
+    from semcal.filter_input import FORMATS, MEDIA, captioning_record
+
+    check_common(config)
     if config.input_format is not None and config.input_format not in FORMATS:
         raise UserError(f"input_format={config.input_format!r} is not one of {FORMATS} (or none: by extension).")
     _check_adapt(config)
+    if config.ray_address is not None:
+        raise UserError("ray_address is for engine=ray: set engine=ray, or drop ray_address.")
     if config.stream and config.input != "-":
         raise UserError("stream=true reads JSON lines from standard input: set input=- (or stream=false for a file).")
     try:
@@ -194,9 +260,9 @@ def _check_settings(config: FilterConfig) -> str:
         raise UserError(
             f"encoding={config.encoding!r} is not a text encoding Python knows: use e.g. utf-8 or latin-1."
         ) from None
-    _check_output(config.output)
+    _check_output(config)
     if Path(config.input).is_dir():
-        _captioning_record(config)
+        captioning_record(config)
         return MEDIA
     if config.input != "-" and not Path(config.input).is_file():
         raise UserError(f"input={config.input} does not exist (looked at {Path(config.input).resolve()}).")
@@ -208,232 +274,12 @@ def _check_settings(config: FilterConfig) -> str:
     )
 
 
-# ---- reading: (line or row number, text, id) or (line number, error) ----------------------------
-
-
-Item = dict[str, Any]
-
-
-def _read_items(config: FilterConfig, input_format: str) -> Iterator[Item]:
-    if input_format == MEDIA:
-        return _media_items(config)
-    if input_format in ("csv", "parquet"):
-        return _table_items(config, input_format)
-    lines = _lines(config)
-    if input_format == "text":
-        return _text_items(lines)
-    return _json_items(config, lines)
-
-
-def _lines(config: FilterConfig) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, text, problem) of the input's lines, each decoded on its own.
-
-    A line that cannot be decoded gets its problem and the lines after it still come. A file
-    whose first line already cannot be decoded is refused instead: it is binary or in another
-    encoding, which one setting fixes, and every line would be an error record.
-    """
-    undecodable: list[int] = []
-    seen_text = False
-    for number, (text, problem) in enumerate(files.iter_lines(config.input, config.encoding), 1):
-        if problem is None and not text.strip():
-            yield number, text, None
-            continue
-        if problem and problem != files.LONG_LINE:
-            if not seen_text and config.input != "-":
-                raise UserError(
-                    f"{config.input} cannot be read as {config.encoding} text (line {number}: {problem}): set "
-                    f"encoding to the file's encoding (e.g. --encoding=latin-1), or convert the file to {config.encoding}."
-                )
-            undecodable.append(number)
-        seen_text = True
-        yield number, text, problem
-    if undecodable:
-        log.warning(
-            "filter: %d lines of %s could not be read as %s text and got error records (the first: line %d); if the "
-            "input is in another encoding, set --encoding (e.g. --encoding=latin-1)",
-            len(undecodable),
-            "standard input" if config.input == "-" else config.input,
-            config.encoding,
-            undecodable[0],
-        )
-
-
-def _text_items(lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Item]:
-    """One item per non-blank line of plain text."""
-    for number, text, problem in lines:
-        if problem:
-            yield {"line": number, "error": f"line {number}: {problem}"}
-        elif text.strip():
-            yield {"line": number, "id": number, "text": text}
-
-
-def _table_items(config: FilterConfig, input_format: str) -> Iterator[Item]:
-    row = 0
-    for chunk in _table_chunks(config, input_format):
-        for column in (config.text_column, config.id_column):
-            if column and column not in chunk.columns:
-                raise UserError(
-                    f"{config.input} has no column {column!r} (it has {', '.join(map(str, chunk.columns))}): "
-                    "set text_column (and id_column) to the right ones."
-                )
-        ids = chunk[config.id_column] if config.id_column else range(row + 1, row + 1 + len(chunk))
-        for identifier, text in zip(ids, chunk[config.text_column], strict=True):
-            row += 1
-            item = {"line": row, "id": identifier, "text": "" if text is None else str(text)}
-            yield _refuse_empty(item, f"row {row}")
-
-
-def _table_chunks(config: FilterConfig, input_format: str) -> Iterator[pd.DataFrame]:
-    """The CSV's rows in chunks of batch_size, or the Parquet file's rows; a file that is not of
-    that format or encoding is one sentence with the setting that fixes it. An empty file has none."""
-    try:
-        if input_format == "parquet":
-            yield files.read_parquet(config.input)
-            return
-        yield from files.read_csv(
-            config.input,
-            keep_default_na=False,
-            dtype=str,
-            chunksize=config.batch_size,
-            encoding=config.encoding,
-            skip_blank_lines=False,  # a blank row is an empty text: an error record, and rows keep their numbers
-        )
-    except UserError:
-        raise
-    except pd.errors.EmptyDataError:  # 0 bytes: no texts, which the caller says
-        return
-    except (ValueError, OSError) as err:
-        decoding = err if isinstance(err, UnicodeDecodeError) else err.__context__
-        if isinstance(decoding, UnicodeDecodeError):
-            raise UserError(
-                f"{config.input} cannot be read as {config.encoding} text (byte {decoding.object[decoding.start]:#04x} "
-                f"at byte {decoding.start + 1}): set encoding to the file's encoding (e.g. --encoding=latin-1)."
-            ) from None
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(
-            f"{config.input} cannot be read as {input_format} ({first_line}): set input_format to the file's format "
-            f"({', '.join(FORMATS)}), or leave it unset to go by the file's extension."
-        ) from None
-
-
-def _json_items(config: FilterConfig, lines: Iterator[tuple[int, str, str | None]]) -> Iterator[Item]:
-    """Items of JSON lines; a bad line becomes an error record. The text column missing from the
-    first object, before any text was read, is a wrong setting rather than a bad line."""
-    seen_text = False
-    for number, line, problem in lines:
-        if not problem and not line.strip():
-            continue
-        if not problem:
-            problem, item = _parse_line(line, config)
-        if problem and not seen_text and problem.startswith("no "):
-            raise UserError(
-                f"line {number} of {config.input} has {problem}: set text_column (and id_column) to its fields."
-            )
-        if problem:
-            yield {"line": number, "error": f"line {number}: {problem}"}
-            continue
-        seen_text = True
-        yield _refuse_empty({"line": number, "id": item.pop("id", number), **item}, f"line {number}")
-
-
-def _refuse_empty(item: Item, where: str) -> Item:
-    """An item with an empty text becomes an error record: there is nothing to judge, and the
-    stages refuse empty captions too."""
-    if item["text"].strip():
-        return item
-    return {"line": item["line"], "id": item["id"], "error": f"{where}: empty text (nothing to filter)"}
-
-
-def _parse_line(line: str, config: FilterConfig) -> tuple[str | None, dict[str, Any]]:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as err:
-        return f"not JSON ({err.msg} at column {err.colno})", {}
-    except (ValueError, RecursionError) as err:  # an integer of over 4300 digits, nesting too deep
-        return f"not JSON that can be read ({type(err).__name__}: {str(err)[:80]})", {}
-    if not isinstance(value, dict):
-        return f"not a JSON object (a {type(value).__name__})", {}
-    for column in (config.text_column, config.id_column):
-        if column and column not in value:
-            return f"no {column!r} field (it has {', '.join(value) or 'none'})", {}
-    if not isinstance(value[config.text_column], str):
-        return f"{config.text_column!r} is not a string", {}
-    try:
-        value[config.text_column].encode("utf-8")
-    except UnicodeEncodeError as err:  # a lone surrogate escape such as \ud800: no text can hold it
-        return f"{config.text_column!r} holds a lone surrogate ({err.object[err.start]!r}), which is not text", {}
-    item = {"text": value[config.text_column]}
-    if config.id_column:
-        item["id"] = value[config.id_column]
-    return None, item
-
-
-def _captioning_record(config: FilterConfig) -> dict[str, Any]:
-    """The record of the captioning output `captions_from`, refused unless the input is a folder it can caption."""
-    from semcal.captioning import STAGES
-
-    fix = (
-        "set captions_from=RUN/captions/<name> (the captioning stage's output folder) so the media are captioned "
-        "with the same settings"
-    )
-    if config.input_format is not None:
-        raise UserError(f"input={config.input} is a folder of media: leave input_format unset (it is for files).")
-    if not config.captions_from:
-        raise UserError(f"input={config.input} is a folder: its images or audio clips need captions first; {fix}.")
-    folder = Path(config.captions_from)
-    record = files.read_record(folder) if folder.is_dir() else None
-    if not record or record.get("stage") not in STAGES:
-        raise UserError(f"captions_from={config.captions_from} is not a captioning stage's output folder: {fix}.")
-    _media_names(config, STAGES[record["stage"]][0])  # the folder holds files of that kind
-    return record
-
-
-def _media_names(config: FilterConfig, kind: str) -> list[str]:
-    """The folder's image or audio files, by path relative to it, in name order (as the captioning stage lists them)."""
-    from semcal.media_folders import load_media_folder
-
-    splits = load_media_folder(config.input, kind)
-    return sorted(name for split in splits.values() for name in split["file_name"])
-
-
-def _media_items(config: FilterConfig) -> Iterator[Item]:
-    """Each media file of the input folder with its caption as the text, captioned in batches."""
-    from semcal import captioning, console
-
-    captioner, kind, batch_size = captioning.load_captioner(_captioning_record(config))
-    root = Path(config.input).expanduser().resolve()
-    names = _media_names(config, kind)
-    with console.progress(total=len(names), unit="item", desc=f"caption {kind}") as bar:
-        for start in range(0, len(names), batch_size):
-            window = names[start : start + batch_size]
-            captions, failures = captioning.caption_batch(captioner, [str(root / name) for name in window])
-            bar.update(len(window))
-            for position, name in enumerate(window):
-                item: Item = {"line": start + position + 1, "id": name}
-                if position in captions:
-                    yield {**item, "text": captions[position]}
-                else:
-                    yield {**item, "error": f"{name}: cannot caption it ({failures[position]})"}
-
-
-def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    """Lists of items holding at most `size` texts (error records ride along with the texts)."""
-    batch: list[Item] = []
-    texts = 0
-    for item in items:
-        batch.append(item)
-        texts += "text" in item
-        if texts >= size:
-            yield batch
-            batch, texts = [], 0
-    if batch:
-        yield batch
-
-
 # ---- scoring a batch ----------------------------------------------------------------------------
 
 
 def _check_adapt(config: FilterConfig) -> None:
+    if config.adapt == config.alarm == "none" and not config.adapt_settings:
+        return  # the default: semcal.adapt (and what it imports) is not needed
     from semcal.adapt import ALARMS, MODES
 
     if config.adapt not in MODES:
@@ -444,7 +290,7 @@ def _check_adapt(config: FilterConfig) -> None:
         raise UserError("adapt_settings are given but adapt=none and alarm=none: set adapt or alarm, or drop them.")
 
 
-def adaptation(model: Filter, config: FilterConfig) -> Any:
+def adaptation(model: Any, config: FilterConfig) -> Any:
     """The adaptive filter of semcal.adapt for adapt / alarm (None when both are none)."""
     from semcal import adapt
     from semcal.config import apply_settings
@@ -459,20 +305,38 @@ def adaptation(model: Filter, config: FilterConfig) -> Any:
     return adapt.Adapter(model, config.adapt, config.alarm, chosen, trusted)
 
 
-def _judge(model: Any, batch: list[Item], decide: decisions.Decider, config: FilterConfig, counts) -> list[Item]:
-    """The batch's records in input order: each text's score, acceptance and decision; errors as they were."""
-    texts = [item for item in batch if "text" in item]
-    scored = model.score([item["text"] for item in texts], config.top_tokens) if texts else None
-    decided = decide(scored.accept) if texts else []
-    for position, item in enumerate(texts):
-        item.update(
-            score=float(scored.scores[position]),
-            accept_prob=float(scored.accept[position]),
-            decision=bool(decided[position]),
-            tokens_up=scored.tokens_up[position],
-            tokens_down=scored.tokens_down[position],
-        )
-    counts["items"] += len(texts)
-    counts["accepted"] += int(np.sum(decided))
-    counts["errors"] += len(batch) - len(texts)
-    return [item if "text" in item else {"id": None, **item} for item in batch]
+def keyed_by_id(config: FilterConfig) -> bool:
+    """Whether `sample` decisions are keyed on the items' ids (an id column, or a media file's path) or on their texts."""
+    return config.id_column is not None or (config.input != "-" and Path(config.input).is_dir())
+
+
+def judge(
+    model: Any, batch: Any, decide: decisions.Decider, config: FilterConfig, counts: dict[str, int]
+) -> dict[str, Any]:
+    """The batch's records in input order, as columns: each text's score, acceptance, decision and
+    strongest tokens, computed for the whole batch at once; error records as they were."""
+    n_items = len(batch)
+    ok = np.flatnonzero(np.fromiter((text is not None for text in batch.texts), dtype=bool, count=n_items))
+    score, accept = np.full(n_items, np.nan), np.full(n_items, np.nan)
+    decided, up, down = (np.full(n_items, None, dtype=object) for _ in range(3))
+    if len(ok):
+        texts = [batch.texts[i] for i in ok] if len(ok) < n_items else batch.texts
+        scored = model.score(texts, config.top_tokens)
+        ids = [batch.ids[i] for i in ok] if keyed_by_id(config) else None
+        verdict = decide(scored.accept, decisions.decision_keys(texts, ids) if config.decision == "sample" else None)
+        score[ok], accept[ok], decided[ok] = scored.scores, scored.accept, verdict.astype(bool).tolist()
+        up[ok], down[ok] = scored.tokens_up, scored.tokens_down
+        counts["accepted"] += int(np.sum(verdict))
+    counts["items"] += len(ok)
+    counts["errors"] += n_items - len(ok)
+    return {
+        "id": batch.ids,
+        "text": batch.texts,
+        "score": score,
+        "accept_prob": accept,
+        "decision": decided,
+        "tokens_up": up,
+        "tokens_down": down,
+        "line": batch.lines,
+        "error": batch.errors,
+    }

@@ -29,7 +29,8 @@ import numpy as np
 from semcal import calibration, drift, files, ratio_calibration
 from semcal.calibrations import CALIBRATIONS, CalibrationInput, Link
 from semcal.config import UserError
-from semcal.decisions import Thresholds, draw
+from semcal.contributions import log_ratio_and_explanations
+from semcal.decisions import Thresholds, decision_keys, draw, keyed_draw  # noqa: F401 (draw: re-exported)
 from semcal.filters import filter_name
 from semcal.fit_data import FitData, Items, Scored
 from semcal.sources import SOURCES, Source, fit_source, saved_number
@@ -108,15 +109,20 @@ class Filter:
         """The acceptance of items whose source log-ratio is already computed."""
         return calibration.accept_probs(self.link.apply(log_ratio, self.m), self.m)
 
-    def decide(self, texts: list[str] | Items, seed: int = 0) -> np.ndarray:
-        """Accept (True) or reject each text: a seeded uniform draw below its acceptance probability."""
-        return draw(self.accept_probs(texts), np.random.default_rng(seed))
+    def decide(self, texts: list[str] | Items, seed: int = 0, ids: list[Any] | None = None) -> np.ndarray:
+        """Accept (True) or reject each text, as `semcal filter --decision=sample` does: a uniform draw
+        below its acceptance that depends on the seed and the item's id (without ids, its text) alone."""
+        items = _items(texts)
+        return keyed_draw(self.accept_probs(items), decision_keys(items.texts, ids), seed)
 
     def score(self, texts: list[str] | Items, top_tokens: int = 0) -> Scored:
         """Score, acceptance and (top_tokens > 0) the strongest tokens of each text."""
         items = _items(texts)
-        scores = self.scores(items)
-        explained = self.source.contributions(items, top_tokens) if top_tokens else [("", "")] * len(items)
+        if top_tokens and hasattr(self.source, "_diffs"):  # a language model: run the models once, not twice
+            tokens, diffs = self.source._diffs(items)
+            items = Items(items.texts, tokens, **{self.source.diffs_field: diffs})
+        log_ratio, explained = log_ratio_and_explanations(self.source, items, top_tokens)
+        scores = self.link.apply(log_ratio, self.m)
         up, down = ([pair[i] for pair in explained] for i in (0, 1))
         return Scored(scores, calibration.accept_probs(scores, self.m), up, down)
 

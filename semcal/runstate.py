@@ -287,35 +287,54 @@ def check_writable(folder: str | Path) -> None:
 
 @contextlib.contextmanager
 def hold_lock(folder: str | Path) -> Iterator[None]:
-    """An exclusive lock on `folder` (a hidden file beside it) for as long as the block runs.
+    """An exclusive lock on `folder` (a hidden file `.NAME.lock` beside it) for as long as the block runs.
 
     A second process asking for the same folder is refused at once; the lock goes with the
-    process that holds it, so a killed run never leaves the folder locked.
+    process that holds it, so a killed run never leaves the folder locked. The lock file is
+    removed when the block ends (a killed run leaves an unlocked one, which the next run takes).
+    A run that opened the file just before its holder removed it finds that its lock is on a
+    file no longer there and takes the new one, so two runs never both hold the lock.
     """
     folder = Path(folder)
     lock_path = folder.with_name(f".{folder.name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks on this platform: one writer is up to the user
-            yield
-            return
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: one writer is up to the user
+        yield
+        return
+    for _ in range(100):  # each retry means another run removed the file between our open and our lock
+        handle = open(lock_path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise UserError(
                 f"{folder} is being written by {holder}; wait for it to finish or choose another output folder."
             ) from None
+        if _same_file(handle, lock_path):
+            break
+        handle.close()
+    else:
+        raise UserError(f"{folder}: could not take the lock {lock_path}: remove it if no semcal run is writing there.")
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"semcal process {os.getpid()}")
         handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # removed while still locked: a run waiting on the old file retries
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    """Whether the open `handle` is still the file at `path` (not removed or replaced meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False

@@ -123,16 +123,12 @@ def tfidf_vectorizer(**options: Any) -> Any:
     return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, **options)
 
 
-def _explain_rows(features: Any, names: np.ndarray, count: int, weights_of: Any) -> list[tuple[str, str]]:
-    """Per row of a sparse feature matrix: its features weighted by value times weights_of(row, columns)."""
-    explained = []
-    for row in range(features.shape[0]):
-        start, end = features.indptr[row], features.indptr[row + 1]
-        columns = features.indices[start:end]
-        explained.append(
-            pushing([str(names[c]) for c in columns], features.data[start:end] * weights_of(row, columns), count)
-        )
-    return explained
+def _explain_rows(features: Any, vectorizer: Any, count: int, weights_of: Any) -> list[tuple[str, str]]:
+    """Per row of a sparse feature matrix: its features weighted by value times weights_of(rows, columns),
+    for the whole batch at once (semcal.contributions)."""
+    from semcal.contributions import explain_rows
+
+    return explain_rows(features, vectorizer, count, weights_of)
 
 
 def _write_arrays(folder: Path, file_name: str, arrays: dict[str, np.ndarray]) -> str:
@@ -242,8 +238,7 @@ class TfidfSource(Source):
         return self._log_ratio_of(self._features(items))
 
     def contributions(self, items: Items, count: int) -> list[tuple[str, str]]:
-        names = self.vectorizer.get_feature_names_out()
-        return _explain_rows(self._features(items), names, count, lambda row, columns: self.coef[columns])
+        return _explain_rows(self._features(items), self.vectorizer, count, lambda rows, columns: self.coef[columns])
 
     def params(self) -> dict[str, float]:
         return {"prior": self.prior, "n_train": float(self.n_train)}
@@ -510,8 +505,9 @@ class LabelPosteriorSource(Source):
         ratio = np.maximum(posterior @ self.label_ratio, _MIN_PROBABILITY)
         # d log r / d (a label's logit): the labels an n-gram favours, weighted by how they move r.
         tilt = posterior * (self.label_ratio[None, :] / ratio[:, None] - 1.0)
-        names = self.vectorizer.get_feature_names_out()
-        return _explain_rows(features, names, count, lambda row, columns: tilt[row] @ coef[:, columns])
+        return _explain_rows(
+            features, self.vectorizer, count, lambda rows, columns: np.einsum("ij,ji->i", tilt[rows], coef[:, columns])
+        )
 
     def params(self) -> dict[str, float]:
         return {f"ratio[{label}]": float(value) for label, value in zip(self.classes, self.label_ratio, strict=True)}

@@ -103,7 +103,7 @@ def test_an_output_that_is_a_folder_or_unwritable_is_refused_before_any_work(tmp
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     missing_filter = tmp_path / "no_filter"  # the output is checked before the filter is even loaded
-    for output, message in ((folder, "is a folder"), (blocker / "out.csv", "cannot write to")):
+    for output, message in ((folder, "is a folder"), (blocker / "out.csv", "which is a file")):
         code, _, err = _run([f"--filter={missing_filter}", f"--input={source}", f"--output={output}"], capsys)
         assert code == 2 and message in err and "Traceback" not in err
 

@@ -133,8 +133,9 @@ def test_the_command_filters_a_csv_file(tfidf_run, tmp_path, capsys):
     decisions = pd.read_csv(output, keep_default_na=False)
     assert decisions["id"].tolist() == [f"item-{i}" for i in range(50)]
     np.testing.assert_allclose(decisions["accept_prob"], per_text["accept_prob"], rtol=0, atol=1e-6)
-    expected = Filter.load(tfidf_run["filter"]).decide(per_text["text"].tolist(), seed=4)
-    assert (decisions["decision"].astype(bool) == expected).all(), "batches draw as one generator"
+    ids = [f"item-{i}" for i in range(50)]
+    expected = Filter.load(tfidf_run["filter"]).decide(per_text["text"].tolist(), seed=4, ids=ids)
+    assert (decisions["decision"].astype(bool) == expected).all(), "each decision is keyed by its id, not its batch"
     assert decisions["tokens_up"].str.len().gt(0).any() and decisions["error"].eq("").all()
 
 
@@ -243,6 +244,7 @@ def test_an_interrupted_run_leaves_the_existing_output_as_it_was(tfidf_run, tmp_
         return real_score(self, texts, top_tokens)
 
     monkeypatch.setattr(filtering.Filter, "score", fails_on_the_second_batch)
+    monkeypatch.setattr("semcal.filter_stream.FILE_BATCH", 2)  # a file is read in batches of this many rows
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(tfidf_run["per_text"]["text"].tolist()[:5]) + "\n")
     output = tmp_path / "out.jsonl"
@@ -251,7 +253,7 @@ def test_an_interrupted_run_leaves_the_existing_output_as_it_was(tfidf_run, tmp_
     with pytest.raises(KeyboardInterrupt):
         filter_texts(config)
     assert output.read_text() == "precious\n", "nothing half-written replaces a finished output"
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".out.jsonl.lock", "out.jsonl", "texts.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl", "texts.txt"], "no lock file or temporary file is left"
 
 
 def test_a_live_stream_gets_each_decision_before_the_next_line(tfidf_run):
