@@ -335,8 +335,9 @@ class Adapter:
         self.offset = 0.0  # the rate offset d
         self.block_accepted = 0.0  # the expected passes of the current block of `window` items so far
         self.rate = 1.0 / model.m  # the pass rate held (mode prior: what the label mix allows)
+        # A filter fitted without labels keeps log-ratios only: no prior, no label weights.
         self.new_prior = None if reference is None else reference.stream_prior
-        self.label_weights = None if reference is None else np.zeros(len(reference.stream_prior))  # prior: c
+        self.label_weights = None if self.new_prior is None else np.zeros(len(self.new_prior))  # prior: c
         self.source, self.link = model.source, model.link
         self.target_mix = self._saved_filter_mix() if self.mode == "prior" else None
         self.window = _Window(self.settings.window)
@@ -356,9 +357,9 @@ class Adapter:
             raise UserError(f"adapt={self.mode!r} is not one of {', '.join(MODES)}.")
         if self.mode == "prior" and not self._has_posterior():
             raise UserError(
-                f"adapt=prior needs a label posterior, which filter {self.model.name} does not carry (only filters "
-                "fitted with labels by this semcal do): fit it again with labels (semcal run, or semcal fit "
-                "--label_column=...), or use adapt=rate."
+                f"adapt=prior re-weights the filter by label and needs a label posterior, which filter "
+                f"{self.model.name} does not carry (it was fitted without labels, or by an older semcal): fit it "
+                "again with labels (semcal run, or semcal fit --label_column=...), or use adapt=rate."
             )
         if self.mode == "refit" and (self.model.source.language_models or not trusted):
             raise UserError(
