@@ -9,7 +9,7 @@ keeps of its fit's stream (semcal.drift saves and loads it). numpy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,30 @@ class DriftReference:
     posterior: np.ndarray | None = None  # (n, labels)
     labels: list[str] | None = None
     stream_prior: np.ndarray | None = None  # (labels,)
+
+
+@dataclass
+class ItemWindow:
+    """The last `size` items' scores (and posteriors, texts), the reference sample first: what an
+    alarm window or semcal.adapt's estimation window holds."""
+
+    size: int
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    posterior: np.ndarray | None = None
+    texts: list[str] = field(default_factory=list)
+
+    def push(self, scores: np.ndarray, posterior: np.ndarray | None, texts: list[str] | None = None) -> None:
+        self.scores = np.concatenate([self.scores, scores])[-self.size :]
+        if posterior is not None:
+            stacked = posterior if self.posterior is None else np.concatenate([self.posterior, posterior])
+            self.posterior = stacked[-self.size :]
+        if texts is not None:
+            self.texts = (self.texts + list(texts))[-self.size :]
+
+    def keep_last(self, count: int) -> None:
+        self.scores = self.scores[-count:]
+        self.posterior = None if self.posterior is None else self.posterior[-count:]
+        self.texts = self.texts[-count:]
 
 
 @dataclass
@@ -74,6 +98,17 @@ def mean_log_ratio_statistic(log_ratio: np.ndarray, reference_mean: float) -> np
 def bootstrap_threshold(values: np.ndarray, false_alarm_rate: float) -> float:
     """The (1 - rate) quantile of the statistic over the reference windows (the higher order statistic)."""
     return float(np.quantile(values, 1.0 - false_alarm_rate, method="higher"))
+
+
+def reference_statistics(
+    reference: DriftReference, scores: np.ndarray, statistic: str, size: int, draws: int, seed: int
+) -> np.ndarray:
+    """The statistic (`prior`: the label prior's KL; else the mean score's shift) of `draws`
+    windows of `size` items drawn (seeded, with replacement) from the reference: its null distribution."""
+    rows = np.random.default_rng(seed).integers(0, len(scores), size=(draws, size))
+    if statistic == "prior":
+        return prior_statistic(reference.posterior[rows], reference.stream_prior)
+    return mean_log_ratio_statistic(np.asarray(scores)[rows], float(np.mean(scores)))
 
 
 def reference_of(stream_log_ratio: np.ndarray, label_posterior: Any, data: FitData, size: int, seed: int):

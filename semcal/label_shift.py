@@ -125,7 +125,10 @@ def block_pass_rate(rate: float, block: int, judged: int, accepted: float, swing
 
 
 def feasible_pass_rate(target: np.ndarray, prior: np.ndarray, m: float) -> float:
-    """sum_y min(p'(y), t(y) / M): what a stream of label prior p' can pass at most with each
-    label at its share t(y) of 1/M (the oracle's pass rate): 1/M unless p' holds too little of a
-    label the mix t needs, where the label is passed whole and the rate falls."""
-    return float(np.sum(np.minimum(prior, np.asarray(target) / m)))
+    """min(1/M, min_y p'(y) / t(y)): the most a stream of label prior p' can pass with the
+    accepted items still in the mix t. 1/M unless p' holds too little of a label the mix needs
+    (p'(y) < t(y) / M); the rate then falls so far that the label's whole share is its share of
+    the accepted items. Passing more would top the rate up with what the mix has enough of
+    (e.g. the flood itself): more items, a worse mix."""
+    ratios = np.asarray(prior, dtype=np.float64) / np.maximum(np.asarray(target, dtype=np.float64), _MIN_WEIGHT)
+    return float(min(1.0 / m, ratios.min()))

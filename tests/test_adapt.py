@@ -154,8 +154,10 @@ def test_the_block_pass_rate_asks_the_rest_of_a_block_for_what_it_still_needs():
 def test_the_pass_rate_falls_only_where_the_stream_lacks_a_label_the_mix_needs():
     target, m = np.array([0.5, 0.3, 0.2]), 4.0
     assert feasible_pass_rate(target, np.array([0.3, 0.3, 0.4]), m) == pytest.approx(1 / m)  # every t/M <= p'
-    # The first label makes up 5% of the stream where 0.5 / 4 = 12.5% would be needed: it passes whole.
-    assert feasible_pass_rate(target, np.array([0.05, 0.55, 0.4]), m) == pytest.approx(0.05 + 0.075 + 0.05)
+    # The first label makes up 5% of the stream where 0.5 / 4 = 12.5% would be needed: it passes whole, and
+    # the rate falls to where that is its share 0.5 of the accepted items.
+    assert feasible_pass_rate(target, np.array([0.05, 0.55, 0.4]), m) == pytest.approx(0.05 / 0.5)
+    # Passing 0.05 + 0.075 + 0.05 (the first label whole, the others at t / M) would give a mix of 0.29 / 0.43 / 0.29.
 
 
 def test_a_synthetic_drift_defeats_the_frozen_filter_and_prior_recovers(demo):
@@ -304,3 +306,24 @@ def test_a_filter_fitted_without_labels_runs_rate_and_alarms_and_refuses_prior(t
         and "fitted without labels" in err
     )
     assert not (tmp_path / "prior.jsonl").exists()
+
+
+def test_no_restart_on_an_undrifted_stream_and_a_flood_lowers_the_pass_rate(demo, caplog):
+    # 6,000 items of the fitted mix: 240 checks for a change, none confirmed by the alarm's statistic.
+    quiet = _stream(demo, [demo["p"]], 6000, seed=5)
+    for mode in ("prior", "rate"):
+        assert _run(demo, quiet, mode)[2].restarts == 0
+    # A flood of the label the trusted texts hold least: prior lets less of it through than the frozen
+    # filter, its target pass rate falls (a log line naming the texts it was decided on).
+    flooded = 0.3 * demo["p"] + 0.7 * np.eye(len(demo["p"]))[np.argmin(demo["q"] / demo["p"])]
+    rows = _stream(demo, [demo["p"], flooded], 2000)
+    late = demo["codes"][rows[2000:]]
+    kl = {}
+    with caplog.at_level("INFO", logger="semcal.adapt"):
+        for mode in ("none", "prior"):
+            accept, _, adapter = _run(demo, rows, mode)
+            mix = np.bincount(late, weights=accept[2000:], minlength=len(demo["q"])) / accept[2000:].sum()
+            kl[mode] = kl_divergence(mix, demo["q"], 1e-6)
+    assert kl["prior"] < 0.5 * kl["none"]
+    assert adapter.rate < 0.8 / Filter.load(demo["folder"]).m
+    assert any("adapt=prior: target pass rate" in line and "decided on texts" in line for line in caplog.messages)
