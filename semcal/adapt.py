@@ -300,7 +300,8 @@ class Adapter:
         if self.mode == "prior":
             self.new_prior = em_prior(self.window.posterior, self.reference.stream_prior, settings.prior_pseudo_count)
             self.rate = feasible_pass_rate(self.target_mix, self.new_prior, self.model.m)
-            if abs(self.rate / self.logged_rate - 1.0) > _RATE_LOG_CHANGE:
+            # Logged per block (the rate is held per block), when 10% off the last one logged.
+            if self.seen % settings.window == 0 and abs(self.rate / self.logged_rate - 1.0) > _RATE_LOG_CHANGE:
                 self.logged_rate = self.rate
                 log.info(
                     "adapt=prior: target pass rate %.4g (1/M %.4g), decided on %s",
