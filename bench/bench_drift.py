@@ -14,6 +14,11 @@ Per data set (the synthetic demo, AudioCaps, AG News):
      a GRADUAL change (the mix moves linearly, item by item) to a tilt at KL 0.25, then an
      abrupt switch to a tilt at KL 0.5 (each tilt towards its own seeded label scores, as distort's;
      `--drift_seed` moves those seeds and the stream's draw: another direction of every drift);
+   - flood: general_test's mix, then (second half) 70% of the label the real split holds least
+     of relative to general_test (lowest q(y)/p(y); `--drift_seed=1`: the second lowest) and 30%
+     general_test's mix: a stream with less trusted-like content than the filter was fitted for;
+   - 6x: general_test's mix, then (second half) its largest label (seed 1: the second largest)
+     6 times over-represented (its share x 6, renormalised);
    - undrifted: general_test's mix throughout (`--undrifted_streams` streams of as many
      items, other seeds), for false alarms and the reference reduction.
 3. Every mode of semcal.adapt (none, rate, prior, refit with real_train as the trusted texts)
@@ -178,7 +183,28 @@ def run_mode(model: Filter, mode: str, texts: list[str], trusted: list[str], set
         alarms += [alarm.window for alarm in adapter.pop_alarms()]
     seconds = time.perf_counter() - started
     accept = np.concatenate(accept)
-    return {"accept": accept, "decisions": rng.random(len(accept)) < accept, "alarms": alarms, "seconds": seconds}
+    return {
+        "accept": accept,
+        "decisions": rng.random(len(accept)) < accept,
+        "alarms": alarms,
+        "seconds": seconds,
+        "restarts": adapter.restarts,
+    }
+
+
+def late_kl(codes: np.ndarray, accept: np.ndarray, real: np.ndarray, start: int) -> float:
+    """KL(expected accepted label mix of the items from `start` on || real): the late-stream KL."""
+    mix = np.bincount(codes[start:], weights=accept[start:], minlength=len(real)) / accept[start:].sum()
+    return float(kl_divergence(mix, real, EPSILON))
+
+
+def second_half_mixes(p: np.ndarray, real: np.ndarray, drift_seed: int) -> dict[str, np.ndarray]:
+    """The second half's label mix of the flood and the 6x streams (see the module doc)."""
+    flooded = int(np.argsort(real / p)[drift_seed % len(p)])
+    flood = 0.3 * p + 0.7 * np.eye(len(p))[flooded]
+    six = p.copy()
+    six[int(np.argsort(-p)[drift_seed % len(p)])] *= 6
+    return {"flood": flood, "6x": six / six.sum()}
 
 
 def windows(codes: np.ndarray, result: dict, real: np.ndarray, m: float) -> pd.DataFrame:
@@ -252,6 +278,14 @@ def bench_dataset(name: str, args: argparse.Namespace, folder: Path) -> dict:
     drifting = draw_stream(codes, mixes, seed=1 + args.drift_seed)
     steady = [draw_stream(codes, [mixes[0]] * args.segments, seed=100 + i) for i in range(args.undrifted_streams)]
     settings = AdaptSettings()
+    half = args.segments * SEGMENT // 2
+    extra = {
+        kind: draw_stream(
+            codes, [mixes[0]] * (args.segments // 2) + [(mix, mix)] * (args.segments // 2), seed=50 + args.drift_seed
+        )
+        for kind, mix in second_half_mixes(facts["general_test"], facts["real"], args.drift_seed).items()
+    }
+    late = {"drifting": {}, **{kind: {} for kind in extra}}
     results, frames, undrifted = {}, {}, {}
     for mode in args.modes:
         result = run_mode(model, mode, [data["test"][i] for i in drifting], facts["trusted"], settings)
@@ -262,7 +296,12 @@ def bench_dataset(name: str, args: argparse.Namespace, folder: Path) -> dict:
         undrifted[mode] = [
             windows(codes[rows], r, facts["real"], facts["m"]) for rows, r in zip(steady, steady_results, strict=True)
         ]
+        late["drifting"][mode] = late_kl(codes[drifting], result["accept"], facts["real"], len(drifting) - SEGMENT)
+        for kind, rows in extra.items():
+            accept = run_mode(model, mode, [data["test"][i] for i in rows], facts["trusted"], settings)["accept"]
+            late[kind][mode] = late_kl(codes[rows], accept, facts["real"], half)
         results[mode] = {
+            "restarts_undrifted": [r["restarts"] for r in steady_results],
             "alarms": result["alarms"],
             "undrifted_alarms": [r["alarms"] for r in steady_results],
             "texts_per_second": len(drifting) / result["seconds"],
@@ -282,6 +321,12 @@ def bench_dataset(name: str, args: argparse.Namespace, folder: Path) -> dict:
         "test_split_reduction": 1.0 - float(kl_divergence(accepted, facts["real"], EPSILON)) / test_kl,
         "segment_mix_kl_from_general_test": [float(kl_divergence(end, facts["general_test"])) for _, end in mixes],
         "summary": summarise(frames, undrifted, results, facts),
+        "late_kl": late,
+        "late_kl_unfiltered": {
+            "drifting": late_kl(codes[drifting], np.ones(len(drifting)), facts["real"], len(drifting) - SEGMENT),
+            **{k: late_kl(codes[r], np.ones(len(r)), facts["real"], half) for k, r in extra.items()},
+        },
+        "restarts_undrifted": {mode: results[mode]["restarts_undrifted"] for mode in results},
         "windows": {mode: frame.to_dict(orient="list") for mode, frame in frames.items()},
         "seconds": time.perf_counter() - started,
     }
@@ -311,6 +356,16 @@ def markdown(report: list[dict]) -> str:
                 f"{100 * s['max_pass_rate_off_target']:.1f}% | {s['windows_off_target_10pct']} | "
                 f"{s['windows_to_first_alarm']} | {s['undrifted_false_alarms']} | {s['texts_per_second']:.0f} |"
             )
+        modes = list(entry["summary"])
+        lines += ["", "late-stream KL(accepted||real) (drifting: the last segment; flood, 6x: the second half):", ""]
+        lines += ["| stream | unfiltered | " + " | ".join(modes) + " |", "|---" * (len(modes) + 2) + "|"]
+        for kind, values in entry["late_kl"].items():
+            lines.append(
+                f"| {kind} | {entry['late_kl_unfiltered'][kind]:.3f} | "
+                + " | ".join(f"{values[m]:.3f}" for m in modes)
+                + " |"
+            )
+        lines += ["", f"restarts on the undrifted streams: {entry['restarts_undrifted']}"]
         oracle = entry["windows"]["none"]["kl_oracle"]
         unfiltered = entry["windows"]["none"]["kl_unfiltered"]
         lines += [

@@ -7,307 +7,98 @@ filter and corrects it from the stream itself, item by item, in input order:
 
 - `rate` (label-free, any filter): an offset d on the score so the items pass 1/M, from the
   last `window` items' scores (d = stream_shift(window scores, M), semcal.ratio_calibration).
-- `prior` (filters that carry a label posterior P(y | x)): the window's label prior p' by
-  maximum likelihood (the EM of Saerens, Latinne & Decaestecker, 2002); the ratio for the new
-  prior, r'(x) = q(x) / p'(x) = r(x) / Z(x) with Z(x) = sum_y P(y | x) p'(y) / p(y) (under label
-  shift p'(x) / p(x) = Z(x)); then a weight c_y per label on log P'(y | x), the posterior under
-  p', chosen so the accepted items, counted by P'(y | x), show the label mix the saved filter
-  accepts on its own stream, counted by P(y | x) (`match_label_mix`). The correction by Z alone
-  is too weak where the posterior is soft (a caption that mentions a dog and traffic counts
-  towards both): it moves an item by the mean of its labels' ratios, where the mix needs its
-  own label's. A calibrated posterior counts the accepted mix of any acceptance of x without
-  bias, so matching on it needs no labels; c is fitted on the filter's reference sample
-  weighted by Z(x) to the window's prior (thousands of items: only the K numbers of p' carry
-  the window's noise), and is 0 when p' = p. Its pass rate is what that mix allows,
-  sum_y min(p'(y), t(y) / M) (`feasible_pass_rate`): 1/M unless the stream holds too little of
-  a label the mix needs, which then passes whole, as the oracle's.
+  On a flood of unlike texts it must pass more of them: it holds the rate, not the mix.
+- `prior` (filters that carry a label posterior P(y | x)): the window's label prior p' by EM
+  (semcal.label_shift); the ratio for it, r'(x) = r(x) / Z(x), Z(x) = sum_y P(y | x) p'(y) / p(y);
+  a weight c_y per label on log P'(y | x) so the accepted items, counted by the posterior, show
+  the mix t the saved filter accepts on its own stream (`match_label_mix`, fitted on the
+  filter's reference sample weighted by Z(x) to p': Z alone is too weak where the posterior is
+  soft). Its pass rate is the most that keeps the mix t, min(1/M, min_y p'(y) / t(y))
+  (`feasible_pass_rate`): on a flood it falls. The offset is never above the one the matching
+  fitted on the weighted reference: where the window passes less than that reference says
+  p' should, the stream holds less of what the mix needs than the posterior claims, and
+  topping the rate up would pass the flood's texts that look most trusted-like.
 - `refit` (text filters, given the trusted texts): every `refit_every` items a TF-IDF source is
   fitted afresh on the trusted texts against the last `refit_window` stream texts (bounded:
   at most `max_trusted` trusted texts), its log-ratio taken with temperature 1.
 
-Every adaptive mode holds its pass rate (1/M; `prior`: the feasible one) per block of `window`
-items (counted from the first): the offset is set for what the rest of the block still needs
-(`block_pass_rate`, at most twice or half the rate), so items that came unlike the estimation
-window, or a switch inside a block, do not move the block's rate. Estimates change only every
-`update_every` items, at fixed positions of the stream, and each item is judged with the
-estimate made before it: the decisions are the same for any batch size, given the seed and
-the input order. The estimation window starts filled with the filter's reference sample (its
-fit's stream), so the first items are judged as the saved filter judges them and new items
-replace the reference ones as they come.
+Every adaptive mode holds its pass rate per block of `window` items (counted from the first):
+the offset is set for what the rest of the block still needs (`block_pass_rate`, at most twice
+or half the rate). Estimates change only every `update_every` items, at fixed positions of the
+stream, and each item is judged with the estimate made before it: the decisions are the same
+for any batch size, given the seed and the input order. The estimation window starts filled
+with the filter's reference sample (its fit's stream), so the first items are judged as the
+saved filter judges them. It restarts from the last `change_window` items only on a change the
+alarm's statistic confirms (`_changed`); each restart and each new target pass rate is a log
+line naming the texts it was decided on.
 
-Drift alarms: per tumbling window of `alarm_window` items a statistic of "this window is not
-the stream the filter was fitted on": `prior`, KL(p' || p) of the EM prior of the window from
-the reference one; `mean_log_ratio`, |mean l(x) over the window - its reference mean|. Its
-threshold is the (1 - false_alarm_rate) quantile of the statistic over `bootstrap` windows
-drawn (seeded, with replacement) from the reference sample: on an undrifted stream a window
-alarms with probability false_alarm_rate.
-
-numpy / scipy only, no file I/O (semcal.drift saves and loads the reference).
+Drift alarms (semcal.drift_alarms): per tumbling window of `alarm_window` items the label
+prior's KL or the mean log-ratio's shift from the reference, against the (1 - false_alarm_rate)
+quantile of the same over `bootstrap` windows drawn from the reference sample. numpy / scipy
+only, no file I/O (semcal.drift saves and loads the reference).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from semcal import calibration
+from semcal.adapt_settings import AdaptSettings
 from semcal.config import UserError
+from semcal.drift_alarms import (
+    Alarm,
+    DriftReference,
+    ItemWindow,
+    bootstrap_threshold,
+    mean_log_ratio_statistic,
+    prior_statistic,
+    reference_of,
+    reference_statistics,
+)
 from semcal.fit_data import FitData, Items, Scored
-from semcal.ratio_calibration import stream_shift
+from semcal.label_shift import (
+    _MIN_POSTERIOR,
+    _MIN_WEIGHT,
+    block_pass_rate,
+    em_prior,
+    feasible_pass_rate,
+    log_prior_correction,
+    match_label_mix,
+    rate_offset,
+    shifted_posterior,
+)
+
+__all__ = [  # the label-shift math lives in semcal.label_shift; these names stay importable from here
+    "ALARMS",
+    "MODES",
+    "Adapter",
+    "AdaptSettings",
+    "Alarm",
+    "DriftReference",
+    "block_pass_rate",
+    "bootstrap_threshold",
+    "em_prior",
+    "feasible_pass_rate",
+    "log_prior_correction",
+    "match_label_mix",
+    "mean_log_ratio_statistic",
+    "prior_statistic",
+    "rate_offset",
+    "reference_of",
+    "shifted_posterior",
+]
 
 log = logging.getLogger(__name__)
+_RATE_LOG_CHANGE = 0.1  # a target pass rate 10% off the last logged one is logged as new
 
 MODES = ("none", "rate", "prior", "refit")
 ALARMS = ("none", "auto", "prior", "mean_log_ratio")
-_EM_TOLERANCE = 1e-7
-_EM_MAX_ITERATIONS = 300
-_MIN_WEIGHT = 1e-12  # Z(x) and p'(y) are kept above this before a log or a division
-_MIN_POSTERIOR = 1e-4  # P(y | x) is kept above this before its log is a feature: one item cannot dominate
-_KL_FLOOR = 1e-3  # added to each label share before the KL the label weights minimise
-_RATE_SWING = 2.0  # the rest of a block passes between 1/(2M) and 2/M to meet the block's pass rate
-
-
-@dataclass
-class AdaptSettings:
-    """Window sizes, periods and rates of adaptation and alarms (defaults measured on bench/bench_drift.py)."""
-
-    window: int = 500  # items the rate and prior estimates look back over
-    update_every: int = 25  # items between two re-estimates
-    change_window: int = 50  # the recent items tested for a sudden change of the pass rate (see _estimate)
-    change_z: float = 4.0  # how many standard errors the recent items must differ from the older ones to restart
-    prior_pseudo_count: float = 50.0  # prior: items' worth of the fitted prior the EM starts from (see _estimate)
-    match_ridge: float = 0.001  # prior: ridge on the mean squared label weight c (weights of log-probabilities)
-    alarm_window: int = 500  # items per alarm window (tumbling: windows do not overlap)
-    false_alarm_rate: float = 0.01  # share of windows of the undrifted stream that alarm
-    bootstrap: int = 1000  # reference windows drawn to set the alarm threshold
-    refit_every: int = 1000  # refit: items between two refits
-    refit_window: int = 1000  # refit: the last stream texts the source is refitted against
-    max_trusted: int = 4000  # refit: trusted texts used per refit at most (a seeded sample)
-    seed: int = 0  # seed of the bootstrap and of the refits
-
-    def check(self) -> None:
-        for name in (
-            "window",
-            "update_every",
-            "change_window",
-            "alarm_window",
-            "bootstrap",
-            "refit_every",
-            "refit_window",
-        ):
-            if getattr(self, name) < 10:
-                raise UserError(f"adapt_settings {name} must be at least 10 (got {getattr(self, name)}).")
-        if self.window % self.update_every:
-            raise UserError(
-                f"adapt_settings window ({self.window}) must be a multiple of update_every ({self.update_every}): "
-                "the pass rate is held per window."
-            )
-        if self.max_trusted < 20:
-            raise UserError(f"adapt_settings max_trusted must be at least 20 (got {self.max_trusted}).")
-        for name in ("prior_pseudo_count", "match_ridge"):
-            if getattr(self, name) < 0:
-                raise UserError(f"adapt_settings {name} must be at least 0 (got {getattr(self, name)}).")
-        if not 0.0 < self.false_alarm_rate < 0.5:
-            raise UserError(f"adapt_settings false_alarm_rate must be in (0, 0.5) (got {self.false_alarm_rate}).")
-
-
-@dataclass
-class DriftReference:
-    """What a filter keeps of the stream it was fitted on: its source's log-ratio of (a sample of)
-    that stream and, for a filter fitted with labels, the label posterior of the same items and
-    the prior it implies there (the mean posterior over the whole fitted stream)."""
-
-    log_ratio: np.ndarray  # (n,)
-    posterior: np.ndarray | None = None  # (n, labels)
-    labels: list[str] | None = None
-    stream_prior: np.ndarray | None = None  # (labels,)
-
-
-@dataclass
-class Alarm:
-    """One window whose statistic crossed its threshold."""
-
-    window: int  # 1-based window number
-    first_item: int  # 1-based positions among the stream's texts
-    last_item: int
-    statistic: str
-    value: float
-    threshold: float
-    false_alarm_rate: float
-
-    def message(self) -> str:
-        return (
-            f"drift alarm: window {self.window} (texts {self.first_item}-{self.last_item}): {self.statistic} "
-            f"{self.value:.4g} > threshold {self.threshold:.4g} (false-alarm rate {self.false_alarm_rate:g} "
-            "on the undrifted stream)"
-        )
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "alarm": self.message(),
-            "window": self.window,
-            "first_item": self.first_item,
-            "last_item": self.last_item,
-            "statistic": self.statistic,
-            "value": self.value,
-            "threshold": self.threshold,
-        }
-
-
-# ---- the math ---------------------------------------------------------------------------------------
-
-
-def em_prior(posterior: np.ndarray, reference_prior: np.ndarray, pseudo_count: float = 1.0) -> np.ndarray:
-    """The label prior p' of the items whose posterior under `reference_prior` is `posterior`, by EM.
-
-    Rows may be stacked windows: posterior (..., n, K) gives priors (..., K). E-step: P'(y | x)
-    proportional to P(y | x) p'(y) / p(y); M-step: p'(y) = mean over x of P'(y | x). A pseudo-count
-    of `pseudo_count` items spread as the reference prior keeps p' off 0: a label estimated
-    absent would make Z(x) vanish for its items and the corrected ratio explode.
-    """
-    posterior = np.asarray(posterior, dtype=np.float64)
-    reference = np.maximum(np.asarray(reference_prior, dtype=np.float64), _MIN_WEIGHT)
-    n = posterior.shape[-2]
-    prior = np.broadcast_to(reference, posterior.shape[:-2] + reference.shape).copy()
-    for _ in range(_EM_MAX_ITERATIONS):
-        tilted = shifted_posterior(posterior, prior[..., None, :], reference)
-        updated = (tilted.sum(axis=-2) + pseudo_count * reference) / (n + pseudo_count)
-        done = np.max(np.abs(updated - prior)) < _EM_TOLERANCE
-        prior = updated
-        if done:
-            break
-    return prior
-
-
-def log_prior_correction(posterior: np.ndarray, new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
-    """log Z(x) = log sum_y P(y | x) p'(y) / p(y): log p'(x) / p(x) under label shift."""
-    return np.log(np.maximum(np.asarray(posterior) @ _prior_weights(new_prior, reference_prior), _MIN_WEIGHT))
-
-
-def shifted_posterior(posterior: np.ndarray, new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
-    """P'(y | x) = P(y | x) (p'(y) / p(y)) / Z(x): the posterior under the prior p'."""
-    tilted = np.asarray(posterior) * _prior_weights(new_prior, reference_prior)
-    return tilted / np.maximum(tilted.sum(axis=-1, keepdims=True), _MIN_WEIGHT)
-
-
-def _prior_weights(new_prior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
-    return np.maximum(new_prior, _MIN_WEIGHT) / np.maximum(reference_prior, _MIN_WEIGHT)
-
-
-def match_label_mix(
-    scores: np.ndarray,
-    posterior: np.ndarray,
-    target: np.ndarray,
-    m: float,
-    ridge: float,
-    start: np.ndarray,
-    weights: np.ndarray | None = None,
-    pass_rate: float | None = None,
-) -> tuple[np.ndarray, float]:
-    """Label weights c and offset d for which min(1, exp(s + F c + d) / M), F = log P(y | x),
-    passes `pass_rate` (default 1/M) of the items and accepts, counted by the posterior, the
-    label mix `target` (items weighted by `weights`, default 1).
-
-    argmin over (c, d) of KL(accepted || target) + ridge * mean(c^2) + (log pass rate - log pass_rate)^2
-    by L-BFGS with the exact gradient (milliseconds for 5,000 items), from c = `start`. Each
-    share is floored at 1e-3 before the KL (a label absent from the items stays finite).
-    """
-    from scipy.optimize import minimize
-
-    features = np.column_stack([np.log(np.maximum(posterior, _MIN_POSTERIOR)), np.ones(len(scores))])
-    target = np.asarray(target, dtype=np.float64) + _KL_FLOOR
-    item_weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
-    size = float(item_weights.sum())
-    k, log_m = posterior.shape[1], float(np.log(m))
-    log_rate = float(np.log(1.0 / m if pass_rate is None else pass_rate))
-
-    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        shifted = scores + features @ theta
-        accept = np.exp(np.minimum(0.0, shifted - log_m)) * item_weights
-        slope = np.where(shifted < log_m, accept, 0.0)  # d accept / d score
-        total = accept.sum()
-        mix = accept @ posterior / total
-        log_share = np.log((mix + _KL_FLOOR) / target)
-        rate_error = float(np.log(total / size) - log_rate)
-        loss = float((mix + _KL_FLOOR) @ log_share) + ridge * float(theta[:k] @ theta[:k]) / k + rate_error**2
-        # d loss / d score_i: through the mix (d KL / d mix = log share + 1, d mix / d accept_i = (P_i - mix) / total)
-        # and through the pass rate.
-        per_item = slope * (((posterior - mix) @ (log_share + 1.0)) / total + 2.0 * rate_error / total)
-        gradient = features.T @ per_item
-        gradient[:k] += 2.0 * ridge * theta[:k] / k
-        return loss, gradient
-
-    first = np.append(
-        np.asarray(start, dtype=np.float64), rate_offset(scores + features[:, :k] @ start, m, np.exp(log_rate))
-    )
-    found = minimize(loss_and_gradient, first, jac=True, method="L-BFGS-B")
-    label_weights = np.asarray(found.x[:k], dtype=np.float64)
-    return label_weights, float(found.x[k])
-
-
-def rate_offset(scores: np.ndarray, m: float, pass_rate: float | None = None) -> float:
-    """The offset d for which min(1, exp(s + d) / M) averages `pass_rate` (default 1/M) over `scores`."""
-    return stream_shift(scores, m, 1.0, pass_rate)
-
-
-def block_pass_rate(rate: float, block: int, judged: int, accepted: float, swing: float = _RATE_SWING) -> float:
-    """The pass rate the rest of a block of `block` items needs for the whole block to pass
-    `rate`, after `judged` items passed `accepted` (expected); kept within a factor `swing` of
-    `rate` so a block that went far off is brought back over the next ones, not by one extreme chunk."""
-    if judged == 0:
-        return rate
-    needed = (block * rate - accepted) / (block - judged)
-    return float(np.clip(needed, rate / swing, min(1.0, swing * rate)))
-
-
-def feasible_pass_rate(target: np.ndarray, prior: np.ndarray, m: float) -> float:
-    """sum_y min(p'(y), t(y) / M): what a stream of label prior p' can pass at most with each
-    label at its share t(y) of 1/M (the oracle's pass rate): 1/M unless p' holds too little of a
-    label the mix t needs, where the label is passed whole and the rate falls."""
-    return float(np.sum(np.minimum(prior, np.asarray(target) / m)))
-
-
-def prior_statistic(posterior: np.ndarray, reference_prior: np.ndarray) -> np.ndarray:
-    """KL(p' || p) of the EM prior of each window (posterior (..., n, K)) from the reference prior."""
-    return np.asarray(calibration.kl_divergence(em_prior(posterior, reference_prior), reference_prior))
-
-
-def mean_log_ratio_statistic(log_ratio: np.ndarray, reference_mean: float) -> np.ndarray:
-    return np.abs(np.asarray(log_ratio).mean(axis=-1) - reference_mean)
-
-
-def bootstrap_threshold(values: np.ndarray, false_alarm_rate: float) -> float:
-    """The (1 - rate) quantile of the statistic over the reference windows (the higher order statistic)."""
-    return float(np.quantile(values, 1.0 - false_alarm_rate, method="higher"))
 
 
 # ---- the adaptive filter ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    """The last `size` items' scores (and posteriors, texts), the reference sample first."""
-
-    size: int
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    posterior: np.ndarray | None = None
-    texts: list[str] = field(default_factory=list)
-
-    def push(self, scores: np.ndarray, posterior: np.ndarray | None, texts: list[str] | None = None) -> None:
-        self.scores = np.concatenate([self.scores, scores])[-self.size :]
-        if posterior is not None:
-            stacked = posterior if self.posterior is None else np.concatenate([self.posterior, posterior])
-            self.posterior = stacked[-self.size :]
-        if texts is not None:
-            self.texts = (self.texts + list(texts))[-self.size :]
-
-    def keep_last(self, count: int) -> None:
-        self.scores = self.scores[-count:]
-        self.posterior = None if self.posterior is None else self.posterior[-count:]
-        self.texts = self.texts[-count:]
 
 
 class Adapter:
@@ -335,17 +126,21 @@ class Adapter:
         self.offset = 0.0  # the rate offset d
         self.block_accepted = 0.0  # the expected passes of the current block of `window` items so far
         self.rate = 1.0 / model.m  # the pass rate held (mode prior: what the label mix allows)
+        # A filter fitted without labels keeps log-ratios only: no prior, no label weights.
         self.new_prior = None if reference is None else reference.stream_prior
-        self.label_weights = None if reference is None else np.zeros(len(reference.stream_prior))  # prior: c
+        self.label_weights = None if self.new_prior is None else np.zeros(len(self.new_prior))  # prior: c
         self.source, self.link = model.source, model.link
         self.target_mix = self._saved_filter_mix() if self.mode == "prior" else None
-        self.window = _Window(self.settings.window)
-        self.alarm_items = _Window(self.settings.alarm_window)
+        self.window = ItemWindow(self.settings.window)
+        self.alarm_items = ItemWindow(self.settings.alarm_window)
         self.refit_texts: list[str] = []
         self.trusted = _sample(trusted, self.settings.max_trusted, self.settings.seed) if trusted else None
         self.alarms: list[Alarm] = []
         self.refits = self.restarts = 0
         self.threshold = self._alarm_threshold() if self.alarm != "none" else float("nan")
+        self.reference_offset = float("inf")  # prior: the offset matched on the weighted reference (a cap)
+        self.logged_rate = self.rate  # the target pass rate last logged
+        self.change_threshold = self._change_threshold() if reference is not None and self.mode != "none" else None
         if reference is not None and self.mode != "none":
             self._start_window(reference)
 
@@ -356,9 +151,9 @@ class Adapter:
             raise UserError(f"adapt={self.mode!r} is not one of {', '.join(MODES)}.")
         if self.mode == "prior" and not self._has_posterior():
             raise UserError(
-                f"adapt=prior needs a label posterior, which filter {self.model.name} does not carry (only filters "
-                "fitted with labels by this semcal do): fit it again with labels (semcal run, or semcal fit "
-                "--label_column=...), or use adapt=rate."
+                f"adapt=prior re-weights the filter by label and needs a label posterior, which filter "
+                f"{self.model.name} does not carry (it was fitted without labels, or by an older semcal): fit it "
+                "again with labels (semcal run, or semcal fit --label_column=...), or use adapt=rate."
             )
         if self.mode == "refit" and (self.model.source.language_models or not trusted):
             raise UserError(
@@ -396,12 +191,9 @@ class Adapter:
     def _alarm_threshold(self) -> float:
         """The statistic's (1 - rate) quantile over reference windows drawn with replacement."""
         reference, settings = self.reference, self.settings
-        rng = np.random.default_rng(settings.seed)
-        rows = rng.integers(0, len(reference.log_ratio), size=(settings.bootstrap, settings.alarm_window))
-        if self.alarm == "prior":
-            values = prior_statistic(reference.posterior[rows], reference.stream_prior)
-        else:
-            values = mean_log_ratio_statistic(reference.log_ratio[rows], float(np.mean(reference.log_ratio)))
+        values = reference_statistics(
+            reference, reference.log_ratio, self.alarm, settings.alarm_window, settings.bootstrap, settings.seed
+        )
         threshold = bootstrap_threshold(values, settings.false_alarm_rate)
         log.info(
             "drift alarms: %s per %d texts, threshold %.4g (false-alarm rate %g over %d reference windows)",
@@ -493,45 +285,49 @@ class Adapter:
             self._estimate()
 
     def _estimate(self) -> None:
-        """The prior and label weights (mode prior) and the offset from the estimation window.
+        """The prior, label weights and target rate (mode prior) and the offset from the estimation window.
 
-        The offset holds the pass rate per block of `window` items (counted from the first item):
-        the rest of a block passes what the block still needs (`block_pass_rate`), so the rate
-        over each block stays on 1/M however the items that came differed from the window's.
-
-        An abrupt switch would otherwise be followed for a whole window by estimates that are
-        partly the old stream's: when the last `change_window` items differ from the older ones
-        (`_changed`), the window restarts from them (the older items are dropped) and grows back
-        as items come. The EM starts from `prior_pseudo_count` items' worth of the fitted prior:
-        a window's chance count of a rare label would otherwise move an undrifted filter.
+        The offset holds the pass rate per block of `window` items (counted from the first): the
+        rest of a block passes what the block still needs (`block_pass_rate`). In mode prior it is
+        capped by the offset matched on the reference weighted to p' (see the module doc). The EM
+        starts from `prior_pseudo_count` items' worth of the fitted prior: a window's chance count
+        of a rare label would otherwise move an undrifted filter.
         """
-        if self.seen >= self.settings.change_window and self._changed():
+        if self._changed():
             self.window.keep_last(self.settings.change_window)
             self.restarts += 1
-            log.info(
-                "adapt=%s: the stream changed at text %d; estimates restart from the last %d texts",
-                self.mode,
-                self.seen,
-                self.settings.change_window,
-            )
-        scores = self.window.scores
+        scores, settings = self.window.scores, self.settings
         if self.mode == "prior":
-            self.new_prior = em_prior(
-                self.window.posterior, self.reference.stream_prior, self.settings.prior_pseudo_count
-            )
+            self.new_prior = em_prior(self.window.posterior, self.reference.stream_prior, settings.prior_pseudo_count)
             self.rate = feasible_pass_rate(self.target_mix, self.new_prior, self.model.m)
+            # Logged per block (the rate is held per block), when 10% off the last one logged.
+            if self.seen % settings.window == 0 and abs(self.rate / self.logged_rate - 1.0) > _RATE_LOG_CHANGE:
+                self.logged_rate = self.rate
+                log.info(
+                    "adapt=prior: target pass rate %.4g (1/M %.4g), decided on %s",
+                    self.rate,
+                    1.0 / self.model.m,
+                    self._window_texts(),
+                )
             self._match_labels()
             scores = scores + self._prior_terms(self.window.posterior)
-        settings = self.settings
         pass_rate = block_pass_rate(self.rate, settings.window, self.seen % settings.window, self.block_accepted)
-        self.offset = rate_offset(scores, self.model.m, pass_rate)
+        self.offset = min(rate_offset(scores, self.model.m, pass_rate), self.reference_offset)
+
+    def _window_texts(self) -> str:
+        """Which texts the estimation window holds, for a log line."""
+        size = len(self.window.scores)
+        if size > self.seen:
+            return f"the reference sample and texts 1-{self.seen}" if self.seen else "the reference sample"
+        return f"texts {self.seen - size + 1}-{self.seen}"
 
     def _match_labels(self) -> None:
         """The label weights c for the prior p', fitted on the reference sample weighted to p'
-        (weight Z(x) = p'(x) / p(x)): thousands of items, so c carries no window's noise."""
+        (weight Z(x) = p'(x) / p(x)): thousands of items, so c carries no window's noise; the
+        offset fitted with them caps the window's (the reference's belief of what passes the rate)."""
         reference = self.reference
         log_z = log_prior_correction(reference.posterior, self.new_prior, reference.stream_prior)
-        self.label_weights, _ = match_label_mix(
+        self.label_weights, self.reference_offset = match_label_mix(
             self.link.apply(reference.log_ratio, self.model.m) - log_z,
             shifted_posterior(reference.posterior, self.new_prior, reference.stream_prior),
             self.target_mix,
@@ -550,20 +346,50 @@ class Adapter:
             posterior, self.new_prior, reference.stream_prior
         )
 
+    def _change_threshold(self) -> float:
+        """The change statistic's threshold (`_changed`): its quantile over `change_window`-item
+        windows drawn from the reference, at the alarm's false-alarm rate per `alarm_window` items
+        spread over the checks in them (one every `update_every` items)."""
+        settings, reference = self.settings, self.reference
+        rate = settings.false_alarm_rate * settings.update_every / settings.alarm_window
+        statistic, scores = (
+            self.mode if self.mode == "prior" else "mean",
+            self.link.apply(reference.log_ratio, self.model.m),
+        )
+        values = reference_statistics(
+            reference, scores, statistic, settings.change_window, 2 * settings.bootstrap, settings.seed + 1
+        )
+        return bootstrap_threshold(values, rate)
+
     def _changed(self) -> bool:
-        """Whether the last `change_window` items differ from the older ones of the window beyond
-        chance: a two-sample z statistic per feature (the acceptance under the saved link and, in
-        mode prior, each label's posterior), the largest above `change_z`."""
+        """Whether the last `change_window` items differ from the older ones of the window as the
+        alarm's statistic would confirm: the KL of their EM label prior from the older items' one
+        (mode prior) or the shift of their mean score, above `change_threshold`. A test of many
+        features every few items (the earlier z test) restarted on undrifted streams."""
         recent, window = self.settings.change_window, self.window
-        if len(window.scores) < 2 * recent:
+        if self.change_threshold is None or self.seen < recent or len(window.scores) < 3 * recent:
             return False
-        features = calibration.accept_probs(window.scores, self.model.m)[:, None]
         if window.posterior is not None:
-            features = np.column_stack([features, window.posterior])
-        new, old = features[-recent:], features[:-recent]
-        spread = np.sqrt(new.var(axis=0) / len(new) + old.var(axis=0) / len(old))
-        z = np.abs(new.mean(axis=0) - old.mean(axis=0)) / np.maximum(spread, 1e-9)
-        return bool(np.max(z) > self.settings.change_z)
+            prior = self.reference.stream_prior
+            older = em_prior(window.posterior[:-recent], prior)
+            value = float(calibration.kl_divergence(em_prior(window.posterior[-recent:], prior), older))
+            name = "label prior KL"
+        else:
+            value = float(abs(window.scores[-recent:].mean() - window.scores[:-recent].mean()))
+            name = "mean score shift"
+        if value <= self.change_threshold:
+            return False
+        log.info(
+            "adapt=%s: texts %d-%d differ from the %d before them (%s %.4g > %.4g): estimates restart from them",
+            self.mode,
+            self.seen - recent + 1,
+            self.seen,
+            len(window.scores) - recent,
+            name,
+            value,
+            self.change_threshold,
+        )
+        return True
 
     def _check_alarm(self) -> None:
         window = self.seen // self.settings.alarm_window
@@ -608,19 +434,3 @@ def _sample(texts: list[str], limit: int, seed: int) -> list[str]:
         return list(texts)
     rows = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
     return [texts[i] for i in rows]
-
-
-def reference_of(stream_log_ratio: np.ndarray, label_posterior: Any, data: FitData, size: int, seed: int):
-    """The drift reference of a filter fitted on `data`: a seeded sample of at most `size` of its
-    stream's log-ratios and (given the label posterior source) posteriors; the stream prior over all."""
-    n = len(stream_log_ratio)
-    rows = np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-    if label_posterior is None:
-        return DriftReference(np.asarray(stream_log_ratio, dtype=np.float64)[rows])
-    posterior = label_posterior._posterior(data.stream)[1]
-    return DriftReference(
-        np.asarray(stream_log_ratio, dtype=np.float64)[rows],
-        posterior[rows],
-        list(label_posterior.classes),
-        posterior.mean(axis=0),
-    )

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from semcal import files
@@ -21,6 +22,7 @@ from semcal.adapt import (
     shifted_posterior,
 )
 from semcal.calibration import accept_probs, kl_divergence
+from semcal.cli import main
 from semcal.config import UserError
 from semcal.data import heldout_mask
 from semcal.demo_data import generate_demo_rows
@@ -152,8 +154,10 @@ def test_the_block_pass_rate_asks_the_rest_of_a_block_for_what_it_still_needs():
 def test_the_pass_rate_falls_only_where_the_stream_lacks_a_label_the_mix_needs():
     target, m = np.array([0.5, 0.3, 0.2]), 4.0
     assert feasible_pass_rate(target, np.array([0.3, 0.3, 0.4]), m) == pytest.approx(1 / m)  # every t/M <= p'
-    # The first label makes up 5% of the stream where 0.5 / 4 = 12.5% would be needed: it passes whole.
-    assert feasible_pass_rate(target, np.array([0.05, 0.55, 0.4]), m) == pytest.approx(0.05 + 0.075 + 0.05)
+    # The first label makes up 5% of the stream where 0.5 / 4 = 12.5% would be needed: it passes whole, and
+    # the rate falls to where that is its share 0.5 of the accepted items.
+    assert feasible_pass_rate(target, np.array([0.05, 0.55, 0.4]), m) == pytest.approx(0.05 / 0.5)
+    # Passing 0.05 + 0.075 + 0.05 (the first label whole, the others at t / M) would give a mix of 0.29 / 0.43 / 0.29.
 
 
 def test_a_synthetic_drift_defeats_the_frozen_filter_and_prior_recovers(demo):
@@ -239,7 +243,9 @@ def test_prior_needs_a_label_posterior_and_old_filters_still_load(demo, tmp_path
     shutil.rmtree(old / "drift")
     model = Filter.load(old)
     assert model.drift is None and model.label_posterior is None
-    with pytest.raises(UserError, match="adapt=prior needs a label posterior.*adapt=rate"):
+    with pytest.raises(
+        UserError, match="adapt=prior re-weights the filter by label and needs a label posterior.*adapt=rate"
+    ):
         Adapter(model, "prior")
     with pytest.raises(UserError, match="alarm=auto compares the stream"):
         Adapter(model, "none", "auto")
@@ -260,3 +266,64 @@ def test_refit_refits_on_the_trusted_texts_every_period(demo):
     rows = _stream(demo, [demo["p"], _flood(demo)], 600)
     accept, _, adapter = _run(demo, rows, "refit", refit_every=400, refit_window=400, max_trusted=300)
     assert adapter.refits == 3 and np.all((accept >= 0) & (accept <= 1))
+
+
+def test_a_filter_fitted_without_labels_runs_rate_and_alarms_and_refuses_prior(tmp_path, capsys):
+    """semcal fit without --label_column keeps log-ratios only: rate and the alarms need nothing more."""
+    texts, labels = generate_demo_rows(1200, 0)
+    pd.DataFrame({"text": [t for t, y in zip(texts, labels, strict=True) if y in ("animals", "weather")]}).to_csv(
+        tmp_path / "real.csv", index=False
+    )
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "general.csv", index=False)
+    pd.DataFrame({"text": generate_demo_rows(600, 1)[0]}).to_csv(tmp_path / "new.csv", index=False)
+    filter_folder = tmp_path / "filter"
+    assert (
+        main(
+            [
+                "fit",
+                f"--real={tmp_path / 'real.csv'}",
+                f"--general={tmp_path / 'general.csv'}",
+                f"--output={filter_folder}",
+            ]
+        )
+        == 0
+    )
+    assert Filter.load(filter_folder).drift.stream_prior is None  # label-free
+    common = ["filter", f"--filter={filter_folder}", f"--input={tmp_path / 'new.csv'}"]
+    output = tmp_path / "out.jsonl"
+    settings = "--adapt_settings=alarm_window=100,window=100"
+    assert main([*common, f"--output={output}", "--adapt=rate", "--alarm=auto", settings]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines() if "alarm" not in line]
+    assert len(records) == 600 and all(0 <= record["accept_prob"] <= 1 for record in records)
+    for alarm in ("auto", "mean_log_ratio"):
+        assert main([*common, f"--output={output}", f"--alarm={alarm}"]) == 0
+    capsys.readouterr()
+    assert main([*common, f"--output={tmp_path / 'prior.jsonl'}", "--adapt=prior"]) != 0
+    err = capsys.readouterr().err
+    assert (
+        "Traceback" not in err
+        and "adapt=prior re-weights the filter by label" in err
+        and "fitted without labels" in err
+    )
+    assert not (tmp_path / "prior.jsonl").exists()
+
+
+def test_no_restart_on_an_undrifted_stream_and_a_flood_lowers_the_pass_rate(demo, caplog):
+    # 6,000 items of the fitted mix: 240 checks for a change, none confirmed by the alarm's statistic.
+    quiet = _stream(demo, [demo["p"]], 6000, seed=5)
+    for mode in ("prior", "rate"):
+        assert _run(demo, quiet, mode)[2].restarts == 0
+    # A flood of the label the trusted texts hold least: prior lets less of it through than the frozen
+    # filter, its target pass rate falls (a log line naming the texts it was decided on).
+    flooded = 0.3 * demo["p"] + 0.7 * np.eye(len(demo["p"]))[np.argmin(demo["q"] / demo["p"])]
+    rows = _stream(demo, [demo["p"], flooded], 2000)
+    late = demo["codes"][rows[2000:]]
+    kl = {}
+    with caplog.at_level("INFO", logger="semcal.adapt"):
+        for mode in ("none", "prior"):
+            accept, _, adapter = _run(demo, rows, mode)
+            mix = np.bincount(late, weights=accept[2000:], minlength=len(demo["q"])) / accept[2000:].sum()
+            kl[mode] = kl_divergence(mix, demo["q"], 1e-6)
+    assert kl["prior"] < 0.5 * kl["none"]
+    assert adapter.rate < 0.8 / Filter.load(demo["folder"]).m
+    assert any("adapt=prior: target pass rate" in line and "decided on texts" in line for line in caplog.messages)
