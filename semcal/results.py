@@ -16,7 +16,7 @@ from semcal import schema
 
 SCHEMA_VERSION = 1
 STAGE = "evaluate"
-FIX = "re-run the evaluation (`semcal evaluate`, or `semcal run` on its run folder)"
+FIX = "re-run `semcal evaluate` (or `semcal run` on its run folder)"
 
 
 @dataclass
