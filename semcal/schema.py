@@ -108,7 +108,7 @@ def _value(kind: Any, value: Any, where: str, fix: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} is not a JSON object as its schema says; {fix}.")
-        return {key: _value(args[1], item, where, fix) for key, item in value.items()}
+        return {key: _value(args[1], item, f"{where}: {key}", fix) for key, item in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{where} is not a list as its schema says; {fix}.")
