@@ -84,13 +84,12 @@ def read_evaluation(run_dir: Path, split: str) -> Evaluation:
     for path in (layout.per_text(split), layout.results(split)):
         if not path.is_file():
             raise UserError(f"{path} is missing; re-run `semcal evaluate` for split {split!r} to write it.")
-    from semcal.explain import read_per_text, read_results  # the checked readers of an evaluation's files
+    from semcal import results as result_file  # the checked readers of an evaluation's files
+    from semcal.explain import read_per_text
 
-    results = read_results(layout.evaluation_dir(split))
+    results = result_file.read(layout.results(split))
     table = read_per_text(layout.per_text(split))
-    if not isinstance(results.get("labels"), list) or not isinstance(results.get("distributions"), dict):
-        raise UserError(f"{layout.results(split)} lacks its labels or distributions; re-run `semcal evaluate`.")
-    labels = [str(label) for label in results["labels"]]
+    labels = [str(label) for label in results.labels]
     unknown = sorted(set(table["label"].astype(str)) - set(labels))
     if unknown:
         raise UserError(
@@ -98,12 +97,12 @@ def read_evaluation(run_dir: Path, split: str) -> Evaluation:
         )
     codes = table["label"].astype(str).map({label: code for code, label in enumerate(labels)}).to_numpy()
     try:
-        real = np.array([results["distributions"]["real_train"][label] for label in labels], dtype=np.float64)
+        real = np.array([results.distributions.real_train[label] for label in labels], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
         raise UserError(
             f"{layout.results(split)} has no real_train share of every label; re-run `semcal evaluate`."
         ) from None
-    return Evaluation(labels, real, str(results["filter_name"]), codes, table["accept_prob"].to_numpy(np.float64))
+    return Evaluation(labels, real, results.filter_name, codes, table["accept_prob"].to_numpy(np.float64))
 
 
 def render(evaluation: Evaluation, stream: Stream, title: str, output: Path, duration: float) -> list[Path]:

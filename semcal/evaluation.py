@@ -25,21 +25,22 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from semcal import calibration, distributed, files, filters, item_evaluation, item_report, report, runstate
-from semcal.config import UserError, below_minimum, config_to_dict
-from semcal.data import real_split_name
+from semcal import calibration, distributed, files, filters, item_evaluation, item_report, report, runstate, schema
+from semcal import results as result_file
+from semcal.config import UserError, below_minimum
 from semcal.evaluation_config import EvaluationConfig
 from semcal.evaluation_inputs import SCORE_FILES, EvaluationInputs, fit_data, has_language_model_scores, load_inputs
+from semcal.evaluation_results import Acceptance, collect_results, one_line_summary
 from semcal.filtering import FORMAT_VERSION, Filter
 from semcal.fit_data import FitData
 from semcal.layout import FIGURE_STEM, PER_TEXT_NAME, RESULTS_NAME
+from semcal.results import EvaluationResults
 from semcal.runstate import StageOutput
 from semcal.sources import SOURCES
 
@@ -49,19 +50,11 @@ log = logging.getLogger(__name__)
 WHERE_SETTINGS = ("dataset_name", "label_map", *SCORE_FILES, "embedding_model", "output_dir", "overwrite")
 
 
-@dataclass
-class Acceptance:
-    """A measured filter's output on the evaluated texts: acceptance probability per text, its
-    score s(x) when it has one (per_text.csv shows it), and its results block's statistics."""
-
-    accept: np.ndarray
-    scores: np.ndarray | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @distributed.main_process_only
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
-    """Run the evaluation stage; returns the results written to results.json."""
+    """Run the evaluation stage; returns the results as results.json holds them (EvaluationResults.to_dict)."""
     started = time.perf_counter()
     check_settings(config)
     output = StageOutput(
@@ -70,11 +63,12 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     inputs, facts = load_inputs(config)
     data = fit_data(inputs, config)
     check_chosen(data, config)
-    # Older runs re-run once: to save their filter in this format.
+    # Older runs re-run once: to save their filter in this format, and their results in this schema.
     inputs_read = {**facts["fingerprints"], "filter_format": FORMAT_VERSION, "sources": list(SOURCES)}
+    inputs_read["results_schema"] = result_file.SCHEMA_VERSION
     identity = runstate.identity("evaluate", config, inputs=inputs_read, ignore=WHERE_SETTINGS)
     if output.up_to_date(identity):
-        return files.read_json(output.path / RESULTS_NAME)
+        return result_file.read(output.path / RESULTS_NAME).to_dict()
     with output.building(identity) as staging:
         fitted, accepted = measure(inputs, data, config)
         runs = calibration.monte_carlo(
@@ -86,18 +80,17 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             epsilon=config.kl_epsilon,
             progress=True,
         )
-        results = collect_results(config, inputs, facts, accepted, runs)
-        results["real_rows"] = data.form  # subset: marked rows of general_train; pooled: a corpus of its own
-        results["per_item"] = item_evaluation.per_item(fitted, data)
-        results["decisions"] = _decisions(inputs, accepted, results, config)
+        per_item = item_evaluation.per_item(fitted, data)
+        results = collect_results(config, inputs, facts, accepted, runs, data.form, per_item)
         for warning in report.reliability_warnings(results):  # into summary.md and results.json too
             log.warning("evaluate %s: %s", config.distortion, warning)
-            results["warnings"].append(warning)
+            results.warnings.append(warning)
         explained = fitted[config.filter].source.contributions(data.stream, config.top_tokens)
-        results = write_outputs(staging, config, inputs, results, accepted, runs, explained, started)
+        write_outputs(staging, config, inputs, results, accepted, runs, explained, started)
         save_filter(fitted[config.filter], staging / "filter", facts["fingerprints"])
-        output.finish(config, summary=one_line_summary(results), inputs=results["inputs"], outputs=results["outputs"])
-    return results
+        written = {"inputs": schema.to_dict(results.inputs), "outputs": schema.to_dict(results.outputs)}
+        output.finish(config, summary=one_line_summary(results), **written)
+    return results.to_dict()
 
 
 def measure(inputs: EvaluationInputs, data: FitData, config: EvaluationConfig):
@@ -132,23 +125,6 @@ def _acceptance(fitted: Filter) -> Acceptance:
         "test_log_mean_exp": calibration.log_mean_exp(scores),
     }
     return Acceptance(calibration.accept_probs(scores, fitted.m), scores, stats)
-
-
-def _decisions(
-    inputs: EvaluationInputs, accepted: dict[str, Acceptance], results: dict[str, Any], config: EvaluationConfig
-) -> dict[str, Any]:
-    """Each decision mode's deception reduction beside sampling (semcal.item_evaluation)."""
-    kl_general = float("nan") if results["kl_general_is_zero"] else results["kl_general"]
-    return item_evaluation.decision_modes(
-        {name: acceptance.accept for name, acceptance in accepted.items() if name != "no_filter"},
-        {**results["filters"], **results["variants"]},
-        inputs.test_codes,
-        inputs.real,
-        kl_general,
-        1.0 / inputs.m,
-        config.kl_epsilon,
-        config.decision_window,
-    )
 
 
 def save_filter(fitted: Filter, folder: Path, fingerprints: dict[str, Any]) -> bool:
@@ -249,136 +225,6 @@ def _check_file(path: str | None, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# results
-
-
-def collect_results(
-    config: EvaluationConfig,
-    inputs: EvaluationInputs,
-    facts: dict[str, Any],
-    accepted: dict[str, Acceptance],
-    runs: dict[str, calibration.FilterRuns],
-) -> dict[str, Any]:
-    """results.json: settings, inputs, label distributions, KL, and every filter's statistics."""
-    labels, m = inputs.labels, inputs.m
-    reported = {key: value for key, value in facts.items() if key not in ("fingerprints", "general_test_distribution")}
-    evaluated = calibration.label_distribution(inputs.test_codes, len(labels))
-    kl_general = calibration.kl_divergence(evaluated, inputs.real, config.kl_epsilon)
-    kl_general_is_zero = config.distortion == "baseline" or kl_general < config.min_kl_general
-
-    def result(name: str) -> dict[str, Any]:
-        measured = _filter_result(accepted[name].accept, runs[name], inputs, kl_general, kl_general_is_zero, config)
-        return {**accepted[name].stats, **measured}
-
-    chosen = filters.describe(config.filter)
-    kinds = {name: filters.describe(name).kind for name in accepted}
-    measured = {"semcal": {"filter_name": chosen.name, "kind": chosen.kind, **result(chosen.name)}}
-    measured |= {name: result(name) for name, kind in kinds.items() if kind != "variant"}
-    return {
-        "stage": "evaluate",
-        "dataset_name": config.dataset_name,
-        "distortion": config.distortion,
-        "real_split": real_split_name(config.distortion),
-        "label_column": config.label_column,
-        "filter_name": chosen.name,
-        "paper_filter": filters.PAPER_FILTER,
-        "config": config_to_dict(config),
-        **reported,
-        "M": m,
-        "ideal_pass_rate": 1.0 / m,
-        "labels": labels,
-        "distributions": {
-            "real_train": _by_label(inputs.real, labels),
-            "general_train": _by_label(inputs.general, labels),
-            "general_test": _by_label(facts["general_test_distribution"], labels),
-            "evaluated": _by_label(evaluated, labels),
-        },
-        "kl_general": kl_general,
-        "tvd_general": calibration.total_variation(evaluated, inputs.real),
-        "kl_general_is_zero": bool(kl_general_is_zero),
-        "kl_note": _kl_note(kl_general, kl_general_is_zero, config),
-        "filters": measured,
-        "variants": {name: result(name) for name, kind in kinds.items() if kind == "variant"},
-        "monte_carlo": {
-            "n_runs": config.n_runs,
-            "seed": config.seed,
-            "std": "population standard deviation over runs (ddof=0): the spread of single runs, "
-            "not the standard error of the mean",
-            "common_random_numbers": "every filter and variant is measured on the same uniform draws",
-            "pass_rate_unit": "fraction of evaluated texts (0-1)",
-        },
-    }
-
-
-def _filter_result(
-    accept: np.ndarray,
-    runs: calibration.FilterRuns,
-    inputs: EvaluationInputs,
-    kl_general: float,
-    kl_general_is_zero: bool,
-    config: EvaluationConfig,
-) -> dict[str, Any]:
-    stats = runs.summary()
-    labels, real = inputs.labels, inputs.real
-    expected = calibration.expected_filtered_distribution(accept, inputs.test_codes, len(labels))
-    result: dict[str, Any] = {
-        **stats,
-        "accept_prob_mean": float(np.mean(accept)),  # the expected pass rate
-        "expected_kl": calibration.kl_divergence(expected, real, config.kl_epsilon),
-        "expected_tvd": calibration.total_variation(expected, real),
-        "expected_distribution": _by_label(expected, labels),
-        "mean_distribution": _by_label(runs.mean_distribution, labels),
-        "kl_ratio": stats["kl_mean"] / kl_general if kl_general > 0 and np.isfinite(kl_general) else float("nan"),
-        "deception_reduction": None,
-        "infinite_kl_labels": [
-            label
-            for label, q, mass in zip(labels, real, expected, strict=True)
-            if q == 0 and mass > 0 and config.kl_epsilon == 0
-        ],
-    }
-    if not kl_general_is_zero:
-        reduction = calibration.deception_reduction(stats["kl_mean"], kl_general)
-        result["deception_reduction"] = None if np.isnan(reduction) else reduction
-    return result
-
-
-def _kl_note(kl_general: float, is_zero: bool, config: EvaluationConfig) -> str:
-    if not np.isfinite(kl_general):
-        return (
-            "KL(general||real) is infinite: general_test has labels that real_train never shows, so no reduction "
-            "can be computed. Set kl_epsilon (e.g. 1e-6) to smooth."
-        )
-    if is_zero:
-        why = (
-            "the baseline split" if config.distortion == "baseline" else f"below min_kl_general={config.min_kl_general}"
-        )
-        return (
-            f"KL(general||real) = {kl_general:.4g} is about 0 ({why}): the deception reduction would be a ratio of "
-            "noise, so KL values (and kl_ratio = KL filtered / KL general) are reported instead."
-        )
-    return ""
-
-
-def _by_label(distribution: np.ndarray, labels: list[str]) -> dict[str, float]:
-    return {label: float(value) for label, value in zip(labels, distribution, strict=True)}
-
-
-def one_line_summary(results: dict[str, Any]) -> str:
-    """The stage's closing line, e.g. "reduction 65.1% (oracle 98.0%), pass rate 0.21 (1/M 0.20)"."""
-    semcal = results["filters"]["semcal"]
-    passed = f"pass rate {semcal['pass_rate_mean']:.2f} (1/M {results['ideal_pass_rate']:.2f})"
-    warned = f"; {len(results['warnings'])} warnings (summary.md)" if results["warnings"] else ""
-    if semcal["deception_reduction"] is None:
-        kl = f"KL {report.format_number(results['kl_general'])} -> {report.format_number(semcal['kl_mean'])}"
-        why = "KL(general||real) about 0" if results["kl_general_is_zero"] else "infinite KL"
-        return f"{kl} ({why}: no reduction), {passed}{warned}"
-    oracle = results["filters"]["oracle"]["deception_reduction"]
-    shown = "n/a" if oracle is None else f"{100 * oracle:.1f}%"
-    worse = "worse than no filter; " if semcal["deception_reduction"] < 0 else ""
-    return f"reduction {100 * semcal['deception_reduction']:.1f}% ({worse}oracle {shown}), {passed}{warned}"
-
-
-# ---------------------------------------------------------------------------------------
 # outputs
 
 
@@ -386,13 +232,13 @@ def write_outputs(
     folder: Path,
     config: EvaluationConfig,
     inputs: EvaluationInputs,
-    results: dict[str, Any],
+    results: EvaluationResults,
     accepted: dict[str, Acceptance],
     runs: dict[str, calibration.FilterRuns],
     explained: list[tuple[str, str]],
     started: float,
-) -> dict[str, Any]:
-    """The figure, per_text.csv, results.json and summary.md into `folder`; returns the results as written."""
+) -> None:
+    """The figure, per_text.csv, results.json and summary.md into `folder`; sets the results' outputs."""
     chosen = config.filter
     frequencies = pd.DataFrame(
         {
@@ -407,20 +253,18 @@ def write_outputs(
     figure = report.plot_label_distributions(frequencies, title, sort_by="real (train)")
     figure_paths = files.save_figure(figure, folder / FIGURE_STEM, formats=("png", "pdf"))
     files.write_csv(folder / PER_TEXT_NAME, per_text_table(inputs, accepted, chosen, explained))
-    results["outputs"] = {
-        "results": RESULTS_NAME,
-        "summary": "summary.md",
-        "per_text": PER_TEXT_NAME,
-        "figures": [path.name for path in figure_paths],
-        "reliability": item_report.write_reliability(
-            folder, results.get("per_item"), f"{shown_name} / {config.distortion}", chosen
+    results.outputs = result_file.Outputs(
+        results=RESULTS_NAME,
+        summary="summary.md",
+        per_text=PER_TEXT_NAME,
+        figures=[path.name for path in figure_paths],
+        reliability=item_report.write_reliability(
+            folder, results.per_item, f"{shown_name} / {config.distortion}", chosen
         ),
-    }
-    results["elapsed_s"] = round(time.perf_counter() - started, 3)
-    results = files.plain_json(results)
-    files.write_json(folder / RESULTS_NAME, results, strict=True)
+    )
+    results.elapsed_s = round(time.perf_counter() - started, 3)
+    result_file.write(folder / RESULTS_NAME, results)
     files.write_text(folder / "summary.md", report.evaluation_summary_markdown(results))
-    return results
 
 
 def per_text_table(

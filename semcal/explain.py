@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal import files, filtering
+from semcal import files, filtering, schema
+from semcal import results as result_file
 from semcal.config import UserError
 from semcal.evaluation_inputs import join_scores
 from semcal.layout import FIGURE_STEM, PAGE_NAME, PER_TEXT_NAME, RESULTS_NAME, RunLayout
 from semcal.numbers import format_number
+from semcal.results import EvaluationResults, InputFile
 from semcal.sources import SOURCES
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,13 @@ def evaluation_folders(path: Path, split: str | None) -> list[Path]:
     return [layout.evaluation_dir(split)]
 
 
-def score_file(folder: Path, results: dict, name: str) -> Path:
+def score_file(folder: Path, results: EvaluationResults, name: str) -> Path:
     """The score file `name` the evaluation read, found where results.json says (or in the run's scores/
     folder when the run moved), and unchanged since: its fingerprint must match results.json's."""
-    entry = results.get("inputs", {}).get(name)
-    if not entry:
+    entry = results.inputs.get(name)
+    if not isinstance(entry, InputFile):
         raise UserError(f"{folder / RESULTS_NAME} does not name {name}; re-run `semcal evaluate` to record it.")
-    written = Path(entry["path"])
+    written = Path(entry.path)
     candidates = [written, RunLayout.of_evaluation(folder).scores / written.parent.name / written.name]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
@@ -76,21 +78,21 @@ def score_file(folder: Path, results: dict, name: str) -> Path:
             "the folder the evaluation ran in, or restore the file."
         )
     actual = files.fingerprint_file(path)
-    if actual != entry["sha256_16"]:
+    if actual != entry.sha256_16:
         raise UserError(
-            f"{name} {path} changed since the evaluation (fingerprint {actual}, results.json has {entry['sha256_16']}); "
+            f"{name} {path} changed since the evaluation (fingerprint {actual}, results.json has {entry.sha256_16}); "
             "re-run `semcal evaluate` so the page explains the scores it measured."
         )
     return path
 
 
-def token_table(folder: Path, results: dict) -> dict[int, tuple[list[str], np.ndarray]]:
+def token_table(folder: Path, results: EvaluationResults) -> dict[int, tuple[list[str], np.ndarray]]:
     """text_id -> (tokens, log p_real - log p_general per token), joined as the evaluation joined them."""
     general, real = (
         files.read_token_log_probs(score_file(folder, results, name))
         for name in ("general_scores_csv", "real_scores_csv")
     )
-    ids, diffs, tokens, _ = join_scores(general, real, results["counts"]["general_test"], "general_test")
+    ids, diffs, tokens, _ = join_scores(general, real, results.counts.general_test, "general_test")
     return {int(text_id): (pieces, d) for text_id, pieces, d in zip(ids, tokens, diffs, strict=True)}
 
 
@@ -175,31 +177,32 @@ def rows_html(shown: pd.DataFrame, tokens: dict, limit: float) -> str:
     return "\n".join(rows)
 
 
-def summary_numbers(results: dict) -> list[tuple[str, str, object]]:
-    """(key, what, value) of the page's summary: every value as results.json holds it (shares as 0-1)."""
-    semcal, oracle = results["filters"]["semcal"], results["filters"].get("oracle", {})
+def summary_numbers(results: EvaluationResults) -> list[tuple[str, str, object]]:
+    """(key, what, value) of the page's summary (shares as 0-1)."""
+    semcal, oracle = results.chosen, results.filters.get("oracle")
     return [
-        ("kl_general", "KL(general‖real)", results["kl_general"]),
-        ("kl_filtered", f"KL(filtered‖real), mean over {results['monte_carlo']['n_runs']} runs", semcal["kl_mean"]),
-        ("kl_filtered_std", "its standard deviation over runs", semcal["kl_std"]),
-        ("deception_reduction", f"deception reduction of {results['filter_name']} (%)", semcal["deception_reduction"]),
-        ("oracle_deception_reduction", "deception reduction of the oracle (%)", oracle.get("deception_reduction")),
-        ("M", "M = |general_train| / |real_train|", results["M"]),
-        ("ideal_pass_rate", "ideal pass rate 1/M (%)", results["ideal_pass_rate"]),
-        ("pass_rate", f"pass rate of {results['filter_name']}, mean over runs (%)", semcal["pass_rate_mean"]),
+        ("kl_general", "KL(general‖real)", results.kl_general),
+        ("kl_filtered", f"KL(filtered‖real), mean over {results.monte_carlo.n_runs} runs", semcal.kl_mean),
+        ("kl_filtered_std", "its standard deviation over runs", semcal.kl_std),
+        ("deception_reduction", f"deception reduction of {results.filter_name} (%)", semcal.deception_reduction),
+        ("oracle_deception_reduction", "deception reduction of the oracle (%)", oracle and oracle.deception_reduction),
+        ("M", "M = |general_train| / |real_train|", results.M),
+        ("ideal_pass_rate", "ideal pass rate 1/M (%)", results.ideal_pass_rate),
+        ("pass_rate", f"pass rate of {results.filter_name}, mean over runs (%)", semcal.pass_rate_mean),
     ]
 
 
-def summary_html(results: dict) -> str:
+def summary_html(results: EvaluationResults) -> str:
     """The summary numbers; data-value holds each as results.json does, the cell shows shares in %."""
     rows = []
     for key, what, value in summary_numbers(results):
         shown = value * 100 if what.endswith("(%)") and isinstance(value, float) else value
+        held = escape(json.dumps(schema.file_value(value)))
         rows.append(
-            f'<tr><th>{escape(what)}</th><td class="num" data-key="{key}" data-value="{escape(json.dumps(value))}">'
+            f'<tr><th>{escape(what)}</th><td class="num" data-key="{key}" data-value="{held}">'
             f"{escape(format_number(shown))}</td></tr>"
         )
-    note = f"<p>{escape(results['kl_note'])}</p>" if results.get("kl_note") else ""
+    note = f"<p>{escape(results.kl_note)}</p>" if results.kl_note else ""
     return f'<table class="summary">{"".join(rows)}</table>{note}'
 
 
@@ -272,14 +275,16 @@ table.summary th { text-align: left; font-weight: normal; } .note { color: #b423
 """
 
 
-def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFrame, tokens: dict, seed: int) -> str:
-    title = f"semcal explain: {'/'.join(Path(results['dataset_name']).parts[-2:])} / {results['distortion']}"
+def page_html(
+    folder: Path, results: EvaluationResults, table: pd.DataFrame, shown: pd.DataFrame, tokens: dict, seed: int
+) -> str:
+    title = f"semcal explain: {'/'.join(Path(results.dataset_name).parts[-2:])} / {results.distortion}"
     shown_diffs = np.concatenate([tokens[int(i)][1] for i in shown["text_id"] if int(i) in tokens] or [np.zeros(1)])
     limit = float(np.percentile(np.abs(shown_diffs), 95)) or 1.0
-    source = results["filters"]["semcal"].get("log_ratio", results["filter_name"])
+    source = results.chosen.log_ratio or results.filter_name
     why = (
         f"<p>pushed up / pushed down: the {'tokens' if tokens else 'n-grams'} that moved the score of "
-        f"{escape(results['filter_name'])} most, from its own source ({escape(str(source))}), with their "
+        f"{escape(results.filter_name)} most, from its own source ({escape(str(source))}), with their "
         "contribution to the log-ratio.</p>"
     )
     legend = legend_html(limit) if tokens else ""
@@ -297,7 +302,7 @@ def page_html(folder: Path, results: dict, table: pd.DataFrame, shown: pd.DataFr
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{escape(title)}</h1>
-<p>Evaluation folder <code>{escape(str(folder))}</code>; filter <b>{escape(results["filter_name"])}</b>.</p>
+<p>Evaluation folder <code>{escape(str(folder))}</code>; filter <b>{escape(results.filter_name)}</b>.</p>
 <div class="top"><div><h2>Summary</h2>
 {summary_html(results)}</div>
 <div><h2>Label distributions</h2>
@@ -323,18 +328,18 @@ def explain(folder: Path, output: Path, rows: int) -> Path:
     per_text = folder / PER_TEXT_NAME
     if not per_text.is_file():
         raise UserError(f"{per_text} is missing; re-run `semcal evaluate` to write it.")
-    results = read_results(folder)
+    results = result_file.read(folder / RESULTS_NAME)
     table = read_per_text(per_text)
     # Tokens are coloured for a filter over the language models, whose scores the evaluation read.
-    source = results["filters"]["semcal"].get("log_ratio")
-    colour = source in LANGUAGE_MODEL_SOURCES and bool(results["config"].get("general_scores_csv"))
+    source = results.chosen.log_ratio
+    colour = source in LANGUAGE_MODEL_SOURCES and bool(results.config.get("general_scores_csv"))
     tokens = token_table(folder, results) if colour else {}
     lacking = sorted(set(table["text_id"].astype(int)) - set(tokens)) if colour else []
     if lacking:
         raise UserError(
             f"the score files lack text_id {lacking[:5]} of {per_text}; re-run `semcal evaluate` on the current scores."
         )
-    seed = int(results["config"]["seed"])
+    seed = results.monte_carlo.seed
     rng = np.random.default_rng(seed)
     table["accepted"] = filtering.draw(table["accept_prob"].to_numpy(np.float64), rng)
     chosen = np.arange(len(table)) if len(table) <= rows else np.sort(rng.choice(len(table), rows, replace=False))
@@ -342,27 +347,13 @@ def explain(folder: Path, output: Path, rows: int) -> Path:
     files.write_text(output, page_html(folder, results, table, shown, tokens, seed))
     log.info(
         "explain %s: %d of %d texts shown, %d accepted; written to %s",
-        results["distortion"],
+        results.distortion,
         len(shown),
         len(table),
         int(table["accepted"].sum()),
         output,
     )
     return output
-
-
-def read_results(folder: Path) -> dict:
-    """results.json of an evaluation; one sentence when it is not JSON or not an evaluation's."""
-    path = folder / RESULTS_NAME
-    try:
-        results = files.read_json(path)
-    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
-        raise UserError(
-            f"{path} cannot be read ({str(err)[:120]}); re-run `semcal evaluate` to write it again."
-        ) from None
-    if not isinstance(results, dict) or results.get("stage") != "evaluate" or "filters" not in results:
-        raise UserError(f"{path} is not an evaluation's results; pass a folder `semcal evaluate` wrote.")
-    return results
 
 
 def read_per_text(path: Path) -> pd.DataFrame:

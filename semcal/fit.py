@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, distributed, files, fit_check, fit_report, item_report, report, runstate
+from semcal import calibration, distributed, files, fit_check, fit_report, fit_results, item_report, report, runstate
 from semcal.calibrations import CALIBRATIONS
 from semcal.config import UserError, config_to_dict
 from semcal.data import load_corpus
@@ -61,6 +61,7 @@ from semcal.filtering import FORMAT_VERSION, Filter
 from semcal.filters import NEEDS_HELP, filter_name, missing_needs
 from semcal.fit_data import FitData, Items, text_position
 from semcal.fit_models import models_folder, train_and_score
+from semcal.fit_results import FitResults
 from semcal.ratio_calibration import effective_sample_share, two_sample_auc
 from semcal.runstate import StageOutput
 from semcal.sources import SOURCES, tfidf_vectorizer
@@ -95,7 +96,7 @@ class FitConfig:
 
 @distributed.main_process_only
 def fit(config: FitConfig) -> dict[str, Any]:
-    """Fit, check and save a filter from two corpora; returns what fit_results.json holds."""
+    """Fit, check and save a filter from two corpora; returns what fit_results.json holds (FitResults.to_dict)."""
     config = replace(config, source=config.source or ("joint" if config.label_column else "tfidf"))
     calibration_name = check_settings(config)
     output = StageOutput("fit", config.output, what="fit", overwrite=config.overwrite, resumable=False)
@@ -113,10 +114,11 @@ def fit(config: FitConfig) -> dict[str, Any]:
         "real": files.fingerprint_texts(_rows(real_texts, real_labels)),
         "general": files.fingerprint_texts(_rows(general_texts, general_labels)),
         "filter_format": FORMAT_VERSION,
+        "results_schema": fit_results.SCHEMA_VERSION,  # an older fit_results.json: the fit runs again
     }
     identity = runstate.identity("fit", config, inputs=fingerprints, ignore=("real", "general", "output", "overwrite"))
     if output.up_to_date(identity):
-        return files.read_json(output.path / "fit_results.json")
+        return fit_results.read(output.path / fit_results.NAME).to_dict()
     data = fit_data(config, general_texts, real_texts, general_labels, real_labels)
     if SOURCES[config.source].language_models:
         log.info("training and scoring the general and real language models in %s", models_folder(config.output))
@@ -146,25 +148,26 @@ def fit(config: FitConfig) -> dict[str, Any]:
             data.m,
         )
         stream_filter = Filter.fit(config.source, calibration_name, data)
-        results = check_filter(stream_filter, data, config, calibration_name)
-        results["pass_rate_from"] = rate_from
-        results["trusted_share"] = {
+        measured, log_ratio = check_filter(stream_filter, data, config, calibration_name)
+        trusted = {
             "estimate": share.estimate,
             "interval": [share.low, share.high],
             "level": share.level,
             "method": "best bin estimation on out-of-fold TF-IDF classifier scores",
         }
-        results["overlap_share"] = fit_check.overlap_share(real_texts, general_texts)
-        results["advice"] = fit_check.advice(results)
-        for warning in results["advice"]:
+        overlap = fit_check.overlap_share(real_texts, general_texts)
+        extra = {"pass_rate_from": rate_from, "trusted_share": trusted, "overlap_share": overlap}
+        results = fit_results.from_dict(measured | extra | {"advice": [], "figures": []})
+        results.advice = fit_check.advice(results)
+        for warning in results.advice:
             log.warning("%s", warning)
         stream_filter.save(staging, fitted_on=fingerprints)
-        results["figures"] = write_figures(staging, stream_filter, data, results)
-        files.write_json(staging / "fit_results.json", files.plain_json(results), strict=True)
+        results.figures = write_figures(staging, stream_filter, results, log_ratio)
+        fit_results.write(staging / fit_results.NAME, results)
         files.write_text(staging / "fit_report.md", fit_report.fit_report_markdown(results))
         output.finish(config, summary=_summary(results), inputs=fingerprints, outputs={"filter": "filter.json"})
     log.info("fit report: %s", output.path / "fit_report.md")
-    return results
+    return results.to_dict()
 
 
 def check_settings(config: FitConfig) -> str:
@@ -258,9 +261,12 @@ def heldout_features(data: FitData) -> Any:
     return vectorizer.transform(data.heldout_items.texts)
 
 
-def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, calibration_name: str) -> dict[str, Any]:
+def check_filter(
+    stream_filter: Filter, data: FitData, config: FitConfig, calibration_name: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The report's numbers, on the held-out rows accepted by the cross-fitted calibration
-    (semcal.fit_check): the label-free check and, with labels, the label distributions."""
+    (semcal.fit_check): the label-free check and, with labels, the label distributions; and the
+    log-ratios of the held-out rows for the figure."""
     is_real = data.heldout_is_real
     log.info("checking the filter on %d held-out texts (%d-fold calibration)", len(is_real), fit_check.REPORT_FOLDS)
     accept = fit_check.crossfit_accept(stream_filter, data, config.source, calibration_name)
@@ -288,30 +294,28 @@ def check_filter(stream_filter: Filter, data: FitData, config: FitConfig, calibr
         ),
         "calibration": stream_filter.link.to_dict(),
         "stats": stream_filter.stats,
-        "log_ratio": {
-            "real": log_ratio[is_real],
-            "general": log_ratio[~is_real],
-            "general_accept": stream_accept,
-        },
     }
     if data.label_codes is not None:
         results["labels"] = fit_check.label_check(data, accept)
     # Membership = which corpus; the pooled rows' P(real | x) is converted from a(x) (item_evaluation.CONVERSION).
     results["per_item"] = fit_check.per_item(stream_filter, data, accept)
-    return results
+    ratios = {"real": log_ratio[is_real], "general": log_ratio[~is_real], "general_accept": stream_accept}
+    return results, ratios
 
 
-def write_figures(folder: Path, stream_filter: Filter, data: FitData, results: dict[str, Any]) -> list[str]:
-    """log_ratio.png and, with labels, label_distributions.png."""
+def write_figures(folder: Path, stream_filter: Filter, results: FitResults, ratios: dict[str, np.ndarray]) -> list[str]:
+    """log_ratio.png, reliability.png and, with labels, label_distributions.png."""
     import pandas as pd
 
-    ratios = results.pop("log_ratio")
     figure = report.plot_log_ratios(ratios["real"], ratios["general"], ratios["general_accept"], stream_filter.name)
     written = files.save_figure(figure, folder / "log_ratio")
-    reliability = item_report.write_reliability(folder, results.get("per_item"), "semcal fit", stream_filter.name)
+    reliability = item_report.write_reliability(folder, results.per_item, "semcal fit", stream_filter.name)
     written += [folder / name for name in reliability]
-    if "labels" in results:
-        frame = pd.DataFrame(results["labels"]["distributions"])
+    if results.labels is not None:
+        distributions = results.labels.distributions
+        frame = pd.DataFrame(
+            {"real": distributions.real, "stream": distributions.stream, "accepted": distributions.accepted}
+        )
         frame.columns = ["trusted (held out)", "stream (held out)", "accepted stream (expected)"]
         title = f"label distributions: trusted vs stream vs accepted ({stream_filter.name})"
         written += files.save_figure(
@@ -320,12 +324,11 @@ def write_figures(folder: Path, stream_filter: Filter, data: FitData, results: d
     return [path.name for path in written]
 
 
-def _summary(results: dict[str, Any]) -> str:
+def _summary(results: FitResults) -> str:
     line = (
-        f"pass rate {results['pass_rate_target']:.3f}, two-sample AUC {results['two_sample_auc_before']:.3f} -> "
-        f"{results['two_sample_auc_after']:.3f} (0.5: indistinguishable)"
+        f"pass rate {results.pass_rate_target:.3f}, two-sample AUC {results.two_sample_auc_before:.3f} -> "
+        f"{results.two_sample_auc_after:.3f} (0.5: indistinguishable)"
     )
-    if "labels" in results:
-        labels = results["labels"]
-        line += f", KL {labels['kl_before']:.3g} -> {labels['kl_after']:.3g}"
+    if results.labels is not None:
+        line += f", KL {results.labels.kl_before:.3g} -> {results.labels.kl_after:.3g}"
     return line

@@ -23,7 +23,9 @@ import numpy as np
 
 from semcal import calibration, item_evaluation
 from semcal.fit_data import FitData, text_position
+from semcal.fit_results import FitResults
 from semcal.mixture import MixtureShare, mixture_share
+from semcal.results import PerItemBlock
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,10 @@ def label_check(data: FitData, accept: np.ndarray) -> dict[str, Any]:
     }
 
 
-def per_item(stream_filter: Any, data: FitData, accept: np.ndarray) -> dict[str, Any]:
+def per_item(stream_filter: Any, data: FitData, accept: np.ndarray) -> PerItemBlock:
     """The per-item block (Brier score, reliability) on the cross-fitted acceptances."""
     block = item_evaluation.per_item({stream_filter.name: stream_filter}, data, {stream_filter.name: accept})
-    block["heldout_used_by_calibrations"] = False  # each row's calibration was fitted without it
+    block.heldout_used_by_calibrations = False  # each row's calibration was fitted without it
     return block
 
 
@@ -129,19 +131,19 @@ def estimated_rate(share: MixtureShare) -> float:
     return float(np.clip(share.estimate, MIN_RATE, MAX_RATE))
 
 
-def advice(results: dict[str, Any]) -> list[str]:
+def advice(results: FitResults) -> list[str]:
     """Warnings, one sentence each, for corpora or a fit a user should not trust blindly."""
-    share, warnings = results["trusted_share"], []
-    auc_before, auc_after = results["two_sample_auc_before"], results["two_sample_auc_after"]
-    if share["estimate"] >= SAME_SHARE or auc_before < SAME_AUC:
+    share, warnings = results.trusted_share, []
+    auc_before, auc_after = results.two_sample_auc_before, results.two_sample_auc_after
+    if share.estimate >= SAME_SHARE or auc_before < SAME_AUC:
         warnings.append(
-            f"The trusted corpus cannot be told from the stream (trusted share {share['estimate']:.2f}, two-sample "
+            f"The trusted corpus cannot be told from the stream (trusted share {share.estimate:.2f}, two-sample "
             f"AUC {auc_before:.2f}): the stream already looks trusted, so pass everything and skip the filter."
         )
-    elif share["interval"][1] < LOW_SHARE:
+    elif share.interval[1] < LOW_SHARE:
         warnings.append(
-            f"The stream holds almost nothing like the trusted corpus (trusted share {share['estimate']:.3f}, at "
-            f"most {share['interval'][1]:.3f}): whatever passes is the least unlike part of an unlike stream; check the "
+            f"The stream holds almost nothing like the trusted corpus (trusted share {share.estimate:.3f}, at "
+            f"most {share.interval[1]:.3f}): whatever passes is the least unlike part of an unlike stream; check the "
             "corpora are the ones you meant."
         )
     if np.isfinite(auc_after) and auc_after < 0.5:

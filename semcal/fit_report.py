@@ -6,8 +6,7 @@ each accepted by the filter calibrated without it.
 
 from __future__ import annotations
 
-from typing import Any
-
+from semcal.fit_results import FitResults, LabelCheck
 from semcal.numbers import format_number
 
 
@@ -15,23 +14,23 @@ def _percent(value: float, digits: int = 1) -> str:
     return "n/a" if value is None or value != value else f"{round(100 * value, digits) + 0.0:.{digits}f}%"
 
 
-def fit_report_markdown(results: dict[str, Any]) -> str:
-    counts, config, share = results["counts"], results["config"], results["trusted_share"]
-    low, high = share["interval"]
-    auc_before, auc_after = results["two_sample_auc_before"], results["two_sample_auc_after"]
-    lines = [f"# semcal fit: filter {results['filter']}", ""]
-    if results.get("advice"):
-        lines += ["## Read this first", ""] + [f"- **{warning}**" for warning in results["advice"]] + [""]
+def fit_report_markdown(results: FitResults) -> str:
+    counts, config, share = results.counts, results.config, results.trusted_share
+    low, high = share.interval
+    auc_before, auc_after = results.two_sample_auc_before, results.two_sample_auc_after
+    lines = [f"# semcal fit: filter {results.filter}", ""]
+    if results.advice:
+        lines += ["## Read this first", ""] + [f"- **{warning}**" for warning in results.advice] + [""]
     lines += [
         "## What the filter does",
         "",
-        f"It passes {_percent(results['pass_rate_target'])} of the stream (M = {format_number(results['M'])}, from "
-        f"{results['pass_rate_from']}); on held-out stream texts it passed {_percent(results['pass_rate_heldout_stream'])}"
+        f"It passes {_percent(results.pass_rate_target)} of the stream (M = {format_number(results.M)}, from "
+        f"{results.pass_rate_from}); on held-out stream texts it passed {_percent(results.pass_rate_heldout_stream)}"
         ". Expect that share on new texts from the same stream.",
         "",
-        f"- trusted corpus `{config['real']}`: {counts['real']} texts, {counts['real_heldout']} held out",
-        f"- stream sample `{config['general']}`: {counts['general']} texts, {counts['general_heldout']} held out",
-        f"- {_percent(results['overlap_share'])} of the trusted texts are also in the stream sample; a text in both "
+        f"- trusted corpus `{config['real']}`: {counts.real} texts, {counts.real_heldout} held out",
+        f"- stream sample `{config['general']}`: {counts.general} texts, {counts.general_heldout} held out",
+        f"- {_percent(results.overlap_share)} of the trusted texts are also in the stream sample; a text in both "
         "is held out on both sides or on neither.",
         "",
         "Every number below is measured on held-out texts, each accepted by the filter calibrated without it: "
@@ -39,13 +38,13 @@ def fit_report_markdown(results: dict[str, Any]) -> str:
         "",
         "## How much of the stream looks trusted",
         "",
-        f"Estimated trusted share of the stream: **{_percent(share['estimate'])}** ({round(100 * share['level'])}% "
-        f"interval {_percent(low)} to {_percent(high)}; {share['method']}). That is the share of the stream the "
+        f"Estimated trusted share of the stream: **{_percent(share.estimate)}** ({round(100 * share.level)}% "
+        f"interval {_percent(low)} to {_percent(high)}; {share.method}). That is the share of the stream the "
         "trusted corpus could have been drawn from: the most a filter can pass while what it passes still looks "
         "trusted. A pass rate above it lets unlike texts through; one far below it keeps only the most "
         "trusted-looking texts.",
         "",
-        _rate_against_share(results["pass_rate_target"], share["estimate"], low, high),
+        _rate_against_share(results.pass_rate_target, share.estimate, low, high),
         "",
         "## Is the filter worth using?",
         "",
@@ -58,17 +57,16 @@ def fit_report_markdown(results: dict[str, Any]) -> str:
         f"| as the filter passes it (weighted by acceptance) | {format_number(auc_after, 3)} |",
         "",
         _verdict(auc_before, auc_after),
-        f"The accepted stream keeps {_percent(results['effective_sample_share'])} of its texts' worth of information "
+        f"The accepted stream keeps {_percent(results.effective_sample_share)} of its texts' worth of information "
         "(Kish's effective sample size, (Σa)² / (n Σa²)).",
     ]
-    if "labels" in results:
-        lines += _label_lines(results["labels"])
+    if results.labels is not None:
+        lines += _label_lines(results.labels)
     lines += _decision_lines(config["output"])
-    if "per_item" in results:
-        from semcal import item_report  # drawn only for results that hold the per-item blocks
+    from semcal import item_report  # it formats with semcal.report's helpers
 
-        lines += item_report.per_item_lines(results["per_item"], results["filter"])
-    for figure in results.get("figures", []):
+    lines += item_report.per_item_lines(results.per_item, results.filter)
+    for figure in results.figures:
         lines += ["", f"![{figure}]({figure})"]
     return "\n".join(lines) + "\n"
 
@@ -99,24 +97,24 @@ def _verdict(auc_before: float, auc_after: float) -> str:
     )
 
 
-def _label_lines(labels: dict[str, Any]) -> list[str]:
+def _label_lines(labels: LabelCheck) -> list[str]:
     lines = [
         "",
         "## Labels (held-out rows)",
         "",
-        f"KL(stream‖trusted) = {format_number(labels['kl_before'])} → KL(accepted‖trusted) = "
-        f"{format_number(labels['kl_after'])} (expected over the acceptance; ε = {labels['kl_epsilon']}): "
-        f"deception reduction **{_percent(labels['deception_reduction'])}**, the share of the stream's label "
+        f"KL(stream‖trusted) = {format_number(labels.kl_before)} → KL(accepted‖trusted) = "
+        f"{format_number(labels.kl_after)} (expected over the acceptance; ε = {labels.kl_epsilon}): "
+        f"deception reduction **{_percent(labels.deception_reduction)}**, the share of the stream's label "
         "distortion the filter removes.",
         "",
         "| label | trusted | stream | accepted |",
         "| --- | --- | --- | --- |",
     ]
-    dist = labels["distributions"]
-    for label in sorted(dist["real"], key=lambda name: -dist["real"][name]):
+    dist = labels.distributions
+    for label in sorted(dist.real, key=lambda name: -dist.real[name]):
         lines.append(
-            f"| {label} | {format_number(dist['real'][label], 3)} | {format_number(dist['stream'][label], 3)} | "
-            f"{format_number(dist['accepted'][label], 3)} |"
+            f"| {label} | {format_number(dist.real[label], 3)} | {format_number(dist.stream[label], 3)} | "
+            f"{format_number(dist.accepted[label], 3)} |"
         )
     return lines
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from semcal import calibration, decisions, item_metrics
+from semcal import calibration, decisions, item_metrics, schema
 from semcal.filtering import Filter
 from semcal.fit_data import FitData
+from semcal.results import FIX, DecisionsBlock, FilterResult, PerItemBlock
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,14 @@ CONVERSION = {
 }
 
 
-def per_item(
-    fitted: dict[str, Filter], data: FitData, accepted: dict[str, np.ndarray] | None = None
-) -> dict[str, Any]:
+def per_item(fitted: dict[str, Filter], data: FitData, accepted: dict[str, np.ndarray] | None = None) -> PerItemBlock:
     """The per_item block: the constant reference and each fitted filter's metrics (or why it has none).
     `accepted`: a filter's acceptance of the held-out rows when already computed (semcal fit's cross-fitted one)."""
     is_real = data.heldout_is_real
     block: dict[str, Any] = {"rows": "held-out general_train rows, membership in the real split known", "filters": {}}
     if not data.has("membership"):
         block["note"] = "no held-out rows both in and out of the real split: no per-item metrics"
-        return block
+        return schema.from_dict(PerItemBlock, block, "per_item", FIX)
     counts = {"n_real": int(is_real.sum()), "n_general": int((~is_real).sum())}
     constant = item_metrics.constant_probability(data.m, data.form, **counts)
     block |= {
@@ -63,7 +62,7 @@ def per_item(
         block["filters"][name] = item_metrics.item_metrics(forecast, is_real)
     if block["skipped"]:
         log.info("per-item metrics: %d filters skipped (no held-out scores)", len(block["skipped"]))
-    return block
+    return schema.from_dict(PerItemBlock, block, "per_item", FIX)
 
 
 def _no_heldout_scores(stream_filter: Filter, data: FitData) -> str:
@@ -76,14 +75,14 @@ def _no_heldout_scores(stream_filter: Filter, data: FitData) -> str:
 
 def decision_modes(
     accepted: dict[str, np.ndarray],
-    sampled: dict[str, dict[str, Any]],
+    sampled: dict[str, FilterResult],
     test_codes: np.ndarray,
     real: np.ndarray,
     kl_general: float,
     rate: float,
     kl_epsilon: float,
     window: int,
-) -> dict[str, Any]:
+) -> DecisionsBlock:
     """The decisions block: per filter, sampling's numbers (`sampled`: its results block) beside
     the threshold and top modes at the rate 1/M, on the same texts."""
     n_labels = len(real)
@@ -99,16 +98,16 @@ def decision_modes(
         tau = decisions.Thresholds.of(accept, None).for_rate(rate)
         by_filter[name] = {
             "sample": {
-                "pass_rate": block["pass_rate_mean"],
-                "kl": block["kl_mean"],
-                "kl_expected": block["expected_kl"],
-                **_reduction(block["kl_mean"], kl_general),
-                "expected_deception_reduction": _reduction(block["expected_kl"], kl_general)["deception_reduction"],
+                "pass_rate": block.pass_rate_mean,
+                "kl": block.kl_mean,
+                "kl_expected": block.expected_kl,
+                **_reduction(block.kl_mean, kl_general),
+                "expected_deception_reduction": _reduction(block.expected_kl, kl_general)["deception_reduction"],
             },
             "threshold": {"tau": tau, **measured(accept >= tau)},
             "top": measured(_top(accept, rate, window)),
         }
-    return {
+    modes = {
         "rate": rate,
         "window": window,
         "texts": "the evaluated general_test texts, in per_text.csv order (top: windows of consecutive texts)",
@@ -116,6 +115,7 @@ def decision_modes(
         "KL of the expected filtered distribution (kl_expected)",
         "filters": by_filter,
     }
+    return schema.from_dict(DecisionsBlock, modes, "decisions", FIX)
 
 
 def _top(accept: np.ndarray, rate: float, window: int) -> np.ndarray:

@@ -25,12 +25,14 @@ from typing import Any
 import pandas as pd
 
 from semcal import console, data, distributed, files, filters, report, runstate
+from semcal import results as result_file
 from semcal.config import UserError, apply_settings, config_to_dict, to_arguments
 from semcal.distort import DistortConfig, distort
 from semcal.evaluation import EvaluationConfig, evaluate
 from semcal.evaluation_inputs import SCORE_FILES
 from semcal.finetune import FinetuneConfig, finetune
 from semcal.layout import FIGURE_STEM, GENERAL_MODEL, RunLayout, control_model_name, real_model_name
+from semcal.results import EvaluationResults
 from semcal.runstate import StageOutput
 from semcal.scoring import ScoreConfig, score_split
 
@@ -315,8 +317,9 @@ def _relaunched(command: str, config: Any) -> bool:
     return True
 
 
-def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every evaluation's results.json under the run folders, in split order of each run."""
+def collect_results(run_dirs: Sequence[Path]) -> list[tuple[str, EvaluationResults]]:
+    """Every evaluation's results.json under the run folders, in split order of each run, with the
+    name of its run folder."""
     results = []
     for run_dir in run_dirs:
         layout = RunLayout(run_dir)
@@ -325,15 +328,15 @@ def collect_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             raise UserError(
                 f"{run_dir} holds no {layout.results('*').relative_to(run_dir)}: run `semcal run` (or evaluate) first."
             )
-        results.extend(files.read_json(layout.results(split)) | {"run_dir": str(run_dir)} for split in splits)
+        results.extend((Path(run_dir).name, result_file.read(layout.results(split))) for split in splits)
     return results
 
 
 @distributed.main_process_only
 def write_table(run_dirs: Sequence[Path], output_stem: Path) -> str:
     """The paper-style table of the run folders' evaluations, as Markdown and CSV."""
-    results = collect_results(run_dirs)
-    labels = [Path(result["run_dir"]).name for result in results]
+    collected = collect_results(run_dirs)
+    labels, results = [label for label, _ in collected], [result for _, result in collected]
     rows = [
         report.results_table_row(result, dataset_label=label) for result, label in zip(results, labels, strict=True)
     ]
@@ -342,7 +345,10 @@ def write_table(run_dirs: Sequence[Path], output_stem: Path) -> str:
     if warnings:  # beside the numbers they qualify, in the file and on the screen
         table += "\nWarnings:\n\n" + "".join(f"- {warning}\n" for warning in warnings)
     files.write_text(output_stem.with_suffix(".md"), table + "\n")
-    numeric = [report.results_table_row(r, dataset_label=Path(r["run_dir"]).name, numeric=True) for r in results]
+    numeric = [
+        report.results_table_row(result, dataset_label=label, numeric=True)
+        for result, label in zip(results, labels, strict=True)
+    ]
     files.write_csv(output_stem.with_suffix(".csv"), pd.DataFrame(numeric))
     return table
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from semcal import filters as filter_names
 from semcal.numbers import format_number
+from semcal.results import EvaluationResults, FilterResult
 
 # Below these, an evaluation's figures are mostly sampling noise: the KL of a sample of n texts over
 # K labels is biased up by about (K - 1) / (2n), and a run's filtered sample is evaluated / M texts.
@@ -14,20 +17,21 @@ MIN_EVALUATED_TEXTS = 1000
 MIN_ACCEPTED_PER_LABEL = 10  # expected accepted texts per label in one rejection-sampling run
 
 
-def reliability_warnings(results: dict) -> list[str]:
+def reliability_warnings(results: EvaluationResults) -> list[str]:
     """What a reader must know before trusting the deception reduction of `results`: that the filter
     makes the stream worse than no filter, or that the data set is too small for the figures to mean much."""
     warnings = []
-    semcal, oracle = results["filters"]["semcal"], results["filters"].get("oracle", {})
-    reduction = _as_float(semcal.get("deception_reduction"))
+    semcal, oracle = results.chosen, results.filters.get("oracle")
+    reduction = semcal.deception_reduction
     if reduction is not None and reduction < 0:
         warnings.append(
-            f"the filter {results['filter_name']} makes the stream worse than no filter: deception reduction "
-            f"{_percent(reduction)}% (KL(filtered‖real) {format_number(semcal['kl_mean'])} above KL(general‖real) "
-            f"{format_number(results['kl_general'])}; the oracle reaches {_percent(oracle.get('deception_reduction'))}%). "
+            f"the filter {results.filter_name} makes the stream worse than no filter: deception reduction "
+            f"{_percent(reduction)}% (KL(filtered‖real) {format_number(semcal.kl_mean)} above KL(general‖real) "
+            f"{format_number(results.kl_general)}; the oracle reaches "
+            f"{_percent(oracle.deception_reduction if oracle else None)}%). "
             "Do not deploy it: try another filter setting, or more data."
         )
-    evaluated, labels, m = results["counts"]["evaluated"], max(len(results["labels"]), 1), float(results["M"])
+    evaluated, labels, m = results.counts.evaluated, max(len(results.labels), 1), float(results.M)
     accepted = evaluated / m if m > 0 else float(evaluated)
     if evaluated < MIN_EVALUATED_TEXTS or accepted / labels < MIN_ACCEPTED_PER_LABEL:
         bias = (labels - 1) / (2 * max(accepted, 1.0))
@@ -36,24 +40,24 @@ def reliability_warnings(results: dict) -> list[str]:
             f"{accepted:.0f} accepted a run over {labels} labels (semcal asks for at least {MIN_EVALUATED_TEXTS} "
             f"evaluated texts and {MIN_ACCEPTED_PER_LABEL} accepted texts per label a run); the KL of so few texts "
             f"is biased up by about (labels - 1) / (2 × accepted) = {format_number(bias, 3)}, against "
-            f"KL(general‖real) = {format_number(results['kl_general'])}."
+            f"KL(general‖real) = {format_number(results.kl_general)}."
         )
     return warnings
 
 
-def table_warnings(results_list: list[dict], dataset_labels: list[str]) -> list[str]:
+def table_warnings(results_list: list[EvaluationResults], dataset_labels: list[str]) -> list[str]:
     """The reliability warnings of each row of a results table, as "data set / split: warning"."""
     return [
-        f"{label} / {results['distortion']}: {warning}"
+        f"{label} / {results.distortion}: {warning}"
         for results, label in zip(results_list, dataset_labels, strict=True)
         for warning in reliability_warnings(results)
     ]
 
 
-def _table_filters(results: dict) -> list:
+def _table_filters(results: EvaluationResults) -> list:
     """The filters that get a column in the results table: always (oracle, classifier), or when
     these results measured them (semcal.filters.TABLE_MEASURED)."""
-    return filter_names.table_columns(list(results["filters"]))
+    return filter_names.table_columns(list(results.filters))
 
 
 def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str | None = None):
@@ -93,6 +97,8 @@ def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str
 def _percent(value, digits: int = 1) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
         return "n/a" if not isinstance(value, str) else value
+    if math.isinf(value):
+        return format_number(value)
     return f"{round(100 * value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
@@ -100,27 +106,23 @@ def _mean_std(mean, std) -> str:
     return f"{format_number(mean)} ± {format_number(std)}"
 
 
-def _as_float(value) -> float | None:
-    """A results.json number as float ("inf" strings included); None for missing."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return float(value)
-    return float(value)
+def _number(value: float | None) -> float | None:
+    """A number of the numeric table: None for missing and NaN (an empty CSV cell)."""
+    return None if value is None or value != value else float(value)
 
 
-def _reduction_cell(results: dict, block: dict | None) -> str:
+def _reduction_cell(results: EvaluationResults, block: FilterResult | None) -> str:
     if block is None:
         return "—"
-    if results.get("kl_general_is_zero"):
-        return f"n/a (KL≈0; ×{format_number(block.get('kl_ratio'), 3)})"
-    if block.get("deception_reduction") is None:
-        return "n/a (KL inf)" if block.get("kl_mean") == "inf" or results.get("kl_general") == "inf" else "n/a"
-    return _percent(block["deception_reduction"])
+    if results.kl_general_is_zero:
+        return f"n/a (KL≈0; ×{format_number(block.kl_ratio, 3)})"
+    if block.deception_reduction is None:
+        return "n/a (KL inf)" if math.inf in (block.kl_mean, results.kl_general) else "n/a"
+    return _percent(block.deception_reduction)
 
 
 def results_table_row(
-    results: dict, dataset_label: str | None = None, numeric: bool = False, variants: tuple[str, ...] = ()
+    results: EvaluationResults, dataset_label: str | None = None, numeric: bool = False, variants: tuple[str, ...] = ()
 ) -> dict:
     """One row of the paper-style table from one results.json.
 
@@ -132,61 +134,60 @@ def results_table_row(
     "n/a (KL≈0; ×r)" with r = KL filtered / KL general. With numeric=True: the same numbers as
     floats (percent columns in %, None where not applicable), for CSV and averaging over seeds.
     """
-    filters = results["filters"]
-    semcal = filters["semcal"]
-    dataset = dataset_label or results["dataset_name"]
+    filters = results.filters
+    semcal = results.chosen
+    dataset = dataset_label or results.dataset_name
     if numeric:
 
-        def pct(value):
-            value = _as_float(value)
+        def pct(value: float | None) -> float | None:
+            value = _number(value)
             return None if value is None else 100 * value
 
         row = {
             "dataset": dataset,
-            "split": results["distortion"],
-            "filter_name": results["filter_name"],
-            "kl_general": _as_float(results["kl_general"]),
-            "kl_filtered_mean": _as_float(semcal["kl_mean"]),
-            "kl_filtered_std": _as_float(semcal["kl_std"]),
-            "kl_ratio": _as_float(semcal["kl_ratio"]),
-            "deception_reduction_pct": pct(semcal["deception_reduction"]),
-            "pass_rate_pct": pct(semcal["pass_rate_mean"]),
-            "ideal_pass_rate_pct": pct(results["ideal_pass_rate"]),
+            "split": results.distortion,
+            "filter_name": results.filter_name,
+            "kl_general": _number(results.kl_general),
+            "kl_filtered_mean": _number(semcal.kl_mean),
+            "kl_filtered_std": _number(semcal.kl_std),
+            "kl_ratio": _number(semcal.kl_ratio),
+            "deception_reduction_pct": pct(semcal.deception_reduction),
+            "pass_rate_pct": pct(semcal.pass_rate_mean),
+            "ideal_pass_rate_pct": pct(results.ideal_pass_rate),
         }
         row |= _brier_cells(results, numeric=True)
         blocks = [(f.name, filters.get(f.name)) for f in _table_filters(results)]
-        for name, block in blocks + [(name, results["variants"].get(name)) for name in variants]:
-            row[f"{name}_kl_mean"] = _as_float(block["kl_mean"]) if block else None
-            row[f"{name}_reduction_pct"] = pct(block["deception_reduction"]) if block else None
+        for name, block in blocks + [(name, results.variants.get(name)) for name in variants]:
+            row[f"{name}_kl_mean"] = _number(block.kl_mean) if block else None
+            row[f"{name}_reduction_pct"] = pct(block.deception_reduction) if block else None
         return row
     row = {
         "data set": dataset,
-        "split": results["distortion"],
-        "KL(general||real)": format_number(results["kl_general"]),
-        "KL(filtered||real)": _mean_std(semcal["kl_mean"], semcal["kl_std"]),
+        "split": results.distortion,
+        "KL(general||real)": format_number(results.kl_general),
+        "KL(filtered||real)": _mean_std(semcal.kl_mean, semcal.kl_std),
         "deception reduction (%)": _reduction_cell(results, semcal),
-        "pass rate (%)": _percent(semcal["pass_rate_mean"]),
+        "pass rate (%)": _percent(semcal.pass_rate_mean),
         **_brier_cells(results, numeric=False),
     }
     for f in _table_filters(results):
         row[f"{f.label} reduction (%)"] = _reduction_cell(results, filters.get(f.name))
     for name in variants:
-        row[f"{name} reduction (%)"] = _reduction_cell(results, results["variants"].get(name))
+        row[f"{name} reduction (%)"] = _reduction_cell(results, results.variants.get(name))
     return row
 
 
-def _brier_cells(results: dict, numeric: bool) -> dict:
+def _brier_cells(results: EvaluationResults, numeric: bool) -> dict:
     """THE filter's per-item Brier score on held-out rows beside the constant predictor's (semcal.item_metrics)."""
-    block = results.get("per_item") or {}
-    metrics = block.get("filters", {}).get(results["filter_name"])
-    reference = block.get("reference")
+    metrics = results.per_item.filters.get(results.filter_name)
+    reference = results.per_item.reference
     if numeric:
         return {
-            "brier": metrics["brier"] if metrics else None,
-            "brier_constant": reference["brier"] if reference else None,
-            "sn34": metrics["sn34"] if metrics else None,
+            "brier": _number(metrics.brier) if metrics else None,
+            "brier_constant": _number(reference.brier) if reference else None,
+            "sn34": _number(metrics.sn34) if metrics else None,
         }
-    shown = f"{format_number(metrics['brier'], 3)} ({format_number(reference['brier'], 3)})" if metrics else "—"
+    shown = f"{format_number(metrics.brier, 3)} ({format_number(reference.brier, 3)})" if metrics and reference else "—"
     return {"Brier (constant)": shown}
 
 
@@ -210,76 +211,75 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluation_summary_markdown(results: dict) -> str:
+def evaluation_summary_markdown(results: EvaluationResults) -> str:
     """summary.md of one evaluation: settings, warnings, KL of every filter and variant, scores,
     label distributions."""
     from semcal import item_report  # it formats with this module's helpers
 
     lines = _summary_header(results) + _summary_filters(results) + _summary_distributions(results)
-    figures = results.get("outputs", {}).get("figures", [])
+    figures, reliability = (results.outputs.figures, results.outputs.reliability) if results.outputs else ([], [])
     if figures:
         lines += ["", f"![label distributions]({figures[0]})"]
-    if "per_item" in results:  # results written before per-item metrics have none
-        lines += item_report.per_item_lines(results["per_item"], results["filter_name"])
-        lines += item_report.decision_lines(results.get("decisions"))
-        lines += [f"\n![reliability]({name})" for name in results.get("outputs", {}).get("reliability", [])]
+    lines += item_report.per_item_lines(results.per_item, results.filter_name)
+    lines += item_report.decision_lines(results.decisions)
+    lines += [f"\n![reliability]({name})" for name in reliability]
     return "\n".join(lines) + "\n"
 
 
-def _summary_header(results: dict) -> list[str]:
-    config, counts, join = results["config"], results["counts"], results["join"].get("general_test")
+def _summary_header(results: EvaluationResults) -> list[str]:
+    counts, join = results.counts, results.join.general_test
     joined = (
-        f"(general scores file lost {join['general_lost']} rows in the join, real scores file {join['real_lost']})"
+        f"(general scores file lost {join.general_lost} rows in the join, real scores file {join.real_lost})"
         if join
         else "(no language-model scores read: every row)"
     )
     lines = [
-        f"# Semantic calibration: {results['dataset_name']} / {results['distortion']}",
+        f"# Semantic calibration: {results.dataset_name} / {results.distortion}",
         "",
-        f"Filter: **{results['filter_name']}** (filter={results['filter_name']}); the paper's method is "
+        f"Filter: **{results.filter_name}** (filter={results.filter_name}); the paper's method is "
         f"`filter={filter_names.PAPER_FILTER}`. "
-        f"{results['monte_carlo']['n_runs']} rejection-sampling runs, seed {config['seed']}; "
+        f"{results.monte_carlo.n_runs} rejection-sampling runs, seed {results.monte_carlo.seed}; "
         "± is the population standard deviation over runs, not the standard error.",
         "",
-        f"- texts evaluated: {counts['evaluated']} of {counts['general_test']} general_test rows {joined}",
-        f"- general_train {counts['general_train']}, {results['real_split']} {counts['real_train']}: "
-        f"M = {format_number(results['M'])}, ideal pass rate 1/M = {_percent(results['ideal_pass_rate'])}%",
-        f"- KL(general||real) = {format_number(results['kl_general'])}, TVD = {format_number(results['tvd_general'])}",
+        f"- texts evaluated: {counts.evaluated} of {counts.general_test} general_test rows {joined}",
+        f"- general_train {counts.general_train}, {results.real_split} {counts.real_train}: "
+        f"M = {format_number(results.M)}, ideal pass rate 1/M = {_percent(results.ideal_pass_rate)}%",
+        f"- KL(general||real) = {format_number(results.kl_general)}, TVD = {format_number(results.tvd_general)}",
     ]
-    excluded = results["excluded_nonfinite"]
-    if excluded["general_test"] or excluded["heldout"]:
+    excluded = results.excluded_nonfinite
+    if excluded.general_test or excluded.heldout:
         lines.append(
-            f"- left out for a NaN or infinite log-prob: {excluded['general_test']} general_test texts, "
-            f"{excluded['heldout']} held-out texts"
+            f"- left out for a NaN or infinite log-prob: {excluded.general_test} general_test texts, "
+            f"{excluded.heldout} held-out texts"
         )
-    if results.get("kl_note"):
-        lines.append(f"- {results['kl_note']}")
-    # The evaluation stores the reliability warnings too; results written before it did get them here.
-    warnings = results["warnings"] + [w for w in reliability_warnings(results) if w not in results["warnings"]]
+    if results.kl_note:
+        lines.append(f"- {results.kl_note}")
+    # The evaluation stores the reliability warnings; a results object changed since gets the new ones too.
+    warnings = results.warnings + [w for w in reliability_warnings(results) if w not in results.warnings]
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]
     return lines
 
 
-def _summary_filters(results: dict) -> list[str]:
+def _summary_filters(results: EvaluationResults) -> list[str]:
     """The table of every filter (registry order: THE filter, variants, references and estimators) and the scores."""
-    filters, variants = results["filters"], results["variants"]
+    filters, variants = results.filters, results.variants
     lines = [
         "",
         "| filter | KL(filtered‖real) | runs with KL = inf | TVD | pass rate (%) | expected KL | reduction (%) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    named = [(f"semcal ({results['filter_name']})", filters["semcal"])]
+    named = [(f"semcal ({results.filter_name})", results.chosen)]
     named += [(f"variant {name}", block) for name, block in variants.items()]
     named += [(filter_names.describe(name).label, block) for name, block in filters.items() if name != "semcal"]
     for name, block in named:
         lines.append(
-            f"| {name} | {_mean_std(block['kl_mean'], block['kl_std'])} | {block['kl_infinite_runs']} | "
-            f"{_mean_std(block['tvd_mean'], block['tvd_std'])} | {_percent(block['pass_rate_mean'])} ± "
-            f"{_percent(block['pass_rate_std'])} | {format_number(block['expected_kl'])} | "
+            f"| {name} | {_mean_std(block.kl_mean, block.kl_std)} | {block.kl_infinite_runs} | "
+            f"{_mean_std(block.tvd_mean, block.tvd_std)} | {_percent(block.pass_rate_mean)} ± "
+            f"{_percent(block.pass_rate_std)} | {format_number(block.expected_kl)} | "
             f"{_reduction_cell(results, block)} |"
         )
-    infinite = sorted({label for _, block in named for label in block.get("infinite_kl_labels", [])})
+    infinite = sorted({label for _, block in named for label in block.infinite_kl_labels})
     if infinite:
         lines += [
             "",
@@ -293,21 +293,22 @@ def _summary_filters(results: dict) -> list[str]:
     ]
     for name, block in variants.items():
         lines.append(
-            f"| {name} | {_link(block.get('link') or {})} | {format_number(block['score_mean'])} | "
-            f"{format_number(block['score_std'])} | {format_number(block['test_log_mean_exp'])} |"
+            f"| {name} | {_link(block.stats.get('link') or {})} | {format_number(block.score_mean)} | "
+            f"{format_number(block.score_std)} | {format_number(block.test_log_mean_exp)} |"
         )
     return lines + _summary_calibrations(filters)
 
 
 def _link(link: dict) -> str:
+    """A filter's link (its stats: calibrations.Link.to_dict) as a formula's numbers."""
     if link.get("link") == "logistic":
         return f"logistic ({format_number(link['intercept'])} + {format_number(link['slope'])} l)"
     return f"t {format_number(link.get('temperature'))}, c {format_number(link.get('shift'))}"
 
 
-def _summary_calibrations(filters: dict) -> list[str]:
-    """The calibrated filters' fitted parameters: a(x) = min(1, exp(t * l(x) + c) / M)."""
-    calibrated = {name: block for name, block in filters.items() if name != "semcal" and "calibration" in block}
+def _summary_calibrations(filters: dict[str, FilterResult]) -> list[str]:
+    """The calibrated filters' fitted parameters (their stats): a(x) = min(1, exp(t * l(x) + c) / M)."""
+    calibrated = {name: block for name, block in filters.items() if name != "semcal" and "calibration" in block.stats}
     if not calibrated:
         return []
     lines = [
@@ -320,27 +321,27 @@ def _summary_calibrations(filters: dict) -> list[str]:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, block in calibrated.items():
-        fit = block["calibration"]
+        fit = block.stats.get("calibration") or {}
         test = f"{format_number(fit.get('shift_statistic'))} ({format_number(fit.get('shift_threshold'))})"
         lines.append(
-            f"| {name} | {block.get('log_ratio', '')} | {fit.get('criterion', 'none')} | "
+            f"| {name} | {block.log_ratio or ''} | {fit.get('criterion', 'none')} | "
             f"{format_number(fit['temperature'])} | {format_number(fit['shift'])} | {test} |"
         )
     return lines
 
 
-def _summary_distributions(results: dict) -> list[str]:
-    filters, distributions = results["filters"], results["distributions"]
+def _summary_distributions(results: EvaluationResults) -> list[str]:
+    distributions = results.distributions
     sets = {
-        "general (evaluated)": distributions["evaluated"],
-        "real_train": distributions["real_train"],
-        "filtered (mean over runs)": filters["semcal"]["mean_distribution"],
-        "filtered (expected)": filters["semcal"]["expected_distribution"],
-        "oracle (expected)": filters["oracle"]["expected_distribution"],
+        "general (evaluated)": distributions.evaluated,
+        "real_train": distributions.real_train,
+        "filtered (mean over runs)": results.chosen.mean_distribution,
+        "filtered (expected)": results.chosen.expected_distribution,
+        "oracle (expected)": results.filters["oracle"].expected_distribution,
     }
     lines = ["", "## Label distributions", "", "| label | " + " | ".join(sets) + " |"]
     lines.append("| --- |" + " --- |" * len(sets))
-    order = sorted(results["labels"], key=lambda label: -(distributions["real_train"][label] or 0.0))
+    order = sorted(results.labels, key=lambda label: -(distributions.real_train[label] or 0.0))
     for label in order:
         lines.append(f"| {label} | " + " | ".join(format_number(dist[label], 3) for dist in sets.values()) + " |")
     return lines

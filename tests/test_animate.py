@@ -12,6 +12,7 @@ from PIL import Image, ImageSequence
 from semcal import animate
 from semcal.cli import main as cli_main
 from semcal.config import UserError
+from tests.results_example import results_dict
 
 LABELS = ["a", "b", "c"]
 
@@ -27,9 +28,7 @@ def write_run(run_dir, split="mild", n=40, seed=1):
         split_dir / "per_text.csv", index=False
     )
     real = {"a": 0.2, "b": 0.4, "c": 0.4}
-    results = {"stage": "evaluate", "filters": {}, "labels": LABELS, "filter_name": "semcal"}
-    results["distributions"] = {"real_train": real}
-    (split_dir / "results.json").write_text(json.dumps(results))
+    (split_dir / "results.json").write_text(json.dumps(results_dict(LABELS, real)))
     return labels, accept
 
 
@@ -74,9 +73,10 @@ def test_missing_run_split_or_table_is_a_user_error(tmp_path):
         animate.main([str(tmp_path / "run"), "--split=severe"])
     results = tmp_path / "run" / "evaluation" / "mild" / "results.json"
     good = results.read_text()
+    unlabelled = {key: value for key, value in json.loads(good).items() if key not in ("labels", "distributions")}
     for broken, message in (
         ("{ not json", "cannot be read"),
-        ('{"stage": "evaluate", "filters": {}}', "lacks its labels"),
+        (json.dumps(unlabelled), "lacks its labels"),
     ):
         results.write_text(broken)
         with pytest.raises(UserError, match=message):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from semcal import files, report
+from semcal import results as result_file
 from semcal.config import UserError
 from semcal.evaluation import EvaluationConfig, evaluate
 from semcal.filters import DEFAULT_FILTER, describe
@@ -108,10 +109,10 @@ def test_per_text_summary_and_table_show_the_candidates(full_run):
     summary = (root / "out" / "summary.md").read_text()
     assert "## Calibrations" in summary and "| stack_labmom | stack | moments |" in summary
     assert f"Filter: **{DEFAULT_FILTER}** (filter={DEFAULT_FILTER})" in summary
-    row = report.results_table_row(results)
+    row = report.results_table_row(result_file.from_dict(results))
     for f in ("classifier", "tfidf_labmom", "joint_labmom", "joint_stream", "stack_labmom", "clipped_stream"):
         assert f"{describe(f).label} reduction (%)" in row, f
-    numeric = report.results_table_row(results, numeric=True)
+    numeric = report.results_table_row(result_file.from_dict(results), numeric=True)
     assert numeric["filter_name"] == DEFAULT_FILTER
     assert numeric["tfidf_labmom_reduction_pct"] == pytest.approx(
         100 * results["filters"]["tfidf_labmom"]["deception_reduction"]

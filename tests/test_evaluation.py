@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from semcal import calibration, console, files, report
+from semcal import results as result_file
 from semcal.cli import main
 from semcal.config import UserError
 from semcal.evaluation import EvaluationConfig, evaluate
@@ -185,7 +186,7 @@ def test_evaluate_numbers_are_consistent(mild_run):
 
 def test_results_table_row_and_markdown(mild_run):
     results = mild_run[0]
-    row = report.results_table_row(results, dataset_label="toy")
+    row = report.results_table_row(result_file.from_dict(results), dataset_label="toy")
     assert list(row) == [
         "data set",
         "split",
@@ -203,7 +204,7 @@ def test_results_table_row_and_markdown(mild_run):
     assert row["Brier (constant)"] == f"{report.format_number(brier, 3)} ({report.format_number(constant, 3)})"
     assert row["deception reduction (%)"] == f"{100 * results['filters']['semcal']['deception_reduction']:.1f}"
     assert " ± " in row["KL(filtered||real)"]
-    numeric = report.results_table_row(results, numeric=True, variants=("sum",))
+    numeric = report.results_table_row(result_file.from_dict(results), numeric=True, variants=("sum",))
     assert numeric["oracle_reduction_pct"] == pytest.approx(100 * results["filters"]["oracle"]["deception_reduction"])
     assert numeric["brier"] == pytest.approx(brier) and numeric["brier_constant"] == pytest.approx(constant)
     assert numeric["sum_reduction_pct"] == pytest.approx(100 * results["variants"]["sum"]["deception_reduction"])
@@ -246,7 +247,7 @@ def test_baseline_split_reports_kl_values_not_a_reduction(mild_run, tmp_path):
     assert results["filters"]["semcal"]["kl_ratio"] == pytest.approx(
         results["filters"]["semcal"]["kl_mean"] / results["kl_general"]
     )
-    row = report.results_table_row(results)
+    row = report.results_table_row(result_file.from_dict(results))
     assert row["deception reduction (%)"].startswith("n/a (KL≈0") and row["classifier reduction (%)"] == "—"
 
 

@@ -19,6 +19,7 @@ from semcal.cli import main
 from semcal.config import UserError
 from semcal.explain import main as explain_main
 from semcal.filtering import draw
+from tests.results_example import results_dict
 from tests.test_filtering import lm_run, tfidf_run  # noqa: F401  (fixtures: an LM and a TF-IDF evaluation)
 
 ROWS = 25  # of the fixture's 40 texts: the page shows a sample
@@ -185,7 +186,7 @@ def test_a_broken_results_json_or_per_text_table_is_one_clear_message(tmp_path, 
     assert main(["explain", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "results.json cannot be read" in err and "re-run `semcal evaluate`" in err and "Traceback" not in err
-    files.write_json(folder / "results.json", {"stage": "evaluate", "filters": {}})
+    files.write_json(folder / "results.json", results_dict(["a"], {"a": 1.0}))
     for content, message in (("", "is not a per-text table"), ("text_id,label,score,accept_prob\n", "holds no texts")):
         (folder / "per_text.csv").write_text(content)
         assert main(["explain", str(folder)]) == 2

@@ -247,6 +247,7 @@ def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_tab
     import copy
 
     from semcal import pipeline, report
+    from semcal import results as result_file
 
     results = copy.deepcopy(tfidf_run["results"])
     evaluated = results["counts"]["evaluated"]
@@ -257,9 +258,9 @@ def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_tab
 
     semcal = results["filters"]["semcal"]
     semcal["deception_reduction"], semcal["kl_mean"] = -0.724, 1.724 * results["kl_general"]
-    worse, small_again = report.reliability_warnings(results)
+    worse, small_again = report.reliability_warnings(result_file.from_dict(results))
     assert "makes the stream worse than no filter: deception reduction -72.4%" in worse and small_again == small
-    assert "worse than no filter" in report.evaluation_summary_markdown(results)
+    assert "worse than no filter" in report.evaluation_summary_markdown(result_file.from_dict(results))
 
     folder = tmp_path / "run" / "evaluation" / results["distortion"]
     files.write_json(folder / "results.json", results)
@@ -269,7 +270,9 @@ def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_tab
 
     results["counts"]["evaluated"], results["M"] = 100000, 2.0
     semcal["deception_reduction"] = 0.5
-    assert report.reliability_warnings(results) == [], "enough texts and a reduction above 0: nothing to warn"
+    assert report.reliability_warnings(result_file.from_dict(results)) == [], (
+        "enough texts and a reduction above 0: nothing to warn"
+    )
 
 
 # ---- fuzz: mutated input lines -------------------------------------------------------------------

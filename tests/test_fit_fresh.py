@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 
 from semcal import fit_check
 from semcal.fit import FitConfig, fit
+from semcal.fit_results import TrustedShare
 from tests.conftest import REPO_ROOT
 
 
@@ -76,10 +78,11 @@ def test_identical_and_disjoint_corpora_are_warned_about(shared_data, tmp_path, 
 
 
 def test_an_auc_below_one_half_after_weighting_is_warned_about():
-    results = {"trusted_share": {"estimate": 0.4, "interval": [0.3, 0.5]}}
-    fine = fit_check.advice({**results, "two_sample_auc_before": 0.8, "two_sample_auc_after": 0.55})
+    share = TrustedShare(estimate=0.4, interval=[0.3, 0.5], level=0.95, method="")
+    # advice reads only these fields of FitResults
+    fine = fit_check.advice(SimpleNamespace(trusted_share=share, two_sample_auc_before=0.8, two_sample_auc_after=0.55))
     assert fine == []
-    low = fit_check.advice({**results, "two_sample_auc_before": 0.8, "two_sample_auc_after": 0.43})
+    low = fit_check.advice(SimpleNamespace(trusted_share=share, two_sample_auc_before=0.8, two_sample_auc_after=0.43))
     assert len(low) == 1 and "below 0.5" in low[0]
 
 
