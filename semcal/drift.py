@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from semcal import files
-from semcal.adapt import DriftReference, reference_of
+from semcal.drift_alarms import DriftReference, reference_of
 from semcal.config import UserError
 from semcal.sources import LabelPosteriorSource, Source, fit_source, read_arrays
 
