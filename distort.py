@@ -4,8 +4,8 @@ Edit the settings below, or override any of them: python distort.py --name=value
 (`python distort.py --help` lists them). The same stage runs as `semcal distort`.
 """
 
-from semcal.config import run_script
-from semcal.distort import DistortConfig, distort
+from semcal.core.config import run_script
+from semcal.protocol.distort import DistortConfig, distort
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # a save_to_disk folder, CSV/Parquet/JSONL file(s), or a Hub id

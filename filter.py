@@ -4,8 +4,8 @@ Edit the settings below, or override any of them: python filter.py --name=value
 (`python filter.py --help` lists them). The same stage runs as `semcal filter`.
 """
 
-from semcal.config import run_script
-from semcal.filter_stream import FilterConfig, filter_texts
+from semcal.core.config import run_script
+from semcal.stream.filter_stream import FilterConfig, filter_texts
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 filter = "runs/demo/evaluation/mild/filter"  # a saved filter: RUN_DIR/evaluation/<split>/filter
@@ -24,10 +24,10 @@ max_false_rejection = None  # threshold: tau rejects at most this share of held-
 window = 1000  # top: items ranked together (decisions come once a window is full)
 top_tokens = 3  # per item, how many tokens pushing the score up and down to list (0: none)
 captions_from = None  # input a media folder: the captioning output (RUN/captions/<name>) to caption as
-adapt = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.adapt)
+adapt = "none"  # follow a drifting stream: none, rate (pass rate), prior (label prior, by EM), refit (semcal.stream.adapt)
 alarm = "none"  # drift alarms: none, auto, prior (label prior's KL) or mean_log_ratio; a record and a log line each
-adapt_settings = {}  # window=500,update_every=25,trusted=PATH,... (semcal.adapt)
-engine = "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.filter_ray)
+adapt_settings = {}  # window=500,update_every=25,trusted=PATH,... (semcal.stream.adapt)
+engine = "local"  # local (this process) or ray: Parquet / JSONL partitions on a Ray cluster (semcal.stream.filter_ray)
 ray_address = None  # engine=ray: an existing cluster (e.g. ray://head:10001); none: a local one
 workers = 2  # engine=ray: filter actors, each loading the filter once
 # ----------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ below, or override any of them: python finetune_gpt2.py --name=value (`--help` l
 The same stage runs as `semcal finetune`. A killed run resumes from its last checkpoint.
 """
 
-from semcal.config import run_script
-from semcal.finetune import FinetuneConfig, finetune
+from semcal.core.config import run_script
+from semcal.lm.finetune import FinetuneConfig, finetune
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set with the split: save_to_disk folder, CSV/Parquet/JSONL file(s) or Hub id

@@ -5,8 +5,8 @@ Edit the settings below, or override any of them: python fit_filter.py --name=va
 filter it writes with filter.py (or `semcal filter --filter=OUTPUT`).
 """
 
-from semcal.config import run_script
-from semcal.fit import FitConfig, fit
+from semcal.core.config import run_script
+from semcal.fit.fit import FitConfig, fit
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 real = "trusted.csv"  # the trusted corpus: a file, a saved data set, a Hub id, or PATH:SPLIT

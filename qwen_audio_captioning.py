@@ -4,8 +4,8 @@ Writes the data set with a caption column added, captions.csv and errors.csv to 
 Run `python qwen_audio_captioning.py --help` for the settings; `--name=value` overrides any of them.
 """
 
-from semcal.captioning import AudioCaptionConfig, caption_audio
-from semcal.config import run_script
+from semcal.captioning.captioning import AudioCaptionConfig, caption_audio
+from semcal.core.config import run_script
 
 # ---- settings: edit these (or pass --name=value) ----
 dataset_name = "runs/audio/source"  # folder of audio files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL

@@ -5,8 +5,8 @@ Edit the settings below, or override any of them: python semantic_calibration_ev
 (`python semantic_calibration_evaluation.py --help` lists them). The same stage runs as `semcal evaluate`.
 """
 
-from semcal.config import run_script
-from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.core.config import run_script
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set written by distort: general_train, general_test, real_train_*

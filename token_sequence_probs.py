@@ -7,8 +7,8 @@ python token_sequence_probs.py --name=value (`--help` lists them). The same stag
 `semcal score`. A killed run continues where it stopped.
 """
 
-from semcal.config import run_script
-from semcal.scoring import ScoreConfig, score_split
+from semcal.core.config import run_script
+from semcal.lm.scoring import ScoreConfig, score_split
 
 # ---- settings: edit these (or pass --name=value) --------------------------------------
 dataset_name = "runs/demo/data"  # data set holding the split: save_to_disk folder, CSV/Parquet/JSONL file(s) or Hub id

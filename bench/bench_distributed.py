@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from semcal import files
+from semcal.store import files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
@@ -44,7 +44,7 @@ def build(folder: Path, csv_path: Path, size: str, n_texts: int, seed: int) -> t
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from semcal.scratch import train_bpe_tokenizer
+    from semcal.lm.scratch import train_bpe_tokenizer
 
     table = pd.read_csv(csv_path, usecols=["split", "caption"])
     captions = table.loc[table["split"] == "train", "caption"]

@@ -21,7 +21,7 @@ Per data set (the synthetic demo, AudioCaps, AG News):
      6 times over-represented (its share x 6, renormalised);
    - undrifted: general_test's mix throughout (`--undrifted_streams` streams of as many
      items, other seeds), for false alarms and the reference reduction.
-3. Every mode of semcal.adapt (none, rate, prior, refit with real_train as the trusted texts)
+3. Every mode of semcal.stream.adapt (none, rate, prior, refit with real_train as the trusted texts)
    with drift alarms (alarm=auto: the label prior's KL for this filter), through the same
    Adapter that `semcal filter --adapt=...` runs, in batches of 250.
 
@@ -58,13 +58,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semcal.adapt import Adapter, AdaptSettings  # noqa: E402
-from semcal.calibration import kl_divergence, label_distribution  # noqa: E402
-from semcal.data import heldout_mask  # noqa: E402
-from semcal.distort_plan import label_scores, plan_tilt  # noqa: E402
-from semcal.filtering import Filter  # noqa: E402
-from semcal.filters import DEFAULT_FILTER, describe  # noqa: E402
-from semcal.fit_data import FitData, Items  # noqa: E402
+from semcal.filter.calibration import kl_divergence, label_distribution  # noqa: E402
+from semcal.filter.filtering import Filter  # noqa: E402
+from semcal.filter.filters import DEFAULT_FILTER, describe  # noqa: E402
+from semcal.filter.fit_data import FitData, Items  # noqa: E402
+from semcal.protocol.distort_plan import label_scores, plan_tilt  # noqa: E402
+from semcal.store.data import heldout_mask  # noqa: E402
+from semcal.stream.adapt import Adapter, AdaptSettings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 MODES = ("none", "rate", "prior", "refit")
@@ -84,7 +84,7 @@ log = logging.getLogger("bench_drift")
 def load(name: str) -> dict[str, list[str]]:
     """general_train and general_test texts and labels."""
     if name == "demo":
-        from semcal.demo_data import generate_demo_rows
+        from semcal.protocol.demo_data import generate_demo_rows
 
         train, train_labels = generate_demo_rows(3000, 0)
         test, test_labels = generate_demo_rows(1000, 1)

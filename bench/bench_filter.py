@@ -287,7 +287,7 @@ PEAK = (
 def with_peak(command: list[str]) -> list[str]:
     """The command run so that it prints its peak RSS at exit (to standard error)."""
     if command[1:3] == ["-m", "semcal"]:
-        code = PEAK + "sys.argv = ['semcal'] + sys.argv[1:]; from semcal.cli import main; raise SystemExit(main())"
+        code = PEAK + "sys.argv = ['semcal'] + sys.argv[1:]; from semcal.cli.cli import main; raise SystemExit(main())"
         return [command[0], "-c", code, *command[3:]]
     code = PEAK + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     return [command[0], "-c", code, *command[1:]]

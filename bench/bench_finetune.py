@@ -1,4 +1,4 @@
-"""Speed of one fine-tuning epoch with dynamic padding (semcal.finetune.finetune) against padding
+"""Speed of one fine-tuning epoch with dynamic padding (semcal.lm.finetune.finetune) against padding
 every caption to 512 tokens like the paper's finetune_gpt2.py.
 
 Texts: --n_texts AudioCaps train captions (seeded sample) as general_train, of which 80% are
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from semcal import files
-from semcal.finetune import FinetuneConfig, finetune
+from semcal.lm.finetune import FinetuneConfig, finetune
+from semcal.store import files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import DEFAULT_CSV, machine  # noqa: E402

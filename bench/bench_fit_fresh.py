@@ -93,7 +93,7 @@ def like_stream(test: pd.DataFrame, stream_labels: pd.Series, seed: int = 0) -> 
 
 def fresh_reduction(accept: np.ndarray, labels: pd.Series, trusted: list[str]) -> float:
     """Deception reduction of the fresh texts weighted by acceptance, against the fresh trusted-label texts."""
-    from semcal import calibration
+    from semcal.filter import calibration
 
     names = sorted(set(labels))
     codes = labels.map({name: code for code, name in enumerate(names)}).to_numpy()
@@ -105,9 +105,9 @@ def fresh_reduction(accept: np.ndarray, labels: pd.Series, trusted: list[str]) -
 
 
 def run(data: Corpora, root: Path, seed: int = 0) -> dict[str, float]:
-    from semcal import decisions
-    from semcal.filtering import Filter
-    from semcal.fit import FitConfig, fit
+    from semcal.filter import decisions
+    from semcal.filter.filtering import Filter
+    from semcal.fit.fit import FitConfig, fit
 
     texts = data.fresh.text.tolist()
     row: dict[str, float] = {"true_share": data.true_share}
@@ -136,7 +136,7 @@ def run(data: Corpora, root: Path, seed: int = 0) -> dict[str, float]:
 
 
 def main() -> None:
-    from semcal import console
+    from semcal.core import console
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs/bench_fit_fresh")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal import console
-from semcal.fit import FitConfig, fit
+from semcal.core import console
+from semcal.fit.fit import FitConfig, fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 KEEP = {1: 0.1, 2: 0.8, 3: 0.4, 4: 0.1}  # per label: the chance a test text is trusted

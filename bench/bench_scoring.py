@@ -1,4 +1,4 @@
-"""Speed of batched scoring (semcal.scoring) against a one-text-at-a-time loop like the paper's.
+"""Speed of batched scoring (semcal.lm.scoring) against a one-text-at-a-time loop like the paper's.
 
 Texts: --n_texts AudioCaps test captions (seeded sample). Model: a GPT-2 built from config
 (random weights; speed does not depend on them), with a byte-level BPE tokenizer trained on
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from semcal.scoring import token_log_probs_of
-from semcal.scratch import train_bpe_tokenizer
+from semcal.lm.scoring import token_log_probs_of
+from semcal.lm.scratch import train_bpe_tokenizer
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "audiocaps_labeled" / "audiocaps_labeled.csv"
 SIZES = {

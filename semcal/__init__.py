@@ -10,7 +10,7 @@ rejection sampling on their log-probability ratio.
     stream_filter.accept_probs(["a dog barks"]), stream_filter.decide(["a dog barks"], seed=0)
 
 Importing semcal changes nothing in the host process (environment, logging, warnings):
-the `semcal` command and the stage scripts set up the console (semcal.console.setup); a
+the `semcal` command and the stage scripts set up the console (semcal.core.console.setup); a
 stage called from Python gives the `semcal` logger its own handler when it starts. The
 names below load their modules on first use, so `import semcal` stays light.
 """
@@ -23,15 +23,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 # The public API: name -> (the module that defines it, its name there). `fit_filter` is
-# semcal fit's function: `semcal.fit` names the module once it is imported.
+# semcal fit's function: `semcal.fit.fit` names the module once it is imported.
 _EXPORTS = {
-    "Filter": "semcal.filtering",
-    "FitConfig": "semcal.fit",
-    "fit_filter": ("semcal.fit", "fit"),
-    "FilterConfig": "semcal.filter_stream",
-    "filter_texts": "semcal.filter_stream",
-    "SOURCES": "semcal.sources",
-    "CALIBRATIONS": "semcal.calibrations",
+    "Filter": "semcal.filter.filtering",
+    "FitConfig": "semcal.fit.fit",
+    "fit_filter": ("semcal.fit.fit", "fit"),
+    "FilterConfig": "semcal.stream.filter_stream",
+    "filter_texts": "semcal.stream.filter_stream",
+    "SOURCES": "semcal.filter.sources",
+    "CALIBRATIONS": "semcal.filter.calibrations",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,3 +1,3 @@
-from semcal.cli import main
+from semcal.cli.cli import main
 
 raise SystemExit(main())

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from semcal import files
-from semcal.data import GENERAL_ROW_COLUMN
-from semcal.demo_data import generate_demo
-from semcal.scratch import train_bpe_tokenizer
+from semcal.lm.scratch import train_bpe_tokenizer
+from semcal.protocol.demo_data import generate_demo
+from semcal.store import files
+from semcal.store.data import GENERAL_ROW_COLUMN
 
 REAL_SPLIT = "real_train_animals"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from semcal import results as result_file
+from semcal.reports import results as result_file
 
 
 def results_dict(labels: list[str], real: dict[str, float], filter_name: str = "semcal") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Adaptive filtering of a drifting stream and drift alarms (semcal.adapt, semcal filter --adapt)."""
+"""Adaptive filtering of a drifting stream and drift alarms (semcal.stream.adapt, semcal filter --adapt)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files
-from semcal.adapt import (
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter.calibration import accept_probs, kl_divergence
+from semcal.filter.filtering import Filter
+from semcal.filter.fit_data import FitData, Items
+from semcal.protocol.demo_data import generate_demo_rows
+from semcal.protocol.distort_plan import label_scores, plan_tilt
+from semcal.store import files
+from semcal.store.data import heldout_mask
+from semcal.stream.adapt import (
     Adapter,
     AdaptSettings,
     block_pass_rate,
@@ -21,15 +29,7 @@ from semcal.adapt import (
     rate_offset,
     shifted_posterior,
 )
-from semcal.calibration import accept_probs, kl_divergence
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.data import heldout_mask
-from semcal.demo_data import generate_demo_rows
-from semcal.distort_plan import label_scores, plan_tilt
-from semcal.filter_stream import FilterConfig, filter_texts
-from semcal.filtering import Filter
-from semcal.fit_data import FitData, Items
+from semcal.stream.filter_stream import FilterConfig, filter_texts
 
 WINDOW = 500
 
@@ -319,7 +319,7 @@ def test_no_restart_on_an_undrifted_stream_and_a_flood_lowers_the_pass_rate(demo
     rows = _stream(demo, [demo["p"], flooded], 2000)
     late = demo["codes"][rows[2000:]]
     kl = {}
-    with caplog.at_level("INFO", logger="semcal.adapt"):
+    with caplog.at_level("INFO", logger="semcal.stream.adapt"):
         for mode in ("none", "prior"):
             accept, _, adapter = _run(demo, rows, mode)
             mix = np.bincount(late, weights=accept[2000:], minlength=len(demo["q"])) / accept[2000:].sum()

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageSequence
 
-from semcal import animate
-from semcal.cli import main as cli_main
-from semcal.config import UserError
+from semcal.cli.cli import main as cli_main
+from semcal.core.errors import UserError
+from semcal.protocol import animate
 from tests.results_example import results_dict
 
 LABELS = ["a", "b", "c"]

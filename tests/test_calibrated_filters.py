@@ -1,4 +1,4 @@
-"""The calibrated filters of the evaluation (semcal.sources x semcal.calibrations) and the `filter` setting, on the
+"""The calibrated filters of the evaluation (semcal.filter.sources x semcal.filter.calibrations) and the `filter` setting, on the
 small synthetic evaluation of test_evaluation.py (offline, seconds)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files, report
-from semcal import results as result_file
-from semcal.config import UserError
-from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filters import DEFAULT_FILTER, describe
+from semcal.core.errors import UserError
+from semcal.filter.filters import DEFAULT_FILTER, describe
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.reports import report
+from semcal.reports import results as result_file
+from semcal.store import files
 from tests.test_evaluation import FILLER, LABELS, _build_dataset, _label_log_ratio, _write_scores
 
 STREAM_NORMALISED = (

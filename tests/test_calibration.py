@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from semcal import calibration
+from semcal.filter import calibration
 
 
 def _clipped_reference(diffs, top_p):

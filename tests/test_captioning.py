@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 from tokenizers import AddedToken, pre_tokenizers
 
-from semcal import captioners, runstate
-from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
-from semcal.config import UserError
-from semcal.files import read_record, write_json
+from semcal.captioning import captioners
+from semcal.captioning.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
+from semcal.core.errors import UserError
+from semcal.store import runstate
+from semcal.store.files import read_record, write_json
 
 from .conftest import REPO_ROOT
 
@@ -295,7 +296,7 @@ def audio_config(models, audio_folder, output_dir, **changes) -> AudioCaptionCon
 
 
 def as_overrides(config) -> list[str]:
-    from semcal.config import config_to_dict
+    from semcal.core.config import config_to_dict
 
     overrides = []
     for name, value in config_to_dict(config).items():

@@ -2,7 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from semcal.config import UserError, apply_overrides, parse_value, run_script, settings_help
+from semcal.core.config import apply_overrides, parse_value, run_script, settings_help
+from semcal.core.errors import UserError
 
 
 @dataclass

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import data
-from semcal.config import UserError
+from semcal.core.errors import UserError
+from semcal.store import data
 
 
 @pytest.fixture

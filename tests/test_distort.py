@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import console, data, files
-from semcal.calibration import kl_divergence
-from semcal.config import UserError
-from semcal.demo_data import generate_demo
-from semcal.distort import DistortConfig, distort
+from semcal.core import console
+from semcal.core.errors import UserError
+from semcal.filter.calibration import kl_divergence
+from semcal.protocol.demo_data import generate_demo
+from semcal.protocol.distort import DistortConfig, distort
+from semcal.store import data, files
 
 TARGETS = {"baseline": 0.0, "mild": 0.25, "moderate": 0.6, "severe": 0.8}
 

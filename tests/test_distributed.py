@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from semcal import files, runstate
-from semcal.captioning import caption_audio, caption_images
-from semcal.data import load_dataset_dict
-from semcal.scoring import SCORES_NAME, ScoreConfig, score_split
+from semcal.captioning.captioning import caption_audio, caption_images
+from semcal.lm.scoring import SCORES_NAME, ScoreConfig, score_split
+from semcal.store import files, runstate
+from semcal.store.data import load_dataset_dict
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
 from tests.test_captioning import (  # noqa: F401 (fixtures)
@@ -105,7 +105,7 @@ def test_captioning_in_two_processes_gives_the_one_process_captions(
 def test_fine_tuning_in_two_processes_matches_one_process(workspace, tmp_path):
     # The same global batch: 16 texts per step in one process, 8 per process in two.
     settings = {"num_epochs": 3, "tokenizer_dir": str(tmp_path / "tokenizer")}
-    from semcal.finetune import finetune
+    from semcal.lm.finetune import finetune
 
     one = files.read_record(finetune(_scratch(workspace["data"], tmp_path / "one", batch_size=16, **settings)))
     config = _scratch(workspace["data"], tmp_path / "two", batch_size=8, **settings)
@@ -136,7 +136,7 @@ def test_semcal_run_with_nproc_per_node_runs_the_whole_pipeline(tmp_path):
 
 
 def test_shards_are_disjoint_deterministic_and_whole(monkeypatch):
-    from semcal import distributed
+    from semcal.core import distributed
 
     shares = []
     for rank in range(3):
@@ -147,7 +147,7 @@ def test_shards_are_disjoint_deterministic_and_whole(monkeypatch):
 
 
 def test_device_map_is_refused_with_several_processes(models, image_folder, tmp_path, monkeypatch):  # noqa: F811
-    from semcal.config import UserError
+    from semcal.core.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="device_map=auto spreads one model over all GPUs.*launch one process"):
@@ -158,7 +158,7 @@ def test_device_map_is_refused_with_several_processes(models, image_folder, tmp_
 def test_on_the_cpu_captioning_computes_in_float32_and_on_this_process_device():
     import torch
 
-    from semcal.captioners import device_and_dtype
+    from semcal.captioning.captioners import device_and_dtype
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the CPU defaults do not apply")

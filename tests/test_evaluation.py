@@ -7,11 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import calibration, console, files, report
-from semcal import results as result_file
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.evaluation import EvaluationConfig, evaluate
+from semcal.cli.cli import main
+from semcal.core import console
+from semcal.core.errors import UserError
+from semcal.filter import calibration
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.reports import report
+from semcal.reports import results as result_file
+from semcal.store import files, score_files
 
 LABELS = ["car", "cat", "dog"]
 GENERAL_SHARES = [0.2, 0.5, 0.3]
@@ -68,7 +71,7 @@ def _write_scores(path, texts, label_log_ratio=None, drop=(), seed=0):
             log_probs[1] += label_log_ratio[tokens[1]]  # tokens[1] is the label word
         pairs = [[token, float(lp)] for token, lp in zip(tokens, log_probs, strict=True)]
         rows.append([text_id, float(log_probs.sum()), float(log_probs.mean()), json.dumps(pairs)])
-    files.write_csv(path, pd.DataFrame(rows, columns=files.TOKEN_LOG_PROB_COLUMNS))
+    files.write_csv(path, pd.DataFrame(rows, columns=score_files.TOKEN_LOG_PROB_COLUMNS))
     return path
 
 
@@ -455,10 +458,10 @@ def test_a_real_label_general_train_lacks_is_named(mild_run, tmp_path):
 )
 def test_malformed_word_probabilities_name_the_file_row_and_form(tmp_path, cell, what):
     good = json.dumps([["a", -1.0], ["cat", -2.0]])
-    table = pd.DataFrame([[0, -3.0, -1.5, good], [1, -3.0, -1.5, cell]], columns=files.TOKEN_LOG_PROB_COLUMNS)
+    table = pd.DataFrame([[0, -3.0, -1.5, good], [1, -3.0, -1.5, cell]], columns=score_files.TOKEN_LOG_PROB_COLUMNS)
     path = files.write_csv(tmp_path / "scores.csv", table)
     with pytest.raises(UserError, match=r"scores\.csv, row 2 \(text_id 1\).*\[\[token, log_prob\], \.\.\.\]"):
-        files.read_token_log_probs(path)
+        score_files.read_token_log_probs(path)
 
 
 def test_a_negative_seed_is_refused(mild_run, tmp_path):

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.explain import main as explain_main
-from semcal.filtering import draw
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter.filtering import draw
+from semcal.protocol.explain import main as explain_main
+from semcal.store import files
 from tests.results_example import results_dict
 from tests.test_filtering import lm_run, tfidf_run  # noqa: F401  (fixtures: an LM and a TF-IDF evaluation)
 
@@ -195,7 +195,7 @@ def test_a_broken_results_json_or_per_text_table_is_one_clear_message(tmp_path, 
 
 
 def test_the_text_cell_shows_the_caption_not_the_models_cut_tokens():
-    from semcal.explain import text_cell
+    from semcal.protocol.explain import text_cell
 
     tokens = ["a", "Ġdog", "Ġbarks", "<|endoftext|>"]
     cell = text_cell(tokens, np.array([0.5, -0.5, 0.1, 0.2]), 1.0, "a dog barks")

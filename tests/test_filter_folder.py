@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semcal import files
-from semcal.config import UserError
-from semcal.filter_stream import FilterConfig, filter_texts
-from semcal.filtering import Filter
+from semcal.core.errors import UserError
+from semcal.filter.filtering import Filter
+from semcal.store import files
+from semcal.stream.filter_stream import FilterConfig, filter_texts
 from tests.test_sources import subset_data
 
 TEXTS = ["the team won the match today", "she baked fresh bread again", "a striker scored a goal", ""]
@@ -117,7 +117,7 @@ def test_damaged_arrays_and_vocabularies_are_refused(saved, tmp_path):
 
 def test_a_model_without_a_fingerprint_is_refused(saved, tmp_path):
     """A local model recorded with weights_fingerprint null cannot be checked, so it is not run."""
-    from semcal.models import check_model_record
+    from semcal.lm.models import check_model_record
 
     model = tmp_path / "model"
     model.mkdir()

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semcal import files, runstate
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.filter_stream import FilterConfig, filter_texts
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.store import files, runstate, text_lines
+from semcal.stream.filter_stream import FilterConfig, filter_texts
 from tests.conftest import REPO_ROOT
 from tests.test_filtering import tfidf_run  # noqa: F401  (the fixture: the default filter, fitted once here)
 
@@ -46,7 +46,7 @@ def _stdin_bytes(monkeypatch, data: bytes) -> None:
 
 
 def test_a_run_that_fails_leaves_the_existing_output_as_it_was(tfidf_run, tmp_path, monkeypatch):  # noqa: F811
-    from semcal import filtering
+    from semcal.filter import filtering
 
     def broken(self, texts, top_tokens=0):
         raise RuntimeError("the filter broke")
@@ -158,7 +158,7 @@ def test_a_file_in_another_encoding_is_one_sentence_naming_the_encoding_setting(
 
 def test_a_later_bad_line_of_a_file_is_an_error_record(tfidf_run, tmp_path, capsys):  # noqa: F811
     source = tmp_path / "in.txt"
-    source.write_bytes(b"a dog barks\ncaf\xe9\nrain falls\n" + b"x" * (files.MAX_LINE_BYTES + 10) + b"\nlast one\n")
+    source.write_bytes(b"a dog barks\ncaf\xe9\nrain falls\n" + b"x" * (text_lines.MAX_LINE_BYTES + 10) + b"\nlast one\n")
     output = tmp_path / "out.jsonl"
     code, _, _ = _run([f"--filter={tfidf_run['filter']}", f"--input={source}", f"--output={output}"], capsys)
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -234,7 +234,7 @@ def test_help_lists_the_output_columns_and_the_overwrite_rule(capsys):
 
 
 def test_max_length_below_two_is_one_sentence():
-    from semcal.framing import frame_texts
+    from semcal.lm.framing import frame_texts
 
     with pytest.raises(UserError, match="max_length=-5: .* set max_length to 2 or more"):
         frame_texts(None, ["a dog"], "bos_eos", -5)
@@ -246,8 +246,9 @@ def test_max_length_below_two_is_one_sentence():
 def test_a_negative_reduction_and_a_small_data_set_are_warned_in_summary_and_table(tfidf_run, tmp_path):  # noqa: F811
     import copy
 
-    from semcal import pipeline, report
-    from semcal import results as result_file
+    from semcal.protocol import pipeline
+    from semcal.reports import report
+    from semcal.reports import results as result_file
 
     results = copy.deepcopy(tfidf_run["results"])
     evaluated = results["counts"]["evaluated"]
@@ -310,7 +311,7 @@ _fuzz_input = st.tuples(st.booleans(), st.lists(_fuzz_line, min_size=1, max_size
 @pytest.fixture(scope="module")
 def cached_filter(tfidf_run):  # noqa: F811
     """The module's filter, loaded once: each example then costs the filtering alone."""
-    from semcal.filtering import Filter
+    from semcal.filter.filtering import Filter
 
     return Filter.load(tfidf_run["filter"])
 
@@ -336,7 +337,7 @@ def _expected_lines(lines: list[bytes]) -> list[int]:
 def test_fuzz_mutated_lines_never_cost_a_traceback_or_the_existing_output(tfidf_run, cached_filter, tmp_path, case):  # noqa: F811
     from unittest import mock
 
-    from semcal import filtering
+    from semcal.filter import filtering
 
     valid_first, lines, where = case
     if valid_first:  # past the first line, where a file with a bad one is refused as a whole

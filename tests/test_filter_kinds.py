@@ -1,5 +1,5 @@
 """Every kind of calibrated filter is saved by the evaluation and, loaded back, accepts the
-evaluated general_test texts as the evaluation did (semcal.filtering.Filter): the n-gram and
+evaluated general_test texts as the evaluation did (semcal.filter.filtering.Filter): the n-gram and
 embedding filters on the synthetic evaluation, the control and stacked filters on three
 tiny language models (offline, small data, tiny models)."""
 
@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files
-from semcal.config import UserError
-from semcal.data import load_dataset_dict
-from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filtering import Filter
-from semcal.scoring import ScoreConfig, score_split
+from semcal.core.errors import UserError
+from semcal.filter.filtering import Filter
+from semcal.lm.scoring import ScoreConfig, score_split
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.store import files
+from semcal.store.data import load_dataset_dict
 from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
 from tests.test_calibrated_filters import _config, tiny_encoder  # noqa: F401 (a fixture)
 from tests.test_evaluation import _build_dataset
@@ -38,7 +38,7 @@ def _check_saved(out, kind: str) -> tuple[Filter, pd.DataFrame]:
     general_test texts as the evaluation did (to 1e-6)."""
     folder = out / "filter"
     assert sorted(path.name for path in folder.iterdir() if path.name != "drift") == SAVED_FILES[kind]
-    # drift/: the reference and label posterior semcal.adapt reads, JSON and safetensors too
+    # drift/: the reference and label posterior semcal.stream.adapt reads, JSON and safetensors too
     assert all(path.suffix in (".json", ".safetensors") for path in (folder / "drift").glob("*"))
     per_text = pd.read_csv(out / "per_text.csv", keep_default_na=False)
     model = Filter.load(folder)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from semcal.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
-from semcal.cli import main
-from semcal.filtering import Filter
+from semcal.captioning.captioning import AudioCaptionConfig, ImageCaptionConfig, caption_audio, caption_images
+from semcal.cli.cli import main
+from semcal.filter.filtering import Filter
 from tests.test_captioning import build_tiny_florence, build_tiny_qwen2_audio, random_image, tone
 from tests.test_filtering import tfidf_run  # noqa: F401 (a fixture: the saved default filter)
 

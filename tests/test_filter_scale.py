@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import scipy.sparse
 
-from semcal import threads
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.contributions import log_ratio_and_explanations, top_entries
-from semcal.decisions import keyed_uniforms
-from semcal.filtering import Filter
-from semcal.fit import FitConfig, fit
-from semcal.fit_data import Items
-from semcal.sources import pushing
+from semcal.cli.cli import main
+from semcal.core import threads
+from semcal.core.errors import UserError
+from semcal.filter.contributions import log_ratio_and_explanations, top_entries
+from semcal.filter.decisions import keyed_uniforms
+from semcal.filter.filtering import Filter
+from semcal.filter.fit_data import Items
+from semcal.filter.sources import pushing
+from semcal.fit.fit import FitConfig, fit
 from tests.conftest import REPO_ROOT
 
 
@@ -251,7 +251,7 @@ def test_blank_lines_are_counted_once_and_later_errors_keep_their_line_numbers(f
 
 def test_the_filter_command_module_loads_no_heavy_library():
     """`semcal filter --help` imports the stage's module: it must not pull pandas, scikit-learn or scipy."""
-    code = "import sys, semcal.cli, semcal.filter_stream; print(sorted(m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules))"
+    code = "import sys, semcal.cli.cli, semcal.stream.filter_stream; print(sorted(m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -274,7 +274,7 @@ def test_threads_are_limited_by_the_entry_point_and_restored():
 
 
 def test_importing_semcal_sets_no_thread_limit():
-    code = "import os, semcal, semcal.filtering; print(os.environ.get('OMP_NUM_THREADS'))"
+    code = "import os, semcal, semcal.filter.filtering; print(os.environ.get('OMP_NUM_THREADS'))"
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env, check=True

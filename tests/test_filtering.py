@@ -1,4 +1,4 @@
-"""The saved filter (semcal.filtering) and the filter stage (semcal filter): an evaluation saves
+"""The saved filter (semcal.filter.filtering) and the filter stage (semcal filter): an evaluation saves
 THE filter, loading it back gives the evaluation's acceptance, and the command filters files
 and streams (offline, small data, tiny models)."""
 
@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import files
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.data import load_dataset_dict
-from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filtering import Filter
-from semcal.scoring import ScoreConfig, score_split
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter.filtering import Filter
+from semcal.lm.scoring import ScoreConfig, score_split
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.store import files
+from semcal.store.data import load_dataset_dict
 from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
 from tests.test_calibrated_filters import _config
 from tests.test_evaluation import _build_dataset
@@ -68,7 +68,7 @@ def test_the_evaluation_saves_its_filter_without_pickles(tfidf_run):
     folder = tfidf_run["filter"]
     names = ["drift", "filter.json", "tfidf.safetensors", "tfidf_vocabulary.json"]
     assert sorted(path.name for path in folder.iterdir()) == names
-    # The drift reference and label posterior (semcal.drift): plain arrays and JSON too.
+    # The drift reference and label posterior (semcal.filter.drift): plain arrays and JSON too.
     drift_names = ["label_posterior.safetensors", "label_vocabulary.json", "reference.safetensors"]
     assert sorted(path.name for path in (folder / "drift").iterdir()) == drift_names
     spec = files.read_json(folder / "filter.json")
@@ -231,8 +231,8 @@ def test_a_wrong_text_column_and_empty_input_are_one_clear_message(tfidf_run, tm
 
 
 def test_an_interrupted_run_leaves_the_existing_output_as_it_was(tfidf_run, tmp_path, monkeypatch):
-    from semcal import filtering
-    from semcal.filter_stream import FilterConfig, filter_texts
+    from semcal.filter import filtering
+    from semcal.stream.filter_stream import FilterConfig, filter_texts
 
     calls = {"n": 0}
     real_score = filtering.Filter.score
@@ -244,7 +244,7 @@ def test_an_interrupted_run_leaves_the_existing_output_as_it_was(tfidf_run, tmp_
         return real_score(self, texts, top_tokens)
 
     monkeypatch.setattr(filtering.Filter, "score", fails_on_the_second_batch)
-    monkeypatch.setattr("semcal.filter_stream.FILE_BATCH", 2)  # a file is read in batches of this many rows
+    monkeypatch.setattr("semcal.stream.filter_stream.FILE_BATCH", 2)  # a file is read in batches of this many rows
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(tfidf_run["per_text"]["text"].tolist()[:5]) + "\n")
     output = tmp_path / "out.jsonl"
@@ -284,8 +284,8 @@ def test_a_live_stream_gets_each_decision_before_the_next_line(tfidf_run):
 
 def test_semcal_run_saves_a_filter_per_split_that_filters_new_texts(tmp_path, capsys):
     """End to end: `semcal run` on a tiny data set, then `semcal filter` on its saved filter."""
-    from semcal import pipeline
-    from semcal.demo_data import generate_demo
+    from semcal.protocol import pipeline
+    from semcal.protocol.demo_data import generate_demo
     from tests.test_pipeline import TINY_FINETUNE
 
     source = files.save_dataset_dict(generate_demo(n_train=300, n_test=80, seed=3), tmp_path / "source")

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from semcal import files
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.filtering import Filter
-from semcal.fit import FitConfig, fit
-from semcal.fit_data import Items
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter.filtering import Filter
+from semcal.filter.fit_data import Items
+from semcal.fit.fit import FitConfig, fit
+from semcal.store import files
 
 TRUSTED_CATEGORIES = ["Animal", "Natural sounds"]
 
@@ -148,7 +148,7 @@ def test_bad_settings_are_one_sentence_before_any_work(tmp_path, capsys):
 def test_a_language_model_source_trains_scores_and_saves_its_models(tmp_path):
     """source=sum: a general and a real model fine-tuned (tiny, from scratch) beside the filter; the saved
     filter runs them on new texts exactly as the fit scored the held-out stream (which passes 1/M)."""
-    from semcal.demo_data import generate_demo
+    from semcal.protocol.demo_data import generate_demo
     from tests.test_pipeline import TINY_FINETUNE
 
     demo = generate_demo(n_train=400, n_test=10, seed=3)["general_train"]
@@ -172,7 +172,7 @@ def test_a_language_model_source_trains_scores_and_saves_its_models(tmp_path):
     assert state["models"]["real"]["path"] == "../filter.models/models/real"  # moves with the filter folder
     loaded = Filter.load(tmp_path / "filter")
     stream = files.read_json(tmp_path / "filter" / "fit_results.json")["counts"]["general_heldout"]
-    from semcal.fit_data import text_position
+    from semcal.filter.fit_data import text_position
 
     held = [text for text, position in zip(texts, text_position(texts, 0), strict=True) if position < 0.2]
     assert len(held) == stream
@@ -181,8 +181,8 @@ def test_a_language_model_source_trains_scores_and_saves_its_models(tmp_path):
 
 def test_the_label_pass_rate_divides_by_labels_with_enough_stream_rows():
     """1 / max q/p over labels with at least LABEL_MIN_ROWS stream rows; none such: the grid decides."""
-    from semcal.fit import LABEL_MIN_ROWS, label_pass_rate
-    from semcal.fit_data import FitData, Items
+    from semcal.filter.fit_data import FitData, Items
+    from semcal.fit.fit import LABEL_MIN_ROWS, label_pass_rate
 
     def data(general_codes, real_codes):
         general, real = [f"g{i}" for i in range(len(general_codes))], [f"r{i}" for i in range(len(real_codes))]

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import fit_check
-from semcal.fit import FitConfig, fit
-from semcal.fit_results import TrustedShare
+from semcal.fit import fit_check
+from semcal.fit.fit import FitConfig, fit
+from semcal.fit.fit_results import TrustedShare
 from tests.conftest import REPO_ROOT
 
 
@@ -87,7 +87,7 @@ def test_an_auc_below_one_half_after_weighting_is_warned_about():
 
 
 def test_held_out_by_text_a_text_in_both_corpora_is_held_out_on_both_sides():
-    from semcal.fit import fit_data
+    from semcal.fit.fit import fit_data
 
     texts = [f"caption number {i}" for i in range(400)]
     data = fit_data(FitConfig(), texts, texts[:100], None, None)
@@ -99,7 +99,7 @@ def test_held_out_by_text_a_text_in_both_corpora_is_held_out_on_both_sides():
 
 
 def test_the_encoding_setting_reads_other_encodings(tmp_path):
-    from semcal.config import UserError
+    from semcal.core.errors import UserError
 
     rows = "text\n" + "".join(f"café number {i} au lait\n" for i in range(40))
     (tmp_path / "latin.csv").write_bytes(rows.encode("latin-1"))
@@ -114,7 +114,7 @@ def test_the_encoding_setting_reads_other_encodings(tmp_path):
 
 @pytest.mark.parametrize("output", [".", "..", "some/.."])
 def test_an_output_that_is_a_folder_itself_is_one_sentence(tmp_path, output, capsys, monkeypatch):
-    from semcal.cli import main
+    from semcal.cli.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.csv").write_text("text\n" + "".join(f"text number {i}\n" for i in range(30)))

@@ -12,7 +12,7 @@ import json, logging, os, warnings
 import numpy, pandas, scipy.optimize, scipy.special, scipy.stats
 before = (dict(os.environ), logging.getLogger().level, list(logging.getLogger().handlers), list(warnings.filters))
 import semcal
-import semcal.fit, semcal.filtering, semcal.filter_stream  # the modules behind the public API
+import semcal.fit.fit, semcal.filter.filtering, semcal.stream.filter_stream  # the modules behind the public API
 after = (dict(os.environ), logging.getLogger().level, list(logging.getLogger().handlers), list(warnings.filters))
 print(json.dumps({"same": [b == a for b, a in zip(before, after)], "filter": semcal.Filter.__name__}))
 """
@@ -28,7 +28,7 @@ def test_importing_semcal_changes_nothing_in_the_host_process():
 
 def test_the_public_api_is_exported():
     import semcal
-    from semcal.fit import fit
+    from semcal.fit.fit import fit
 
     assert {"Filter", "FitConfig", "fit_filter", "FilterConfig", "filter_texts", "SOURCES", "CALIBRATIONS"} <= set(
         semcal.__all__

@@ -1,5 +1,5 @@
-"""Per-item calibration (semcal.item_metrics, semcal.item_evaluation) and decision modes
-(semcal.decisions): the metrics' math, a mis-scaled filter scoring worse than the fitted one,
+"""Per-item calibration (semcal.protocol.item_metrics, semcal.protocol.item_evaluation) and decision modes
+(semcal.filter.decisions): the metrics' math, a mis-scaled filter scoring worse than the fitted one,
 the evaluation's per_item and decisions blocks with the reliability diagram, and `semcal
 filter --decision=threshold` passing the target rate on the stream."""
 
@@ -11,13 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import decisions, files, item_metrics, ratio_calibration
-from semcal.calibrations import Link
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.evaluation import evaluate
-from semcal.filtering import Filter
-from semcal.fit_data import FitData, Items
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter import decisions, ratio_calibration
+from semcal.filter.calibrations import Link
+from semcal.filter.filtering import Filter
+from semcal.filter.fit_data import FitData, Items
+from semcal.protocol import item_metrics
+from semcal.protocol.evaluation import evaluate
+from semcal.store import files
 from tests.test_calibrated_filters import _config
 from tests.test_evaluation import _build_dataset
 

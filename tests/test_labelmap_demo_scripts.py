@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import data
-from semcal.cli import STAGES, main
-from semcal.config import UserError
-from semcal.demo_data import CATEGORY_SHARES, generate_demo, generate_demo_rows
-from semcal.labelmap import build_audioset_map, read_ontology
+from semcal.cli.cli import STAGES, main
+from semcal.core.errors import UserError
+from semcal.protocol.demo_data import CATEGORY_SHARES, generate_demo, generate_demo_rows
+from semcal.store import data
+from semcal.store.labelmap import build_audioset_map, read_ontology
 
 from .conftest import REPO_ROOT
 

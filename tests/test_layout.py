@@ -1,9 +1,10 @@
-"""semcal.layout: the one place that names the paths of a run folder."""
+"""semcal.protocol.layout: the one place that names the paths of a run folder."""
 
 from pathlib import Path
 
-from semcal import filtering, pipeline
-from semcal.layout import FILTER_FOLDER, RunLayout
+from semcal.filter import filtering
+from semcal.protocol import pipeline
+from semcal.protocol.layout import FILTER_FOLDER, RunLayout
 
 
 def test_the_pipeline_writes_where_the_layout_says(tmp_path):

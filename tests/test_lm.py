@@ -1,4 +1,4 @@
-"""finetune_gpt2 / semcal.finetune, models, framing: scratch training, held-out rows, resume, tokenizer sharing,
+"""finetune_gpt2 / semcal.lm.finetune, models, framing: scratch training, held-out rows, resume, tokenizer sharing,
 framing, GGUF."""
 
 import dataclasses
@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from semcal import console, files
-from semcal.config import UserError, run_script
-from semcal.data import GENERAL_ROW_COLUMN, heldout_mask, load_dataset_dict
-from semcal.finetune import FinetuneConfig, finetune
-from semcal.framing import frame_texts
-from semcal.models import load_model_and_tokenizer, tokenizer_fingerprint
-from semcal.runstate import UNFINISHED_NAME
-from semcal.scoring import token_log_probs_of
+from semcal.core import console
+from semcal.core.config import run_script
+from semcal.core.errors import UserError
+from semcal.lm.finetune import FinetuneConfig, finetune
+from semcal.lm.framing import frame_texts
+from semcal.lm.models import load_model_and_tokenizer, tokenizer_fingerprint
+from semcal.lm.scoring import token_log_probs_of
+from semcal.store import files
+from semcal.store.data import GENERAL_ROW_COLUMN, heldout_mask, load_dataset_dict
+from semcal.store.runstate import UNFINISHED_NAME
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import REAL_SPLIT, tiny_model_folder, write_demo_dataset
 

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (semcal.lora): a tiny pretrained-shaped GPT-2 and Llama, saved merged or as an adapter,
+"""LoRA fine-tuning (semcal.lm.lora): a tiny pretrained-shaped GPT-2 and Llama, saved merged or as an adapter,
 scored from the adapter folder, fingerprinted with its base, continued by a real model, resumed; SmolLM2-135M."""
 
 import dataclasses
@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from semcal import console, files, lora
-from semcal.config import UserError
-from semcal.data import load_dataset_dict
-from semcal.finetune import FinetuneConfig, finetune
-from semcal.models import load_model, load_model_and_tokenizer, model_fingerprint
-from semcal.scoring import SCORES_NAME, ScoreConfig, score_split, token_log_probs_of
+from semcal.core import console
+from semcal.core.errors import UserError
+from semcal.lm import lora
+from semcal.lm.finetune import FinetuneConfig, finetune
+from semcal.lm.models import load_model, load_model_and_tokenizer, model_fingerprint
+from semcal.lm.scoring import SCORES_NAME, ScoreConfig, score_split, token_log_probs_of
+from semcal.store import files
+from semcal.store.data import load_dataset_dict
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import REAL_SPLIT, tiny_model_folder, write_demo_dataset
 

@@ -1,4 +1,4 @@
-"""Decoding media items (semcal.media) and reading folders of media files (semcal.media_folders)."""
+"""Decoding media items (semcal.store.media) and reading folders of media files (semcal.store.media_folders)."""
 
 import io
 
@@ -8,9 +8,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from semcal.config import UserError
-from semcal.media import MediaError, load_audio, load_image, resample
-from semcal.media_folders import load_media_folder
+from semcal.core.errors import UserError
+from semcal.store.media import MediaError, load_audio, load_image, resample
+from semcal.store.media_folders import load_media_folder
 
 TONE_HZ = 1000.0
 TONE_AMPLITUDE = 0.5

@@ -7,13 +7,15 @@ import datasets
 import pandas as pd
 import pytest
 
-from semcal import files, filtering, pipeline
-from semcal.cli import main
-from semcal.config import UserError
-from semcal.demo_data import generate_demo
-from semcal.evaluation import EvaluationConfig, evaluate
-from semcal.filters import DEFAULT_FILTER
-from semcal.layout import RunLayout
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.filter import filtering
+from semcal.filter.filters import DEFAULT_FILTER
+from semcal.protocol import pipeline
+from semcal.protocol.demo_data import generate_demo
+from semcal.protocol.evaluation import EvaluationConfig, evaluate
+from semcal.protocol.layout import RunLayout
+from semcal.store import files
 
 TINY_FINETUNE = {
     "n_layer": "1",

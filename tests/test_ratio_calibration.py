@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from semcal import ratio_calibration as rc
+from semcal.filter import ratio_calibration as rc
 
 # A label shift: general p over three labels, real q; real_train a subset, so r = q / p <= M.
 GENERAL = np.array([0.5, 0.3, 0.2])

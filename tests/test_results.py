@@ -1,4 +1,4 @@
-"""Typed results (semcal.results, semcal.fit_results, semcal.schema): one write and one read that
+"""Typed results (semcal.reports.results, semcal.fit.fit_results, semcal.store.schema): one write and one read that
 handle NaN and infinities, the schema version, and no reader that reads results by string key."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from semcal import fit_results, schema
-from semcal import results as result_file
-from semcal.cli import main
-from semcal.config import UserError
+from semcal.cli.cli import main
+from semcal.core.errors import UserError
+from semcal.fit import fit_results
+from semcal.reports import results as result_file
+from semcal.store import schema
 from tests.conftest import REPO_ROOT
 from tests.results_example import results_dict
 

@@ -1,4 +1,4 @@
-"""The run-state protocol every stage uses (semcal.runstate)."""
+"""The run-state protocol every stage uses (semcal.store.runstate)."""
 
 import os
 import subprocess
@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from semcal import files, runstate
-from semcal.config import UserError
-from semcal.runstate import StageOutput
+from semcal.core.errors import UserError
+from semcal.store import files, runstate
+from semcal.store.runstate import StageOutput
 
 
 def _identity(value=1, data="abc"):

@@ -1,4 +1,4 @@
-"""token_sequence_probs / semcal.scoring: batched scores, resumable output, tokenizer checks."""
+"""token_sequence_probs / semcal.lm.scoring: batched scores, resumable output, tokenizer checks."""
 
 import os
 import shutil
@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semcal import console, files, runstate
-from semcal.config import UserError
-from semcal.data import heldout_mask, load_dataset_dict
-from semcal.models import load_model_and_tokenizer
-from semcal.scoring import SCORES_NAME, ScoreConfig, check_same_tokens, score_split, token_log_probs_of
+from semcal.core import console
+from semcal.core.errors import UserError
+from semcal.lm.models import load_model_and_tokenizer
+from semcal.lm.scoring import SCORES_NAME, ScoreConfig, check_same_tokens, score_split, token_log_probs_of
+from semcal.store import files, runstate, score_files
+from semcal.store.data import heldout_mask, load_dataset_dict
 from tests.conftest import REPO_ROOT
 from tests.lm_fixtures import tiny_model_folder, write_demo_dataset
 
@@ -57,8 +58,8 @@ def test_batched_scores_equal_one_at_a_time(workspace):
 def test_output_columns_and_values(workspace):
     csv_path = score_split(_config(workspace, workspace["root"] / "scores" / "general_test.general"))
     raw = pd.read_csv(csv_path)
-    assert list(raw.columns) == files.TOKEN_LOG_PROB_COLUMNS
-    scores = files.read_token_log_probs(csv_path)
+    assert list(raw.columns) == score_files.TOKEN_LOG_PROB_COLUMNS
+    scores = score_files.read_token_log_probs(csv_path)
     assert scores["text_id"].tolist() == list(range(60))
     for _, row in scores.iterrows():
         assert row["total_log_prob"] == pytest.approx(row["log_probs"].sum(), abs=1e-9)
@@ -96,7 +97,7 @@ def test_kill_and_resume_gives_an_identical_file(workspace, tmp_path):
 def test_heldout_only_scores_the_heldout_general_train_rows(workspace, tmp_path):
     csv_path = score_split(_config(workspace, tmp_path / "heldout", split_name="general_train", heldout_only=True))
     expected = np.flatnonzero(heldout_mask(np.arange(400), 400, 0.2, 42))
-    assert files.read_token_log_probs(csv_path)["text_id"].tolist() == expected.tolist()
+    assert score_files.read_token_log_probs(csv_path)["text_id"].tolist() == expected.tolist()
 
 
 def test_rerun_is_up_to_date_and_new_settings_replace_the_output(workspace, tmp_path, capsys):
@@ -106,7 +107,7 @@ def test_rerun_is_up_to_date_and_new_settings_replace_the_output(workspace, tmp_
     score_split(_config(workspace, output))
     assert "up to date" in capsys.readouterr().out and first.stat().st_mtime_ns == stamp
     paper = score_split(_config(workspace, output, framing="paper"))
-    scores = files.read_token_log_probs(paper)
+    scores = score_files.read_token_log_probs(paper)
     assert files.read_record(output)["framing"] == "paper" and "<|endoftext|>" not in scores["tokens"][0]
 
 
@@ -119,7 +120,7 @@ def test_mixing_tokenizers_is_refused(workspace, tmp_path):
 
     # Written apart, the two files still cannot be compared token by token.
     other_csv = score_split(_config(workspace, tmp_path / "apart" / "other", model="other"))
-    general, other = files.read_token_log_probs(general_csv), files.read_token_log_probs(other_csv)
+    general, other = score_files.read_token_log_probs(general_csv), score_files.read_token_log_probs(other_csv)
     check_same_tokens(general, general.iloc[::-1].reset_index(drop=True))
     with pytest.raises(UserError, match=r"text_id 0: .*differently from token \d+ on \(general \["):
         check_same_tokens(general, other)
@@ -166,7 +167,7 @@ def test_cut_texts_are_counted_in_the_record_and_said_once(workspace, tmp_path, 
     assert files.read_record(csv_path.parent)["truncated_texts"] == longer
     out = capsys.readouterr().out
     assert out.count("longer than max_length") == 1 and f"{longer} texts longer than max_length=48 tokens" in out
-    assert max(len(tokens) for tokens in files.read_token_log_probs(csv_path)["tokens"]) == 47
+    assert max(len(tokens) for tokens in score_files.read_token_log_probs(csv_path)["tokens"]) == 47
 
 
 def test_a_second_writer_of_the_same_folder_is_refused(workspace, tmp_path):

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from semcal import text_features
-from semcal.calibration import expected_filtered_distribution, kl_divergence, label_distribution
-from semcal.calibrations import CALIBRATIONS
-from semcal.filtering import Filter
-from semcal.filters import choices, describe
-from semcal.fit_data import FitData, Items
-from semcal.sources import OTHER_LABELS, SOURCES, LabelPosteriorSource, TfidfSource, fit_source, label_folds
+from semcal.filter import text_features
+from semcal.filter.calibration import expected_filtered_distribution, kl_divergence, label_distribution
+from semcal.filter.calibrations import CALIBRATIONS
+from semcal.filter.filtering import Filter
+from semcal.filter.filters import choices, describe
+from semcal.filter.fit_data import FitData, Items
+from semcal.filter.sources import OTHER_LABELS, SOURCES, LabelPosteriorSource, TfidfSource, fit_source, label_folds
 
 SPORT = ["the team won the match", "a striker scored a goal", "fans cheered the players", "the coach praised defence"]
 FOOD = ["she baked fresh bread", "the soup needs more salt", "he fried onions in butter", "a chef sliced the tomatoes"]

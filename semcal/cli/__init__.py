@@ -1,0 +1,4 @@
+"""The `semcal` command: one entry point that dispatches to the stages.
+
+May import every layer.
+"""
