@@ -36,7 +36,7 @@ def audiocaps_fit(shared_data, tmp_path_factory):
 
 
 def _decisions(root, input_file, name):
-    output = root / f"{name}.csv"
+    output = root / f"{name}_decisions.csv"  # not {name}.csv: the input test.csv itself, which semcal filter refuses
     assert main(["filter", f"--filter={root / 'filter'}", f"--input={input_file}", f"--output={output}"]) == 0
     return pd.read_csv(output, keep_default_na=False)
 
