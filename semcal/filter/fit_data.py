@@ -11,9 +11,10 @@ rows it did not train on. Both ways of getting the corpora give one `FitData`:
   and P(real | x) / P(general | x) = r(x) * n_real / n_general.
 
 Rows are split into training rows (the sources fit on them) and held-out rows (the
-calibrations fit on them). With `sources_train_only` (semcal fit) no source sees a held-out
-row, so the held-out log-ratios are out-of-sample; the evaluation's cross-fitted sources
-(joint, the label posterior) use every row of general_train and report on general_test. `stream` holds the items whose pass rate is normalised to 1/M:
+calibrations fit on them). With `sources_train_only` (semcal fit and the evaluation) no
+source sees a held-out row, so the held-out log-ratios a calibration is fitted on are
+out-of-sample: the cross-fitted sources (joint, the label posterior) fit on the training
+rows only and score the held-out rows as they score new items. `stream` holds the items whose pass rate is normalised to 1/M:
 general_test in the evaluation, the held-out general rows in semcal fit.
 
 `Items` are texts to score, with what was precomputed for them (the language models'

@@ -16,14 +16,14 @@ class EvaluationConfig:
     text_column: str = "text"  # column holding the texts (captions) the language models scored
     label_column: str = "label"  # column holding each text's label
     label_map: str | None = None  # optional fine-to-coarse label map: a JSON file or a name in label_maps/
-    # general_test under the GENERAL and the REAL model; none (both) for a filter that reads no LM scores (README)
+    # general_test under the GENERAL and the REAL model; none (both) for a filter that reads no LM scores (docs/evaluation.md)
     general_scores_csv: str | None = "runs/demo/scores/general_test.general/token_log_probs.csv"
     real_scores_csv: str | None = "runs/demo/scores/general_test.real_mild/token_log_probs.csv"
     general_heldout_csv: str | None = "runs/demo/scores/heldout.general/token_log_probs.csv"  # held-out texts, GENERAL
     real_heldout_csv: str | None = "runs/demo/scores/heldout.real_mild/token_log_probs.csv"  # held-out texts, REAL
     control_scores_csv: str | None = None  # general_test, matched CONTROL model (optional: the control_* filters)
     control_heldout_csv: str | None = None  # held-out texts, matched CONTROL model
-    filter: str = filters.DEFAULT_FILTER  # THE filter: <source>_<calibration> (README); clipped is the paper's method
+    filter: str = filters.DEFAULT_FILTER  # THE filter: <source>_<calibration> (docs/evaluation.md); clipped is the paper's method
     top_p: float = 0.75  # share of the total |log-prob difference| the clipped score keeps (0: only the largest token)
     n_runs: int = 1000  # rejection-sampling runs; results are mean and population std over runs
     seed: int = 0  # seed of the random draws (shared by all filters) and of the classifier
