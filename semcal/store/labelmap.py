@@ -24,7 +24,7 @@ from semcal.store import files
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "runs/audioset_top_category.json"
-LABEL_MAPS_DIR = Path(__file__).resolve().parent.parent / "label_maps"
+LABEL_MAPS_DIR = Path(__file__).resolve().parents[2] / "label_maps"  # semcal/store/ -> the repository
 
 
 def load_label_map(name_or_path: str) -> dict[str, str]:

@@ -283,7 +283,7 @@ def _init(ray: Any, config: Any) -> None:
     """A local cluster on this machine (as many CPUs as the process may use), or the one at ray_address."""
     from semcal.core import threads
 
-    package_root = str(Path(__file__).resolve().parents[1])  # workers import this semcal, as the driver does
+    package_root = str(Path(__file__).resolve().parents[2])  # workers import this semcal, as the driver does
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     if config.ray_address:
         ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
