@@ -33,7 +33,9 @@ rate) and the realised pass rate of the seeded decisions. Reported: per mode, th
 reduction over each segment after a switch against the same filter's mean windowed reduction
 on the undrifted streams (the Done criterion: the best adaptive mode >= 80% of it after every
 switch), windows to recover after each abrupt switch, pass rate off target, alarms (windows
-after a switch until the first; per window on the undrifted streams) and throughput.
+after a switch until the first; per window on the undrifted streams), throughput, restarts on the
+undrifted streams, and the late-stream KL (expected accepted mix of the drifting stream's last
+segment and of the flood and 6x streams' second half, against real).
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_drift.py                 # all three, about 5 min on 2 idle cores
     PYTHONPATH=$PWD .venv/bin/python bench/bench_drift.py --datasets=demo # quick
