@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from semcal import console, threads
-from semcal.config import UserError, apply_overrides, settings_help
+from semcal.config import UserError, apply_overrides, settings_help, thread_limit
 
 # subcommand: (module, stage function, config class, the script that runs the same stage)
 STAGES: dict[str, tuple[str, str, str, str]] = {
@@ -41,7 +41,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: semcal COMMAND [--name=value ...] [--verbose] [--threads=N]", "", "stages (same settings as the script named):"]
+    lines = [
+        "usage: semcal COMMAND [--name=value ...] [--verbose] [--threads=N]",
+        "",
+        "stages (same settings as the script named):",
+    ]
     for name, (_, _, _, script) in STAGES.items():
         lines.append(f"  {name:<16}{script}")
     lines.append("")
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     stages, commands = STAGES, COMMANDS
     try:
-        with threads.limited(threads.wanted(thread_setting)):  # before any numeric library loads
+        with threads.limited(thread_limit(thread_setting)):  # before any numeric library loads
             return _dispatch(command, rest, stages, commands)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -111,6 +111,7 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
     if config.engine == "ray":
         from semcal import filter_ray
 
+        check_common(config)
         return filter_ray.filter_files(config)
     input_format = _check_settings(config)
     records_to = sys.stdout  # records go here; log lines to standard error while it is the output
@@ -190,18 +191,11 @@ def _reader_gone(records_to: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), records_to.fileno())
 
 
-def same_path(first: str | Path, second: str | Path) -> bool:
-    """Whether two paths name one file or folder (the same path, a link to it, or a hard link)."""
-    first, second = Path(first).expanduser(), Path(second).expanduser()
-    with contextlib.suppress(OSError):
-        if first.exists() and second.exists():
-            return os.path.samefile(first, second)
-    return first.resolve() == second.resolve()
-
-
 def check_not_input(config: FilterConfig) -> None:
     """An output that is the input would replace the texts by the decisions: refused before any work."""
-    if config.output != "-" and config.input != "-" and same_path(config.output, config.input):
+    from semcal import files
+
+    if config.output != "-" and config.input != "-" and files.same_path(config.output, config.input):
         raise UserError(
             f"output={config.output} is the input file itself: writing the decisions there would destroy the "
             "input; choose another output file."
