@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from semcal.core import console, threads
-from semcal.core.config import apply_overrides, settings_help
+from semcal.core.config import apply_overrides, settings_help, thread_limit
 from semcal.core.errors import UserError
 
 # subcommand: (module, stage function, config class, the script that runs the same stage)
@@ -42,7 +42,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: semcal COMMAND [--name=value ...] [--verbose] [--threads=N]", "", "stages (same settings as the script named):"]
+    lines = [
+        "usage: semcal COMMAND [--name=value ...] [--verbose] [--threads=N]",
+        "",
+        "stages (same settings as the script named):",
+    ]
     for name, (_, _, _, script) in STAGES.items():
         lines.append(f"  {name:<16}{script}")
     lines.append("")
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     stages, commands = STAGES, COMMANDS
     try:
-        with threads.limited(threads.wanted(thread_setting)):  # before any numeric library loads
+        with threads.limited(thread_limit(thread_setting)):  # before any numeric library loads
             return _dispatch(command, rest, stages, commands)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

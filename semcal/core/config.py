@@ -220,16 +220,28 @@ def run_script(
     argv = [arg for arg in argv if arg != "--verbose"]
     thread_setting, argv = threads.split_option(argv)
     try:
-        with threads.limited(threads.wanted(thread_setting)):
+        with threads.limited(thread_limit(thread_setting)):
             return _run_script(stage, config_cls, script_vars, argv)
     except UserError as err:
         sys.exit(f"error: {err}")
 
 
+def thread_limit(value: str | None) -> int | None:
+    """semcal.threads.wanted for an entry point: a bad `--threads` is the one sentence of a UserError."""
+    from semcal import threads
+
+    try:
+        return threads.wanted(value)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
 def _run_script(stage: Callable[[C], Any], config_cls: type[C], script_vars: dict[str, Any], argv: list[str]) -> Any:
     config = config_from_script(config_cls, script_vars)
     if any(a in ("-h", "--help") for a in argv):
-        print(f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}")
+        print(
+            f"Settings (edit them at the top of the script, or pass --name=value):\n{settings_help(config_cls, config)}"
+        )
         notes = getattr(sys.modules.get(config_cls.__module__), "HELP_NOTES", "")
         if notes:
             print(f"\n{notes}")

@@ -4,12 +4,12 @@ points and stage scripts, never by `import semcal`.
 On a shared machine, thread pools that spin while they wait fight each other and every other
 process for the same cores: on a busy 2-core machine a labelled fit took 49 s against 6.5 s with
 one BLAS thread, and `--adapt=prior` (thousands of small L-BFGS-B fits, BLAS calls on vectors of a
-few numbers) ran 4-10x slower with two BLAS threads than with one. semcal's BLAS work is small
-(sparse products, low-dimensional optimisation), where a second thread never pays, while torch's
-OpenMP pool does pay on large matrix products. So by default BLAS gets 1 thread and OpenMP (torch)
-the cores this process may use (its CPU affinity, capped by a container's CPU quota, so a machine
-that shows 64 cores to a 2-CPU container gets 2). `semcal --threads=N` (or the environment
-variable SEMCAL_THREADS=N) gives both N.
+few numbers) ran 4-10x slower with two BLAS threads than with one. semcal's numpy / scipy BLAS work
+is small (sparse products, low-dimensional optimisation), where a second thread never pays. So by
+default the OpenBLAS (and BLIS) that numpy and scipy bring get 1 thread, and torch's own pools
+(OpenMP, MKL) keep their defaults, so training and scoring compute as they always did.
+`semcal --threads=N` (or the environment variable SEMCAL_THREADS=N) gives every pool N threads.
+`available_cores` (CPU affinity, capped by a container's CPU quota) sizes a local Ray cluster.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-
-from semcal.core.errors import UserError
 
 ENV = "SEMCAL_THREADS"
 
@@ -53,8 +51,8 @@ def wanted(value: str | None = None) -> int | None:
         threads = int(value)
     except ValueError:
         threads = 0
-    if threads < 1:
-        raise UserError(f"threads={value!r} must be a whole number of threads, 1 or more (e.g. --threads=1).")
+    if threads < 1:  # ValueError: the entry points turn it into their UserError (config imports this module)
+        raise ValueError(f"threads={value!r} must be a whole number of threads, 1 or more (e.g. --threads=1).")
     return threads
 
 
@@ -66,23 +64,23 @@ def split_option(argv: list[str]) -> tuple[str | None, list[str]]:
 
 @contextlib.contextmanager
 def limited(threads: int | None = None) -> Iterator[None]:
-    """Run the block with BLAS and OpenMP pools of `threads` threads each (None: BLAS 1, OpenMP the
-    available cores). The environment variables cover libraries loaded later (and child processes);
+    """Run the block with numpy's and scipy's BLAS at 1 thread (threads None), or every BLAS and OpenMP
+    pool at `threads`. The environment variables cover libraries loaded later (and child processes);
     threadpoolctl those already loaded."""
-    blas, openmp = (1, available_cores()) if threads is None else (threads, threads)
-    sizes = {"OMP_NUM_THREADS": openmp, "OPENBLAS_NUM_THREADS": blas, "MKL_NUM_THREADS": blas, "BLIS_NUM_THREADS": blas}
-    saved = {name: os.environ.get(name) for name in sizes}
-    os.environ.update({name: str(size) for name, size in sizes.items()})
+    names = ("OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS")
+    if threads is not None:
+        names += ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads or 1) for name in names})
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # scikit-learn brings it; without it the environment alone applies
-        threadpool_limits = None
+        ThreadpoolController = None
+    loaded = ThreadpoolController() if ThreadpoolController else None
+    if loaded is not None and threads is None:
+        loaded = loaded.select(internal_api=["openblas", "blis"])
     try:
-        with (
-            threadpool_limits(limits={"blas": blas, "openmp": openmp})
-            if threadpool_limits
-            else contextlib.nullcontext()
-        ):
+        with loaded.limit(limits=threads or 1) if loaded is not None else contextlib.nullcontext():
             yield
     finally:
         for name, value in saved.items():

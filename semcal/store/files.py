@@ -410,6 +410,17 @@ def _plain_column(values: Any) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
+def same_path(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file or folder (the same path, a link to it, or a hard link)."""
+    first, second = Path(first).expanduser(), Path(second).expanduser()
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    except OSError:
+        pass
+    return first.resolve() == second.resolve()
+
+
 def remove_leftovers(path: str | Path) -> list[Path]:
     """Remove the temporary files (`.NAME.tmp-PID`) that killed writers of `path` left beside it.
 

@@ -193,10 +193,10 @@ def _format_of(path: str) -> str | None:
 
 
 def _check(config: Any) -> tuple[list[str], str, Path]:
+    """The settings and paths of engine=ray (filter_stream checked the settings both engines read)."""
     from semcal.store import runstate
-    from semcal.stream.filter_settings import check_common, same_path
+    from semcal.store.files import same_path
 
-    check_common(config)
     if config.adapt != "none" or config.alarm != "none":
         raise UserError(
             "adapt and alarm follow the stream in its order, which a partitioned stream does not have: use "

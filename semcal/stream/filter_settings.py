@@ -3,14 +3,12 @@ apart from either engine, so both import them without importing each other."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from semcal.core.config import below_minimum
 from semcal.core.errors import UserError
 from semcal.filter import decisions
+from semcal.store import files
 
 ENGINES = ("local", "ray")
 
@@ -43,18 +41,9 @@ class FilterConfig:
     workers: int = 2  # engine=ray: filter actors, each loading the filter once
 
 
-def same_path(first: str | Path, second: str | Path) -> bool:
-    """Whether two paths name one file or folder (the same path, a link to it, or a hard link)."""
-    first, second = Path(first).expanduser(), Path(second).expanduser()
-    with contextlib.suppress(OSError):
-        if first.exists() and second.exists():
-            return os.path.samefile(first, second)
-    return first.resolve() == second.resolve()
-
-
 def check_not_input(config: FilterConfig) -> None:
     """An output that is the input would replace the texts by the decisions: refused before any work."""
-    if config.output != "-" and config.input != "-" and same_path(config.output, config.input):
+    if config.output != "-" and config.input != "-" and files.same_path(config.output, config.input):
         raise UserError(
             f"output={config.output} is the input file itself: writing the decisions there would destroy the "
             "input; choose another output file."

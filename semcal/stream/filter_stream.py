@@ -83,6 +83,7 @@ def filter_texts(config: FilterConfig) -> dict[str, int]:
     if config.engine == "ray":
         from semcal.stream import filter_ray
 
+        check_common(config)
         return filter_ray.filter_files(config)
     input_format = _check_settings(config)
     records_to = sys.stdout  # records go here; log lines to standard error while it is the output
