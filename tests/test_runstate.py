@@ -104,7 +104,7 @@ def test_a_second_writer_is_refused(tmp_path):
 
 def test_kill_point_kills_at_the_nth_call(tmp_path):
     code = (
-        "from semcal import runstate\nfor i in range(5):\n    print(i, flush=True)\n    runstate.kill_point('chunk')\n"
+        "from semcal.store import runstate\nfor i in range(5):\n    print(i, flush=True)\n    runstate.kill_point('chunk')\n"
     )
     env = {**os.environ, runstate.KILL_ENV: "chunk:3"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

@@ -227,8 +227,8 @@ def run_script(
 
 
 def thread_limit(value: str | None) -> int | None:
-    """semcal.threads.wanted for an entry point: a bad `--threads` is the one sentence of a UserError."""
-    from semcal import threads
+    """semcal.core.threads.wanted for an entry point: a bad `--threads` is the one sentence of a UserError."""
+    from semcal.core import threads
 
     try:
         return threads.wanted(value)
