@@ -15,6 +15,7 @@ output = "runs/fit/filter"  # the filter folder to write (semcal filter --filter
 text_column = "text"  # column holding the texts, in both corpora
 label_column = None  # optional labels in both corpora: calibrate on the label distribution
 label_map = None  # fine-to-coarse label map (label_maps/ name or JSON path)
+encoding = "utf-8"  # of CSV and JSONL corpora, e.g. latin-1
 source = None  # none: joint with labels, tfidf without; ngram, embedding, label_posterior, clipped / sum / stack (LMs)
 calibration = None  # none: mom without labels, labmom with them; or any calibration
 pass_rate = None  # share of the stream to pass (1/M); none: derived from the data

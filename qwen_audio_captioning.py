@@ -9,14 +9,12 @@ from semcal.core.config import run_script
 
 # ---- settings: edit these (or pass --name=value) ----
 dataset_name = "runs/audio/source"  # folder of audio files, save_to_disk folder, Hub id, or CSV/Parquet/JSONL
-audio_column = "audio"  # column holding the clips (datasets Audio values, arrays with sampling_rate, bytes or paths)
 labels_csv = None  # folder of audio files only: CSV with file_name (relative path) and label columns
 split_column = "split"  # one CSV/Parquet/JSONL file (or labels_csv): the column naming each row's split
 splits = []  # splits to caption, e.g. ["general_train", "general_test"]; empty: all
 output_dir = "runs/audio/captioned"  # data-set folder to write (new, or an earlier output of this stage)
 caption_column = "text"  # name of the caption column added to the data set
 model_name = "Qwen/Qwen2-Audio-7B-Instruct"  # Hub id or local folder of a Qwen2-Audio model
-prompt = "Describe the sounds in this audio clip."  # instruction given with each clip (the paper's)
 num_beams = 1  # beam search width (1: greedy); never sampling
 max_new_tokens = 64  # longest caption, in tokens
 batch_size = 4  # clips per generate call
@@ -27,6 +25,9 @@ device = None  # "cuda", "cuda:1", "cpu", ...; None: this process's GPU when the
 device_map = None  # "auto": spread a model too large for one GPU over all GPUs (one process only)
 dtype = "auto"  # "auto" (bfloat16 on GPUs that support it, else float16; float32 on cpu), "float32", "float16" or "bfloat16"
 overwrite = False  # discard an unfinished run of other settings in output_dir instead of refusing
+# what only this kind of media needs
+audio_column = "audio"  # column holding the clips (datasets Audio values, arrays with sampling_rate, bytes or paths)
+prompt = "Describe the sounds in this audio clip."  # instruction given with each clip (the paper's)
 # ------------------------------------------------------
 
 if __name__ == "__main__":

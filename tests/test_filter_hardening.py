@@ -353,7 +353,7 @@ def test_fuzz_mutated_lines_never_cost_a_traceback_or_the_existing_output(tfidf_
         config = FilterConfig(filter=str(tfidf_run["filter"]), input="-", output="-", stream=True, batch_size=2)
     with (
         mock.patch.object(filtering.Filter, "load", lambda folder: cached_filter),
-        mock.patch.object(files, "MAX_LINE_BYTES", FUZZ_LIMIT),
+        mock.patch.object(text_lines, "MAX_LINE_BYTES", FUZZ_LIMIT),
         mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")),
         mock.patch("sys.stdout", stdout),
     ):

@@ -21,12 +21,12 @@ from tests.results_example import results_dict
 
 # The modules that read results.json or fit_results.json (and the records each reads): attributes only.
 READERS = {
-    "report": (result_file,),
-    "explain": (result_file,),
-    "animate": (result_file,),
-    "item_report": (result_file,),
-    "pipeline": (result_file,),
-    "fit_report": (result_file, fit_results),
+    "reports/report": (result_file,),
+    "protocol/explain": (result_file,),
+    "protocol/animate": (result_file,),
+    "reports/item_report": (result_file,),
+    "protocol/pipeline": (result_file,),
+    "fit/fit_report": (result_file, fit_results),
 }
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from semcal.core.config import below_minimum
 from semcal.core.errors import UserError
 from semcal.filter import decisions
-from semcal.store import files
 
 ENGINES = ("local", "ray")
 
@@ -43,6 +42,8 @@ class FilterConfig:
 
 def check_not_input(config: FilterConfig) -> None:
     """An output that is the input would replace the texts by the decisions: refused before any work."""
+    from semcal.store import files  # pandas with it: not at import, so `semcal filter --help` stays light
+
     if config.output != "-" and config.input != "-" and files.same_path(config.output, config.input):
         raise UserError(
             f"output={config.output} is the input file itself: writing the decisions there would destroy the "
