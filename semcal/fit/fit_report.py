@@ -7,11 +7,7 @@ each accepted by the filter calibrated without it.
 from __future__ import annotations
 
 from semcal.fit.fit_results import FitResults, LabelCheck
-from semcal.reports.numbers import format_number
-
-
-def _percent(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or value != value else f"{round(100 * value, digits) + 0.0:.{digits}f}%"
+from semcal.reports.numbers import format_number, format_percent
 
 
 def fit_report_markdown(results: FitResults) -> str:
@@ -24,13 +20,13 @@ def fit_report_markdown(results: FitResults) -> str:
     lines += [
         "## What the filter does",
         "",
-        f"It passes {_percent(results.pass_rate_target)} of the stream (M = {format_number(results.M)}, from "
-        f"{results.pass_rate_from}); on held-out stream texts it passed {_percent(results.pass_rate_heldout_stream)}"
+        f"It passes {format_percent(results.pass_rate_target, sign=True)} of the stream (M = {format_number(results.M)}, from "
+        f"{results.pass_rate_from}); on held-out stream texts it passed {format_percent(results.pass_rate_heldout_stream, sign=True)}"
         ". Expect that share on new texts from the same stream.",
         "",
         f"- trusted corpus `{config['real']}`: {counts.real} texts, {counts.real_heldout} held out",
         f"- stream sample `{config['general']}`: {counts.general} texts, {counts.general_heldout} held out",
-        f"- {_percent(results.overlap_share)} of the trusted texts are also in the stream sample; a text in both "
+        f"- {format_percent(results.overlap_share, sign=True)} of the trusted texts are also in the stream sample; a text in both "
         "is held out on both sides or on neither.",
         "",
         "Every number below is measured on held-out texts, each accepted by the filter calibrated without it: "
@@ -38,8 +34,8 @@ def fit_report_markdown(results: FitResults) -> str:
         "",
         "## How much of the stream looks trusted",
         "",
-        f"Estimated trusted share of the stream: **{_percent(share.estimate)}** ({round(100 * share.level)}% "
-        f"interval {_percent(low)} to {_percent(high)}; {share.method}). That is the share of the stream the "
+        f"Estimated trusted share of the stream: **{format_percent(share.estimate, sign=True)}** ({round(100 * share.level)}% "
+        f"interval {format_percent(low, sign=True)} to {format_percent(high, sign=True)}; {share.method}). That is the share of the stream the "
         "trusted corpus could have been drawn from: the most a filter can pass while what it passes still looks "
         "trusted. A pass rate above it lets unlike texts through; one far below it keeps only the most "
         "trusted-looking texts.",
@@ -57,7 +53,7 @@ def fit_report_markdown(results: FitResults) -> str:
         f"| as the filter passes it (weighted by acceptance) | {format_number(auc_after, 3)} |",
         "",
         _verdict(auc_before, auc_after),
-        f"The accepted stream keeps {_percent(results.effective_sample_share)} of its texts' worth of information "
+        f"The accepted stream keeps {format_percent(results.effective_sample_share, sign=True)} of its texts' worth of information "
         "(Kish's effective sample size, (Σa)² / (n Σa²)).",
     ]
     if results.labels is not None:
@@ -74,15 +70,15 @@ def fit_report_markdown(results: FitResults) -> str:
 def _rate_against_share(rate: float, estimate: float, low: float, high: float) -> str:
     if rate > high:
         return (
-            f"The pass rate ({_percent(rate)}) is above the trusted share: part of what passes is unlike the trusted "
+            f"The pass rate ({format_percent(rate, sign=True)}) is above the trusted share: part of what passes is unlike the trusted "
             f"corpus. Fit with --pass_rate={estimate:.2f} to pass only trusted-like texts."
         )
     if rate < low:
         return (
-            f"The pass rate ({_percent(rate)}) is below the trusted share: the filter keeps the most trusted-looking "
+            f"The pass rate ({format_percent(rate, sign=True)}) is below the trusted share: the filter keeps the most trusted-looking "
             "part of the trusted-like texts, a narrower mix than the trusted corpus."
         )
-    return f"The pass rate ({_percent(rate)}) is within the trusted share's interval: the filter can pass what looks trusted."
+    return f"The pass rate ({format_percent(rate, sign=True)}) is within the trusted share's interval: the filter can pass what looks trusted."
 
 
 def _verdict(auc_before: float, auc_after: float) -> str:
@@ -92,7 +88,7 @@ def _verdict(auc_before: float, auc_after: float) -> str:
     if gained <= 0.02:
         return "Filtering does not bring the stream closer to the trusted corpus here: it is not worth using as fitted."
     return (
-        f"Filtering removes {_percent(gained / max(auc_before - 0.5, 1e-9), 0)} of the classifier's margin over "
+        f"Filtering removes {format_percent(gained / max(auc_before - 0.5, 1e-9), 0, sign=True)} of the classifier's margin over "
         "chance: the passed stream is much harder to tell from the trusted corpus than the stream itself."
     )
 
@@ -104,7 +100,7 @@ def _label_lines(labels: LabelCheck) -> list[str]:
         "",
         f"KL(stream‖trusted) = {format_number(labels.kl_before)} → KL(accepted‖trusted) = "
         f"{format_number(labels.kl_after)} (expected over the acceptance; ε = {labels.kl_epsilon}): "
-        f"deception reduction **{_percent(labels.deception_reduction)}**, the share of the stream's label "
+        f"deception reduction **{format_percent(labels.deception_reduction, sign=True)}**, the share of the stream's label "
         "distortion the filter removes.",
         "",
         "| label | trusted | stream | accepted |",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from semcal.filter import filters as filter_names
-from semcal.reports.numbers import format_number
+from semcal.reports.numbers import format_number, format_percent
 from semcal.reports.results import EvaluationResults, FilterResult
 
 # Below these, an evaluation's figures are mostly sampling noise: the KL of a sample of n texts over
@@ -26,9 +26,9 @@ def reliability_warnings(results: EvaluationResults) -> list[str]:
     if reduction is not None and reduction < 0:
         warnings.append(
             f"the filter {results.filter_name} makes the stream worse than no filter: deception reduction "
-            f"{_percent(reduction)}% (KL(filtered‖real) {format_number(semcal.kl_mean)} above KL(general‖real) "
+            f"{format_percent(reduction)}% (KL(filtered‖real) {format_number(semcal.kl_mean)} above KL(general‖real) "
             f"{format_number(results.kl_general)}; the oracle reaches "
-            f"{_percent(oracle.deception_reduction if oracle else None)}%). "
+            f"{format_percent(oracle.deception_reduction if oracle else None)}%). "
             "Do not deploy it: try another filter setting, or more data."
         )
     evaluated, labels, m = results.counts.evaluated, max(len(results.labels), 1), float(results.M)
@@ -94,14 +94,6 @@ def plot_label_distributions(frequencies: pd.DataFrame, title: str, sort_by: str
 # Evaluation results (results.json of semcal.protocol.evaluation) as Markdown and table rows.
 
 
-def _percent(value, digits: int = 1) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        return "n/a" if not isinstance(value, str) else value
-    if math.isinf(value):
-        return format_number(value)
-    return f"{round(100 * value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
-
-
 def _mean_std(mean, std) -> str:
     return f"{format_number(mean)} ± {format_number(std)}"
 
@@ -118,7 +110,7 @@ def _reduction_cell(results: EvaluationResults, block: FilterResult | None) -> s
         return f"n/a (KL≈0; ×{format_number(block.kl_ratio, 3)})"
     if block.deception_reduction is None:
         return "n/a (KL inf)" if math.inf in (block.kl_mean, results.kl_general) else "n/a"
-    return _percent(block.deception_reduction)
+    return format_percent(block.deception_reduction)
 
 
 def results_table_row(
@@ -167,7 +159,7 @@ def results_table_row(
         "KL(general||real)": format_number(results.kl_general),
         "KL(filtered||real)": _mean_std(semcal.kl_mean, semcal.kl_std),
         "deception reduction (%)": _reduction_cell(results, semcal),
-        "pass rate (%)": _percent(semcal.pass_rate_mean),
+        "pass rate (%)": format_percent(semcal.pass_rate_mean),
         **_brier_cells(results, numeric=False),
     }
     for f in _table_filters(results):
@@ -243,7 +235,7 @@ def _summary_header(results: EvaluationResults) -> list[str]:
         "",
         f"- texts evaluated: {counts.evaluated} of {counts.general_test} general_test rows {joined}",
         f"- general_train {counts.general_train}, {results.real_split} {counts.real_train}: "
-        f"M = {format_number(results.M)}, ideal pass rate 1/M = {_percent(results.ideal_pass_rate)}%",
+        f"M = {format_number(results.M)}, ideal pass rate 1/M = {format_percent(results.ideal_pass_rate)}%",
         f"- KL(general||real) = {format_number(results.kl_general)}, TVD = {format_number(results.tvd_general)}",
     ]
     excluded = results.excluded_nonfinite
@@ -275,8 +267,8 @@ def _summary_filters(results: EvaluationResults) -> list[str]:
     for name, block in named:
         lines.append(
             f"| {name} | {_mean_std(block.kl_mean, block.kl_std)} | {block.kl_infinite_runs} | "
-            f"{_mean_std(block.tvd_mean, block.tvd_std)} | {_percent(block.pass_rate_mean)} ± "
-            f"{_percent(block.pass_rate_std)} | {format_number(block.expected_kl)} | "
+            f"{_mean_std(block.tvd_mean, block.tvd_std)} | {format_percent(block.pass_rate_mean)} ± "
+            f"{format_percent(block.pass_rate_std)} | {format_number(block.expected_kl)} | "
             f"{_reduction_cell(results, block)} |"
         )
     infinite = sorted({label for _, block in named for label in block.infinite_kl_labels})
