@@ -34,8 +34,11 @@ def em_prior(posterior: np.ndarray, reference_prior: np.ndarray, pseudo_count: f
     n = posterior.shape[-2]
     prior = np.broadcast_to(reference, posterior.shape[:-2] + reference.shape).copy()
     for _ in range(_EM_MAX_ITERATIONS):
-        tilted = shifted_posterior(posterior, prior[..., None, :], reference)
-        updated = (tilted.sum(axis=-2) + pseudo_count * reference) / (n + pseudo_count)
+        # sum_x P'(y | x) = w(y) sum_x P(y | x) / Z(x), Z = P w: two matrix products, no (n, K) temporary
+        weights = _prior_weights(prior, reference)
+        inverse_z = 1.0 / np.maximum(np.matmul(posterior, weights[..., :, None]), _MIN_WEIGHT)
+        tilted_sum = weights * np.matmul(np.swapaxes(inverse_z, -1, -2), posterior)[..., 0, :]
+        updated = (tilted_sum + pseudo_count * reference) / (n + pseudo_count)
         done = np.max(np.abs(updated - prior)) < _EM_TOLERANCE
         prior = updated
         if done:
@@ -96,7 +99,8 @@ def match_label_mix(
         loss = float((mix + _KL_FLOOR) @ log_share) + ridge * float(theta[:k] @ theta[:k]) / k + rate_error**2
         # d loss / d score_i: through the mix (d KL / d mix = log share + 1, d mix / d accept_i = (P_i - mix) / total)
         # and through the pass rate.
-        per_item = slope * (((posterior - mix) @ (log_share + 1.0)) / total + 2.0 * rate_error / total)
+        through_mix = posterior @ (log_share + 1.0) - float(mix @ (log_share + 1.0))
+        per_item = slope * (through_mix / total + 2.0 * rate_error / total)
         gradient = features.T @ per_item
         gradient[:k] += 2.0 * ridge * theta[:k] / k
         return loss, gradient

@@ -232,11 +232,19 @@ class Adapter:
 
         items = texts if isinstance(texts, Items) else Items(list(texts))
         scores = np.zeros(len(items))
+        # The saved source scores the whole batch at once (one transform, not one per chunk);
+        # refit's source changes between chunks and scores each.
+        whole = None if self.mode == "refit" else self._source_scores(items)
         start = 0
         while start < len(items):
             # Up to the next update point: these items are judged with the current estimates.
             end = min(len(items), start + self.settings.update_every - self.seen % self.settings.update_every)
-            scores[start:end] = self._judge_chunk(Items(items.texts[start:end]))
+            chunk = Items(items.texts[start:end])
+            if whole is None:
+                known = self._source_scores(chunk)
+            else:
+                known = (whole[0][start:end], None if whole[1] is None else whole[1][start:end])
+            scores[start:end] = self._judge_chunk(chunk, *known)
             start = end
         # The strongest tokens explain the saved source's score (the adaptation moves every text alike).
         explained = self.model.source.contributions(items, top_tokens) if top_tokens else [("", "")] * len(items)
@@ -250,11 +258,14 @@ class Adapter:
         alarms, self.alarms = self.alarms, []
         return alarms
 
-    def _judge_chunk(self, items: Items) -> np.ndarray:
-        """Score a chunk that lies between two update points, then take it into the estimates."""
-        log_ratio = self.source.log_ratio(items)
-        base = self.link.apply(log_ratio, self.model.m)
+    def _source_scores(self, items: Items) -> tuple[np.ndarray, np.ndarray | None]:
+        """The source's log-ratios and (where used) the label posterior of `items`."""
         posterior = self.model.label_posterior._posterior(items)[1] if self._uses_posterior() else None
+        return self.source.log_ratio(items), posterior
+
+    def _judge_chunk(self, items: Items, log_ratio: np.ndarray, posterior: np.ndarray | None) -> np.ndarray:
+        """Judge a chunk that lies between two update points, then take it into the estimates."""
+        base = self.link.apply(log_ratio, self.model.m)
         if self.mode == "none":
             adjusted = base
         else:
