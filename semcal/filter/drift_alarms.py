@@ -111,6 +111,29 @@ def reference_statistics(
     return mean_log_ratio_statistic(np.asarray(scores)[rows], float(np.mean(scores)))
 
 
+def change_statistic(
+    posterior: np.ndarray | None, scores: np.ndarray, recent: int, reference_prior: np.ndarray | None
+) -> np.ndarray:
+    """How the last `recent` items of a window (axis -1 / -2 of stacked windows) differ from the
+    older ones: the KL of their EM label prior from the older items' (given a posterior), else the
+    shift of their mean score. semcal.stream.adapt restarts its estimates when it is high."""
+    if posterior is not None:
+        older = em_prior(posterior[..., :-recent, :], reference_prior)
+        return np.asarray(calibration.kl_divergence(em_prior(posterior[..., -recent:, :], reference_prior), older))
+    return np.abs(scores[..., -recent:].mean(axis=-1) - scores[..., :-recent].mean(axis=-1))
+
+
+def change_statistics(
+    reference: DriftReference, scores: np.ndarray, use_posterior: bool, recent: int, size: int, draws: int, seed: int
+) -> np.ndarray:
+    """`change_statistic` of `draws` windows of `size` items drawn (seeded, with replacement) from
+    the reference: its null distribution, the older items' noise included (a null against the
+    reference prior itself would leave that noise out and restart undrifted streams)."""
+    rows = np.random.default_rng(seed).integers(0, len(scores), size=(draws, size))
+    posterior = reference.posterior[rows] if use_posterior else None
+    return change_statistic(posterior, np.asarray(scores)[rows], recent, reference.stream_prior)
+
+
 def reference_of(stream_log_ratio: np.ndarray, label_posterior: Any, data: FitData, size: int, seed: int):
     """The drift reference of a filter fitted on `data`: a seeded sample of at most `size` of its
     stream's log-ratios and (given the label posterior source) posteriors; the stream prior over all."""

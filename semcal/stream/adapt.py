@@ -52,6 +52,8 @@ from semcal.filter.drift_alarms import (
     DriftReference,
     ItemWindow,
     bootstrap_threshold,
+    change_statistic,
+    change_statistics,
     mean_log_ratio_statistic,
     prior_statistic,
     reference_of,
@@ -358,36 +360,34 @@ class Adapter:
         )
 
     def _change_threshold(self) -> float:
-        """The change statistic's threshold (`_changed`): its quantile over `change_window`-item
-        windows drawn from the reference, at the alarm's false-alarm rate per `alarm_window` items
-        spread over the checks in them (one every `update_every` items)."""
+        """The change statistic's threshold (`_changed`): its quantile over `window`-item windows
+        drawn from the reference, each split as `_changed` splits the estimation window, at the
+        alarm's false-alarm rate per `alarm_window` items spread over the checks in them (one
+        every `update_every` items)."""
         settings, reference = self.settings, self.reference
         rate = settings.false_alarm_rate * settings.update_every / settings.alarm_window
-        statistic, scores = (
-            self.mode if self.mode == "prior" else "mean",
+        values = change_statistics(
+            reference,
             self.link.apply(reference.log_ratio, self.model.m),
-        )
-        values = reference_statistics(
-            reference, scores, statistic, settings.change_window, 2 * settings.bootstrap, settings.seed + 1
+            self.mode == "prior",
+            settings.change_window,
+            settings.window,
+            2 * settings.bootstrap,
+            settings.seed + 1,
         )
         return bootstrap_threshold(values, rate)
 
     def _changed(self) -> bool:
         """Whether the last `change_window` items differ from the older ones of the window as the
-        alarm's statistic would confirm: the KL of their EM label prior from the older items' one
-        (mode prior) or the shift of their mean score, above `change_threshold`. A test of many
-        features every few items (the earlier z test) restarted on undrifted streams."""
+        alarm's statistic would confirm (`change_statistic`: the KL of their EM label prior from
+        the older items' one in mode prior, else the shift of their mean score), above
+        `change_threshold`. A test of many features every few items (the earlier z test)
+        restarted on undrifted streams."""
         recent, window = self.settings.change_window, self.window
         if self.change_threshold is None or self.seen < recent or len(window.scores) < 3 * recent:
             return False
-        if window.posterior is not None:
-            prior = self.reference.stream_prior
-            older = em_prior(window.posterior[:-recent], prior)
-            value = float(calibration.kl_divergence(em_prior(window.posterior[-recent:], prior), older))
-            name = "label prior KL"
-        else:
-            value = float(abs(window.scores[-recent:].mean() - window.scores[:-recent].mean()))
-            name = "mean score shift"
+        value = float(change_statistic(window.posterior, window.scores, recent, self.reference.stream_prior))
+        name = "label prior KL" if window.posterior is not None else "mean score shift"
         if value <= self.change_threshold:
             return False
         log.info(
