@@ -326,4 +326,7 @@ def test_no_restart_on_an_undrifted_stream_and_a_flood_lowers_the_pass_rate(demo
             kl[mode] = kl_divergence(mix, demo["q"], 1e-6)
     assert kl["prior"] < 0.5 * kl["none"]
     assert adapter.rate < 0.8 / Filter.load(demo["folder"]).m
+    # The switch is a change the alarm's statistic confirms: the estimates restart, in a log line.
+    assert adapter.restarts >= 1
+    assert any("differ from the" in line and "estimates restart from them" in line for line in caplog.messages)
     assert any("adapt=prior: target pass rate" in line and "decided on texts" in line for line in caplog.messages)
