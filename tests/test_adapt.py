@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from semcal.cli.cli import main
 from semcal.core.errors import UserError
@@ -112,6 +114,32 @@ def test_em_recovers_a_known_label_prior():
     # A batch of windows at once gives each window's own estimate.
     stacked = em_prior(np.stack([posterior[:2000], posterior[2000:]]), p)
     assert stacked.shape == (2, 3) and np.abs(stacked - shifted).max() < 0.04
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    labels=st.integers(2, 8),
+    concentration=st.sampled_from([0.05, 0.5, 5.0]),  # sharp, soft, nearly flat posteriors
+    pseudo_count=st.sampled_from([0.0, 1.0, 50.0]),
+)
+def test_accelerated_em_lands_on_the_em_fixed_point(seed, labels, concentration, pseudo_count):
+    # The accelerated EM must return the maximum-likelihood prior: a fixed point of one plain EM
+    # step, on the simplex, for stacked windows and a single one, also when a label nearly vanishes.
+    rng = np.random.default_rng(seed)
+    reference = rng.dirichlet(np.ones(labels))
+    posterior = rng.dirichlet(np.full(labels, concentration), size=(3, 200))
+    posterior[1] *= np.eye(labels)[0] * 0.999 + 0.001  # a window that holds almost only label 0
+    posterior /= posterior.sum(axis=-1, keepdims=True)
+    prior = em_prior(posterior, reference, pseudo_count)
+    assert prior.shape == (3, labels) and np.all(prior >= 0) and np.allclose(prior.sum(axis=-1), 1.0)
+    weights = prior / reference
+    tilted = posterior * weights[:, None, :]
+    step = (
+        (tilted / tilted.sum(axis=-1, keepdims=True)).sum(axis=1) + pseudo_count * reference
+    ) / (200 + pseudo_count)
+    assert np.abs(step - prior).max() < 1e-5
+    assert np.allclose(em_prior(posterior[2], reference, pseudo_count), prior[2], atol=1e-6)
 
 
 def test_matching_the_label_mix_recovers_where_the_prior_correction_alone_is_too_weak():
