@@ -16,13 +16,7 @@ from semcal.core.errors import UserError
 from semcal.filter.calibration import accept_probs, kl_divergence
 from semcal.filter.filtering import Filter
 from semcal.filter.fit_data import FitData, Items
-from semcal.protocol.demo_data import generate_demo_rows
-from semcal.protocol.distort_plan import label_scores, plan_tilt
-from semcal.store import files
-from semcal.store.data import heldout_mask
-from semcal.stream.adapt import (
-    Adapter,
-    AdaptSettings,
+from semcal.filter.label_shift import (
     block_pass_rate,
     em_prior,
     feasible_pass_rate,
@@ -31,6 +25,11 @@ from semcal.stream.adapt import (
     rate_offset,
     shifted_posterior,
 )
+from semcal.protocol.demo_data import generate_demo_rows
+from semcal.protocol.distort_plan import label_scores, plan_tilt
+from semcal.store import files
+from semcal.store.data import heldout_mask
+from semcal.stream.adapt import Adapter, AdaptSettings
 from semcal.stream.filter_stream import FilterConfig, filter_texts
 
 WINDOW = 500
@@ -133,11 +132,10 @@ def test_accelerated_em_lands_on_the_em_fixed_point(seed, labels, concentration,
     posterior /= posterior.sum(axis=-1, keepdims=True)
     prior = em_prior(posterior, reference, pseudo_count)
     assert prior.shape == (3, labels) and np.all(prior >= 0) and np.allclose(prior.sum(axis=-1), 1.0)
-    weights = prior / reference
-    tilted = posterior * weights[:, None, :]
-    step = (
-        (tilted / tilted.sum(axis=-1, keepdims=True)).sum(axis=1) + pseudo_count * reference
-    ) / (200 + pseudo_count)
+    # One plain EM step (the E-step is shifted_posterior, the M-step its mean with the pseudo-count).
+    step = (shifted_posterior(posterior, prior[:, None, :], reference).sum(axis=1) + pseudo_count * reference) / (
+        200 + pseudo_count
+    )
     assert np.abs(step - prior).max() < 1e-5
     assert np.allclose(em_prior(posterior[2], reference, pseudo_count), prior[2], atol=1e-6)
 

@@ -56,7 +56,6 @@ from semcal.filter.drift_alarms import (
     change_statistics,
     mean_log_ratio_statistic,
     prior_statistic,
-    reference_of,
     reference_statistics,
 )
 from semcal.filter.fit_data import FitData, Items, Scored
@@ -73,25 +72,7 @@ from semcal.filter.label_shift import (
 )
 from semcal.stream.adapt_settings import AdaptSettings
 
-__all__ = [  # the label-shift math lives in semcal.filter.label_shift; these names stay importable from here
-    "ALARMS",
-    "MODES",
-    "Adapter",
-    "AdaptSettings",
-    "Alarm",
-    "DriftReference",
-    "block_pass_rate",
-    "bootstrap_threshold",
-    "em_prior",
-    "feasible_pass_rate",
-    "log_prior_correction",
-    "match_label_mix",
-    "mean_log_ratio_statistic",
-    "prior_statistic",
-    "rate_offset",
-    "reference_of",
-    "shifted_posterior",
-]
+__all__ = ["ALARMS", "MODES", "Adapter", "AdaptSettings"]
 
 log = logging.getLogger(__name__)
 _RATE_LOG_CHANGE = 0.1  # a target pass rate 10% off the last logged one is logged as new
