@@ -67,35 +67,27 @@ class CachedEmbeddings:
 def use_views(variant: str, encoder: str | None) -> None:
     """Swap the label posterior's features and C for `variant` (this process only)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion
 
     import semcal.protocol.evaluation as evaluation
     from semcal.filter.sources import labels
 
     parts = variant.split("+")
-    c = 4.0 if "C4" in parts else 1.0
     embeddings = CachedEmbeddings(encoder) if "emb" in parts else None
     if embeddings is not None and not encoder:
         raise SystemExit("variant emb needs --encoder=FOLDER (all-MiniLM-L6-v2, unzipped)")
+    word_vectorizer = labels.LabelPosteriorSource._vectorizer
 
     def vectorizer(self, n_texts: int) -> Any:
-        views = [("word", labels.tfidf_vectorizer(min_df=2 if n_texts >= self._min_df_texts else 1))]
+        views = [("word", word_vectorizer(self, n_texts))]
         if "char" in parts:
             views.append(("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)))
         if embeddings is not None:
             views.append(("emb", embeddings))
         return views[0][1] if len(views) == 1 else FeatureUnion(views)
 
-    def fit_model(self, features, train_labels, real_labels, seed) -> None:
-        model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(features, train_labels)
-        self.classes = [str(label) for label in model.classes_]
-        p = np.array([np.mean(train_labels == label) for label in self.classes])
-        q = np.array([np.mean(real_labels == label) for label in self.classes])
-        self.label_ratio, self.coef, self.intercept = q / p, model.coef_, model.intercept_
-
     labels.LabelPosteriorSource._vectorizer = vectorizer
-    labels.LabelPosteriorSource._fit_model = fit_model
+    labels.LabelPosteriorSource.inverse_ridge = 4.0 if "C4" in parts else 1.0
     evaluation.save_filter = lambda *args, **kwargs: False  # a union of vectorizers has no saved form
 
 

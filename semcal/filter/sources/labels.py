@@ -31,6 +31,7 @@ class LabelPosteriorSource(Source):
     name, label, needs = "label_posterior", "label-posterior plug-in", ("labels",)
     arrays_name, vocabulary_name = "label_posterior.safetensors", "label_vocabulary.json"
     _min_df_texts = 1000  # from this many texts on, n-grams seen once are left out (3x faster, no loss)
+    inverse_ridge = 1.0  # the logistic regression's C (bench/bench_posterior_views.py measures others)
 
     def fit(self, data: FitData) -> np.ndarray:
         seen = ~data.heldout if data.sources_train_only else np.ones(len(data.texts), dtype=bool)
@@ -48,7 +49,7 @@ class LabelPosteriorSource(Source):
         """P(y | x) on `features` (rows labelled `train_labels`); p on those rows, q on the real rows' labels."""
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(features, train_labels)
+        model = LogisticRegression(C=self.inverse_ridge, max_iter=2000, random_state=seed).fit(features, train_labels)
         self.classes = [str(label) for label in model.classes_]
         p = np.array([np.mean(train_labels == label) for label in self.classes])
         q = np.array([np.mean(real_labels == label) for label in self.classes])
